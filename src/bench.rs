@@ -1,0 +1,179 @@
+//! `churnsignal bench engine`: the engine alone, on a generated history.
+//!
+//! Three measurements on the same events, one thread (so the rates are per core):
+//! decode + apply (JSON bytes in, alerts out), apply alone (events decoded beforehand,
+//! borrowing the same bytes), and decode alone. Memory per customer is given two ways:
+//! the engine's own accounting of its state, and the growth of the process's resident
+//! memory while the engine filled up.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::decode::{decode_json, Limits};
+use crate::engine::Engine;
+use crate::event::Event;
+use crate::generate::{History, Spec};
+
+/// Bench settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Distinct customers.
+    pub customers: u32,
+    /// Events (the history is cut here).
+    pub events: u64,
+    /// Generator seed.
+    pub seed: u64,
+}
+
+/// Results, all rates per core (one thread).
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// Events measured.
+    pub events: u64,
+    /// Distinct customers the engine ended up tracking.
+    pub customers: u64,
+    /// Days of history the events span.
+    pub days: f64,
+    /// Mean JSON event size, bytes.
+    pub mean_event_bytes: f64,
+    /// Events/s with JSON decoding included.
+    pub events_per_sec_with_decode: f64,
+    /// Events/s, engine only (pre-decoded).
+    pub events_per_sec_predecoded: f64,
+    /// Events/s, JSON decoding only.
+    pub events_per_sec_decode_only: f64,
+    /// Alerts the engine emitted.
+    pub alerts: u64,
+    /// Engine state bytes per customer (its own accounting).
+    pub state_bytes_per_customer: f64,
+    /// Resident memory growth per customer while the engine filled up.
+    pub rss_bytes_per_customer: f64,
+    /// `size_of::<Customer>()`.
+    pub customer_record_bytes: usize,
+}
+
+/// Resident set size of this process, bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Runs the benchmark.
+pub fn engine(opts: &Options, cfg: &Config) -> Results {
+    let spec = Spec {
+        customers: opts.customers,
+        days: 3_650,
+        seed: opts.seed,
+        late_joiners: false,
+        ..Spec::default()
+    };
+    // Generate the JSON lines up front (not measured).
+    let mut buf = Vec::with_capacity(opts.events as usize * 200);
+    let mut bounds = Vec::with_capacity(opts.events as usize);
+    let (mut first, mut last) = (None, None);
+    for g in History::new(spec).take(opts.events as usize) {
+        let start = buf.len();
+        g.write_json(&mut buf).expect("writing to memory");
+        bounds.push((start, buf.len() - 1));
+        first.get_or_insert(g.at);
+        last = Some(g.at);
+    }
+    let events = bounds.len() as u64;
+    let limits = Limits {
+        max_event_bytes: cfg.input.max_event_bytes,
+        ..Limits::default()
+    };
+
+    // 1. decode + apply
+    let rss_before = rss_bytes();
+    let mut engine = Engine::new(cfg.clone());
+    let mut out = Vec::new();
+    let mut alerts = 0u64;
+    let t0 = Instant::now();
+    for &(s, e) in &bounds {
+        if let Ok(ev) = decode_json(&buf[s..e], &limits) {
+            engine.apply_into(&ev, &mut out);
+            alerts += out.len() as u64;
+            out.clear();
+        }
+    }
+    let with_decode = t0.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let customers = engine.customers() as u64;
+    let state_bytes = engine.state_bytes();
+    drop(engine);
+
+    // 2. decode only, keeping the events (they borrow `buf`)
+    let t0 = Instant::now();
+    let decoded: Vec<Event<'_>> = bounds
+        .iter()
+        .filter_map(|&(s, e)| decode_json(&buf[s..e], &limits).ok())
+        .collect();
+    let decode_only = t0.elapsed().as_secs_f64();
+
+    // 3. apply only
+    let mut engine = Engine::new(cfg.clone());
+    let t0 = Instant::now();
+    for batch in decoded.chunks(1024) {
+        engine.apply_batch(batch, &mut out);
+        out.clear();
+    }
+    let predecoded = t0.elapsed().as_secs_f64();
+
+    let per_customer = |b: f64| {
+        if customers > 0 {
+            b / customers as f64
+        } else {
+            0.0
+        }
+    };
+    Results {
+        events,
+        customers,
+        days: match (first, last) {
+            (Some(a), Some(b)) => b.days_since(a),
+            _ => 0.0,
+        },
+        mean_event_bytes: buf.len() as f64 / events.max(1) as f64,
+        events_per_sec_with_decode: events as f64 / with_decode,
+        events_per_sec_predecoded: decoded.len() as f64 / predecoded,
+        events_per_sec_decode_only: decoded.len() as f64 / decode_only,
+        alerts,
+        state_bytes_per_customer: per_customer(state_bytes as f64),
+        rss_bytes_per_customer: per_customer(rss_after.saturating_sub(rss_before) as f64),
+        customer_record_bytes: std::mem::size_of::<crate::engine::state::Customer>(),
+    }
+}
+
+impl Results {
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        format!(
+            "bench engine: {} events, {} customers, {:.1} days of history, {:.0} bytes/event (JSON), 1 thread\n\
+             \x20 decode + apply : {:>12.0} events/s\n\
+             \x20 apply only     : {:>12.0} events/s (pre-decoded)\n\
+             \x20 decode only    : {:>12.0} events/s\n\
+             \x20 alerts         : {}\n\
+             \x20 memory         : {:.0} bytes/customer resident, {:.0} bytes/customer accounted ({} per record)",
+            self.events,
+            self.customers,
+            self.days,
+            self.mean_event_bytes,
+            self.events_per_sec_with_decode,
+            self.events_per_sec_predecoded,
+            self.events_per_sec_decode_only,
+            self.alerts,
+            self.rss_bytes_per_customer,
+            self.state_bytes_per_customer,
+            self.customer_record_bytes
+        )
+    }
+}

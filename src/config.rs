@@ -1,0 +1,863 @@
+//! Configuration: one TOML file (every option documented with its default in
+//! `config/default.toml`), environment overrides, and validation into typed values
+//! before anything starts. An invalid value is reported with its key, the value and
+//! what is allowed.
+//!
+//! Environment overrides: `CHURNSIGNAL__<SECTION>__<KEY>=<value>`, sections nested with
+//! double underscores, e.g. `CHURNSIGNAL__SIGNALS__INACTIVITY__CADENCE_MULTIPLIER=2.5`.
+//! The value is read as a TOML value (`2.5`, `true`, `"apply"`); a bare word is taken
+//! as a string.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::time::{DAY_MS, SECOND_MS};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "CHURNSIGNAL__";
+
+/// The most buckets a customer's window ring holds (recent + baseline).
+pub const MAX_RING_BUCKETS: u32 = crate::engine::RING as u32;
+
+/// Errors of loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type.
+    #[error("invalid config{}: {message}", origin.as_deref().map(|o| format!(" in {o}")).unwrap_or_default())]
+    Parse {
+        /// The file or environment variable.
+        origin: Option<String>,
+        /// The parser's message (names the key and the line).
+        message: String,
+    },
+    /// A value outside what is allowed.
+    #[error("invalid config value: `{key}` = {value}; allowed: {allowed}")]
+    Invalid {
+        /// Dotted key, e.g. `engine.bucket_days`.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+}
+
+impl ConfigError {
+    /// Stable code, for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_read",
+            ConfigError::Parse { .. } => "config_parse",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Input decoding limits.
+    pub input: InputConfig,
+    /// Windows, time and lateness.
+    pub engine: EngineConfig,
+    /// Population baseline.
+    pub population: PopulationConfig,
+    /// Health score and hysteresis.
+    pub score: ScoreConfig,
+    /// Risk levels.
+    pub risk: RiskConfig,
+    /// Value tiers.
+    pub value_tiers: TierConfig,
+    /// Alert emission.
+    pub alerts: AlertsConfig,
+    /// The seven signals.
+    pub signals: SignalsConfig,
+}
+
+/// `[input]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Largest accepted event, bytes.
+    pub max_event_bytes: usize,
+    /// How far in the future (wall clock) `occurred_at` may be, seconds.
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            max_event_bytes: 65_536,
+            max_clock_skew_secs: 300,
+        }
+    }
+}
+
+/// What to do with events older than the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Apply them if their bucket is still in the window ring; count them.
+    Apply,
+    /// Count and drop them.
+    Drop,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Width of one window bucket, days.
+    pub bucket_days: u32,
+    /// Buckets in the recent window (the current, partial bucket included).
+    pub recent_buckets: u32,
+    /// Buckets in the baseline, right before the recent window.
+    pub baseline_buckets: u32,
+    /// Watermark = max event time seen minus this, seconds.
+    pub allowed_lateness_secs: u64,
+    /// `apply` or `drop` events older than the watermark.
+    pub late_events: LatePolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            bucket_days: 7,
+            recent_buckets: 4,
+            baseline_buckets: 12,
+            allowed_lateness_secs: 3_600,
+            late_events: LatePolicy::Apply,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Bucket width in milliseconds.
+    pub fn bucket_ms(&self) -> i64 {
+        i64::from(self.bucket_days) * DAY_MS
+    }
+    /// Allowed lateness in milliseconds.
+    pub fn lateness_ms(&self) -> i64 {
+        self.allowed_lateness_secs as i64 * SECOND_MS
+    }
+    /// Days covered by the recent window when its last bucket is complete.
+    pub fn recent_days(&self) -> u32 {
+        self.bucket_days * self.recent_buckets
+    }
+}
+
+/// `[population]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PopulationConfig {
+    /// Discount declines shared by the whole population.
+    pub enabled: bool,
+    /// Customers an engine must track before the population baseline is used.
+    pub min_customers: u32,
+    /// The strongest correction: a population at 10% of its usual activity counts as
+    /// this fraction.
+    pub min_factor: f64,
+}
+
+impl Default for PopulationConfig {
+    fn default() -> Self {
+        PopulationConfig {
+            enabled: true,
+            min_customers: 50,
+            min_factor: 0.1,
+        }
+    }
+}
+
+/// `[score]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Severity at which a signal becomes active.
+    pub entry_severity: f64,
+    /// Severity below which an active signal clears (stricter than entry).
+    pub exit_severity: f64,
+    /// Weight of relationship depth (order frequency and value rank) in the score.
+    pub relationship_weight: f64,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            entry_severity: 0.5,
+            exit_severity: 0.35,
+            relationship_weight: 0.2,
+        }
+    }
+}
+
+/// `[risk]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Health below this is `critical`.
+    pub critical_below: u32,
+    /// Health below this is `high`.
+    pub high_below: u32,
+    /// Health below this is `medium`; otherwise `low`.
+    pub medium_below: u32,
+    /// Raise risk one level for `key` accounts.
+    pub raise_for_key_accounts: bool,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig {
+            critical_below: 30,
+            high_below: 50,
+            medium_below: 70,
+            raise_for_key_accounts: true,
+        }
+    }
+}
+
+/// `[value_tiers]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// Top fraction of customers by trailing revenue that is `key`.
+    pub key_top_fraction: f64,
+    /// Top fraction that is `key` or `core`; the rest is `tail`.
+    pub core_top_fraction: f64,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            key_top_fraction: 0.2,
+            core_top_fraction: 0.5,
+        }
+    }
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Reminder after this many seconds without change (status `open`, same id); 0 = never.
+    pub repeat_after_secs: u64,
+}
+
+/// `[signals.*]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// `consumption_drop`
+    pub consumption_drop: ConsumptionDropConfig,
+    /// `discount_pressure`
+    pub discount_pressure: DiscountPressureConfig,
+    /// `inactivity`
+    pub inactivity: InactivityConfig,
+    /// `support_tension`
+    pub support_tension: SupportTensionConfig,
+    /// `engagement_decline`
+    pub engagement_decline: EngagementDeclineConfig,
+    /// `no_second_purchase`
+    pub no_second_purchase: NoSecondPurchaseConfig,
+    /// `nps_detractor`
+    pub nps_detractor: NpsDetractorConfig,
+}
+
+/// `[signals.consumption_drop]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumptionDropConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Fires when recent order value or count fell by at least this fraction.
+    pub min_drop: f64,
+    /// How many standard deviations (Poisson, of the order count the baseline predicts)
+    /// the drop must also amount to: a sparse buyer's quiet month is not a drop.
+    pub significance: f64,
+    /// Baseline history needed, days.
+    pub min_baseline_days: f64,
+}
+
+impl Default for ConsumptionDropConfig {
+    fn default() -> Self {
+        ConsumptionDropConfig {
+            enabled: true,
+            weight: 0.4,
+            min_drop: 0.5,
+            significance: 2.0,
+            min_baseline_days: 28.0,
+        }
+    }
+}
+
+/// `[signals.discount_pressure]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscountPressureConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Fewest discount requests in the recent window that can fire.
+    pub min_requests: f64,
+    /// Fires at this multiple of the customer's own request rate.
+    pub request_ratio: f64,
+    /// Fires when the value-weighted discount taken rose by this many percentage points.
+    pub depth_increase_pct: f64,
+}
+
+impl Default for DiscountPressureConfig {
+    fn default() -> Self {
+        DiscountPressureConfig {
+            enabled: true,
+            weight: 0.2,
+            min_requests: 2.0,
+            request_ratio: 2.0,
+            depth_increase_pct: 10.0,
+        }
+    }
+}
+
+/// `[signals.inactivity]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InactivityConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Fires after this many of the customer's usual gaps without orders or engagement.
+    pub cadence_multiplier: f64,
+    /// Never fires before this much silence, days.
+    pub min_silence_days: f64,
+    /// Pseudo-orders of population cadence blended into a customer's own (shrinkage).
+    pub prior_orders: f64,
+    /// Cadence assumed until the population has one, days.
+    pub default_cadence_days: f64,
+    /// Silence beyond this multiple of the alert threshold counts as lost (play `regain`).
+    pub lost_multiplier: f64,
+}
+
+impl Default for InactivityConfig {
+    fn default() -> Self {
+        InactivityConfig {
+            enabled: true,
+            weight: 0.6,
+            cadence_multiplier: 3.0,
+            min_silence_days: 14.0,
+            prior_orders: 2.0,
+            default_cadence_days: 30.0,
+            lost_multiplier: 2.0,
+        }
+    }
+}
+
+/// `[signals.support_tension]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupportTensionConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Fewest trouble points in the recent window that can fire.
+    pub min_points: f64,
+    /// Fires at this multiple of the customer's own trouble rate.
+    pub ratio: f64,
+    /// A ticket open longer than this counts as left unresolved, days.
+    pub unresolved_days: f64,
+}
+
+impl Default for SupportTensionConfig {
+    fn default() -> Self {
+        SupportTensionConfig {
+            enabled: true,
+            weight: 0.35,
+            min_points: 6.0,
+            ratio: 2.0,
+            unresolved_days: 7.0,
+        }
+    }
+}
+
+/// `[signals.engagement_decline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngagementDeclineConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Fires when recent engagement fell by at least this fraction.
+    pub min_drop: f64,
+    /// How many standard deviations (Poisson) the drop must also amount to.
+    pub significance: f64,
+    /// Baseline history needed, days.
+    pub min_baseline_days: f64,
+}
+
+impl Default for EngagementDeclineConfig {
+    fn default() -> Self {
+        EngagementDeclineConfig {
+            enabled: true,
+            weight: 0.25,
+            min_drop: 0.6,
+            significance: 2.0,
+            min_baseline_days: 28.0,
+        }
+    }
+}
+
+/// `[signals.no_second_purchase]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoSecondPurchaseConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Expected time to a second order until the population teaches otherwise, days.
+    pub expected_days: f64,
+    /// Learn the expected time from this engine's customers.
+    pub learn_from_population: bool,
+    /// Quantile of first-to-second-order gaps used when learning.
+    pub quantile: f64,
+    /// Second orders needed before the learned value is used.
+    pub min_samples: u32,
+}
+
+impl Default for NoSecondPurchaseConfig {
+    fn default() -> Self {
+        NoSecondPurchaseConfig {
+            enabled: true,
+            weight: 0.5,
+            expected_days: 45.0,
+            learn_from_population: true,
+            quantile: 0.8,
+            min_samples: 30,
+        }
+    }
+}
+
+/// `[signals.nps_detractor]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NpsDetractorConfig {
+    /// Evaluate this signal.
+    pub enabled: bool,
+    /// Weight in the health score, 0..=1.
+    pub weight: f64,
+    /// Highest score that is a detractor.
+    pub max_detractor_score: u8,
+    /// An NPS answer counts for this long, days.
+    pub valid_days: f64,
+}
+
+impl Default for NpsDetractorConfig {
+    fn default() -> Self {
+        NpsDetractorConfig {
+            enabled: true,
+            weight: 0.3,
+            max_detractor_score: 6,
+            valid_days: 90.0,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the built-in defaults when `None`), applies environment
+    /// overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+                Some(p.display().to_string()),
+            ),
+            None => (String::new(), None),
+        };
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        apply_env(&mut value, env)?;
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin,
+                message: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML string (no environment), validates.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: None,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value against what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        check_range(
+            "input.max_event_bytes",
+            self.input.max_event_bytes as f64,
+            64.0,
+            16.0 * 1024.0 * 1024.0,
+        )?;
+        check_range("engine.bucket_days", f64::from(e.bucket_days), 1.0, 28.0)?;
+        check_range(
+            "engine.recent_buckets",
+            f64::from(e.recent_buckets),
+            1.0,
+            f64::from(MAX_RING_BUCKETS - 1),
+        )?;
+        if e.recent_buckets + e.baseline_buckets > MAX_RING_BUCKETS || e.baseline_buckets == 0 {
+            return Err(invalid(
+                "engine.baseline_buckets",
+                e.baseline_buckets,
+                format!(
+                    "1..={} (recent_buckets + baseline_buckets at most {MAX_RING_BUCKETS}, the fixed ring that keeps a customer within its memory budget)",
+                    MAX_RING_BUCKETS - e.recent_buckets
+                ),
+            ));
+        }
+        check_range(
+            "engine.allowed_lateness_secs",
+            e.allowed_lateness_secs as f64,
+            0.0,
+            30.0 * 86_400.0,
+        )?;
+        check_range(
+            "population.min_factor",
+            self.population.min_factor,
+            0.01,
+            1.0,
+        )?;
+        let s = &self.score;
+        check_range("score.entry_severity", s.entry_severity, 0.05, 0.95)?;
+        if !(s.exit_severity > 0.0 && s.exit_severity < s.entry_severity) {
+            return Err(invalid(
+                "score.exit_severity",
+                s.exit_severity,
+                format!(
+                    "greater than 0 and less than score.entry_severity ({})",
+                    s.entry_severity
+                ),
+            ));
+        }
+        check_range("score.relationship_weight", s.relationship_weight, 0.0, 1.0)?;
+        let r = &self.risk;
+        if !(r.critical_below < r.high_below
+            && r.high_below < r.medium_below
+            && r.medium_below <= 100)
+        {
+            return Err(invalid(
+                "risk.medium_below",
+                format!(
+                    "{} (high_below {}, critical_below {})",
+                    r.medium_below, r.high_below, r.critical_below
+                ),
+                "critical_below < high_below < medium_below <= 100",
+            ));
+        }
+        let t = &self.value_tiers;
+        check_range("value_tiers.key_top_fraction", t.key_top_fraction, 0.0, 1.0)?;
+        if !(t.core_top_fraction >= t.key_top_fraction && t.core_top_fraction <= 1.0) {
+            return Err(invalid(
+                "value_tiers.core_top_fraction",
+                t.core_top_fraction,
+                format!("key_top_fraction ({})..=1", t.key_top_fraction),
+            ));
+        }
+        let g = &self.signals;
+        for (name, w) in [
+            ("consumption_drop", g.consumption_drop.weight),
+            ("discount_pressure", g.discount_pressure.weight),
+            ("inactivity", g.inactivity.weight),
+            ("support_tension", g.support_tension.weight),
+            ("engagement_decline", g.engagement_decline.weight),
+            ("no_second_purchase", g.no_second_purchase.weight),
+            ("nps_detractor", g.nps_detractor.weight),
+        ] {
+            check_range(&format!("signals.{name}.weight"), w, 0.0, 1.0)?;
+        }
+        check_range(
+            "signals.consumption_drop.min_drop",
+            g.consumption_drop.min_drop,
+            0.05,
+            1.0,
+        )?;
+        check_range(
+            "signals.consumption_drop.significance",
+            g.consumption_drop.significance,
+            0.1,
+            10.0,
+        )?;
+        check_range(
+            "signals.consumption_drop.min_baseline_days",
+            g.consumption_drop.min_baseline_days,
+            1.0,
+            3650.0,
+        )?;
+        check_range(
+            "signals.discount_pressure.min_requests",
+            g.discount_pressure.min_requests,
+            1.0,
+            1e6,
+        )?;
+        check_range(
+            "signals.discount_pressure.request_ratio",
+            g.discount_pressure.request_ratio,
+            1.0,
+            1e3,
+        )?;
+        check_range(
+            "signals.discount_pressure.depth_increase_pct",
+            g.discount_pressure.depth_increase_pct,
+            0.5,
+            100.0,
+        )?;
+        check_range(
+            "signals.inactivity.cadence_multiplier",
+            g.inactivity.cadence_multiplier,
+            1.0,
+            100.0,
+        )?;
+        check_range(
+            "signals.inactivity.min_silence_days",
+            g.inactivity.min_silence_days,
+            0.0,
+            3650.0,
+        )?;
+        check_range(
+            "signals.inactivity.prior_orders",
+            g.inactivity.prior_orders,
+            0.0,
+            1e3,
+        )?;
+        check_range(
+            "signals.inactivity.default_cadence_days",
+            g.inactivity.default_cadence_days,
+            0.1,
+            3650.0,
+        )?;
+        check_range(
+            "signals.inactivity.lost_multiplier",
+            g.inactivity.lost_multiplier,
+            1.0,
+            100.0,
+        )?;
+        check_range(
+            "signals.support_tension.min_points",
+            g.support_tension.min_points,
+            1.0,
+            1e6,
+        )?;
+        check_range(
+            "signals.support_tension.ratio",
+            g.support_tension.ratio,
+            1.0,
+            1e3,
+        )?;
+        check_range(
+            "signals.support_tension.unresolved_days",
+            g.support_tension.unresolved_days,
+            0.01,
+            3650.0,
+        )?;
+        check_range(
+            "signals.engagement_decline.min_drop",
+            g.engagement_decline.min_drop,
+            0.05,
+            1.0,
+        )?;
+        check_range(
+            "signals.engagement_decline.significance",
+            g.engagement_decline.significance,
+            0.1,
+            10.0,
+        )?;
+        check_range(
+            "signals.engagement_decline.min_baseline_days",
+            g.engagement_decline.min_baseline_days,
+            1.0,
+            3650.0,
+        )?;
+        check_range(
+            "signals.no_second_purchase.expected_days",
+            g.no_second_purchase.expected_days,
+            1.0,
+            3650.0,
+        )?;
+        check_range(
+            "signals.no_second_purchase.quantile",
+            g.no_second_purchase.quantile,
+            0.05,
+            0.99,
+        )?;
+        check_range(
+            "signals.nps_detractor.max_detractor_score",
+            f64::from(g.nps_detractor.max_detractor_score),
+            0.0,
+            9.0,
+        )?;
+        check_range(
+            "signals.nps_detractor.valid_days",
+            g.nps_detractor.valid_days,
+            1.0,
+            3650.0,
+        )?;
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+fn check_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(invalid(key, v, format!("{lo}..={hi}")))
+    }
+}
+
+/// Applies `CHURNSIGNAL__A__B=v` overrides onto the parsed table.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Parse {
+                origin: Some(name.clone()),
+                message: "empty key segment in environment override".into(),
+            });
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut cur = &mut *table;
+        for seg in &path[..path.len() - 1] {
+            let entry = cur
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Parse {
+                        origin: Some(name.clone()),
+                        message: format!("`{seg}` is not a section"),
+                    })
+                }
+            };
+        }
+        cur.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_default_file_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let from_file = Config::load(Some(&path), Vec::new()).unwrap();
+        let built_in = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_typed() {
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "CHURNSIGNAL__SIGNALS__INACTIVITY__CADENCE_MULTIPLIER",
+                    "2.5",
+                ),
+                ("CHURNSIGNAL__ENGINE__LATE_EVENTS", "drop"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.signals.inactivity.cadence_multiplier, 2.5);
+        assert_eq!(c.engine.late_events, LatePolicy::Drop);
+    }
+
+    #[test]
+    fn a_bad_value_names_key_value_and_what_is_allowed() {
+        let err = Config::from_toml("[engine]\nbucket_days = 0\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("engine.bucket_days") && msg.contains("= 0") && msg.contains("1..=28"),
+            "{msg}"
+        );
+        let err = Config::from_toml("[score]\nexit_severity = 0.9\n").unwrap_err();
+        assert!(err.to_string().contains("score.exit_severity"), "{err}");
+        let err =
+            Config::from_toml("[engine]\nrecent_buckets = 8\nbaseline_buckets = 12\n").unwrap_err();
+        assert!(err.to_string().contains("engine.baseline_buckets"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let err = Config::from_toml("[engine]\nbucket_dayz = 7\n").unwrap_err();
+        assert!(err.to_string().contains("bucket_dayz"), "{err}");
+        let err = Config::from_toml("[engine]\nlate_events = \"keep\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("late_events") || err.to_string().contains("keep"),
+            "{err}"
+        );
+        let err =
+            Config::load(None, env(&[("CHURNSIGNAL__ENGINE__BUCKET_DAYS", "seven")])).unwrap_err();
+        assert!(err.to_string().contains("bucket_days"), "{err}");
+    }
+}

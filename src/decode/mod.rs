@@ -1,0 +1,160 @@
+//! Decoding and validation of contract-v1 events.
+//!
+//! JSON and protobuf are first read into one [`RawEvent`] (every field optional, strings
+//! borrowed), then a single [`validate`] turns it into a domain [`Event`] or a
+//! [`DecodeError`] with a stable, machine-readable [`Reason`]. The same reasons are used
+//! as dead-letter headers and metric labels, so their codes never change.
+
+mod json;
+mod protobuf;
+mod validate;
+
+use std::borrow::Cow;
+use std::fmt;
+
+pub use json::decode_json;
+pub use protobuf::{decode_protobuf, encode_protobuf};
+pub use validate::validate;
+
+use crate::time::Timestamp;
+
+/// Why an input was rejected. [`Reason::code`] is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not valid JSON (syntax error, truncated, not UTF-8).
+    BadJson,
+    /// Not a valid protobuf `churnsignal.v1.Event`.
+    BadProtobuf,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong JSON/protobuf type.
+    WrongType,
+    /// A field is outside its allowed range or set of values.
+    OutOfRange,
+    /// `type` is not one of the contract's types.
+    UnknownType,
+    /// `occurred_at` is not RFC 3339 with an offset.
+    BadTimestamp,
+    /// `occurred_at` lies further in the future than the configured clock skew.
+    FutureTimestamp,
+    /// The message is larger than the configured maximum.
+    Oversized,
+    /// `schema_version` is not one this build understands.
+    UnsupportedVersion,
+}
+
+impl Reason {
+    /// Every reason, for metrics pre-registration and documentation.
+    pub const ALL: [Reason; 10] = [
+        Reason::BadJson,
+        Reason::BadProtobuf,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::OutOfRange,
+        Reason::UnknownType,
+        Reason::BadTimestamp,
+        Reason::FutureTimestamp,
+        Reason::Oversized,
+        Reason::UnsupportedVersion,
+    ];
+
+    /// The stable code used in dead-letter headers, metric labels and reports.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::BadJson => "bad_json",
+            Reason::BadProtobuf => "bad_protobuf",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::OutOfRange => "out_of_range",
+            Reason::UnknownType => "unknown_type",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::Oversized => "oversized",
+            Reason::UnsupportedVersion => "unsupported_version",
+        }
+    }
+}
+
+/// A rejected input: the reason code and a short human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", reason.code())]
+pub struct DecodeError {
+    /// Machine-readable reason.
+    pub reason: Reason,
+    /// What exactly was wrong, for a person (never contains the whole payload).
+    pub message: String,
+}
+
+impl DecodeError {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
+        DecodeError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted message, in bytes.
+    pub max_event_bytes: usize,
+    /// How far `occurred_at` may lie ahead of `now`, in milliseconds.
+    pub max_clock_skew_ms: i64,
+    /// The reference instant for the skew check (wall clock in live mode). `None`
+    /// disables the check.
+    pub now: Option<Timestamp>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: 64 * 1024,
+            max_clock_skew_ms: 5 * 60 * 1000,
+            now: None,
+        }
+    }
+}
+
+/// `occurred_at` as found on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawTime<'a> {
+    /// JSON: an RFC 3339 string.
+    Text(Cow<'a, str>),
+    /// Protobuf: a `google.protobuf.Timestamp`.
+    Millis(i64),
+}
+
+/// An event as read from the wire, before validation. Every field is optional here;
+/// [`validate`] decides what each `type` requires.
+#[derive(Debug, Default, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub struct RawEvent<'a> {
+    pub event_id: Option<Cow<'a, str>>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub event_type: Option<Cow<'a, str>>,
+    pub occurred_at: Option<RawTime<'a>>,
+    pub schema_version: Option<i64>,
+    pub order_id: Option<Cow<'a, str>>,
+    pub amount: Option<f64>,
+    pub currency: Option<Cow<'a, str>>,
+    pub discount_pct: Option<f64>,
+    pub items: Option<i64>,
+    pub ticket_id: Option<Cow<'a, str>>,
+    pub priority: Option<Cow<'a, str>>,
+    pub category: Option<Cow<'a, str>>,
+    pub requested_discount_pct: Option<f64>,
+    pub csat: Option<i64>,
+    pub user_id: Option<Cow<'a, str>>,
+    pub feature: Option<Cow<'a, str>>,
+    pub score: Option<i64>,
+}
+
+impl fmt::Display for RawTime<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawTime::Text(s) => f.write_str(s),
+            RawTime::Millis(m) => write!(f, "{}", Timestamp(*m)),
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! The pure core: per-customer state, signals and alert lifecycle, in event time.
+//!
+//! No async, no Kafka, no clock: [`Engine::apply`] takes one event and returns the alert
+//! changes it caused; [`Engine::advance_to`] lets stream time pass and returns the
+//! changes that absence caused (inactivity, no second purchase, windows rolling, tickets
+//! left open). The same engine runs live (one per Kafka partition) and in replay, so
+//! both produce the same alerts for the same events in the same order.
+//!
+//! Stream time is a watermark: the latest event time seen minus the allowed lateness.
+//! Customers due for re-evaluation wait in a deadline queue, so letting time pass costs
+//! O(customers due).
+
+pub mod deadlines;
+pub mod lifecycle;
+pub mod population;
+pub mod score;
+pub mod state;
+pub mod tiers;
+pub mod window;
+
+use hashbrown::HashTable;
+
+use crate::alert::{clip, round4, Aggregates, Alert, Evidence, HealthRecord, SignalView};
+use crate::config::{Config, LatePolicy};
+use crate::event::{Category, Event, EventKind};
+use crate::signals::{self, support_tension, Input, PopulationView, Reading, SignalKind};
+use crate::time::Timestamp;
+use deadlines::Deadlines;
+use lifecycle::{active_mask, Rules, Status};
+use population::{Activity, LogHistogram, Population};
+use score::Risk;
+use state::{fingerprint, Customer, NEVER, UNSCHEDULED};
+use tiers::{Tier, Tiers};
+use window::{Added, Delta, Layout, WindowView};
+
+pub use window::RING;
+
+/// Window-driven severity from which a customer is re-evaluated at bucket boundaries
+/// even without an open episode (below it, rolling windows cannot plausibly fire before
+/// the next event or an absence deadline does).
+const WATCH_SEVERITY: f64 = 0.2;
+/// Repeat buyers the population needs before its cadence replaces the default.
+const MIN_CADENCE_SAMPLES: u32 = 30;
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied to the customer's state.
+    Applied,
+    /// Applied, though older than the watermark.
+    AppliedLate,
+    /// An `event_id` the customer recently had: ignored.
+    Duplicate,
+    /// Older than the watermark and `late_events = "drop"`: ignored.
+    DroppedLate,
+}
+
+/// Counters of an engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events applied (late ones included).
+    pub applied: u64,
+    /// Duplicates ignored.
+    pub duplicates: u64,
+    /// Events older than the watermark (applied or dropped).
+    pub late: u64,
+    /// Late events dropped by policy.
+    pub late_dropped: u64,
+    /// Events older than the window ring: lifetime facts kept, windows not.
+    pub too_old_for_windows: u64,
+    /// Re-evaluations caused by stream time.
+    pub deadline_evaluations: u64,
+    /// Alerts by status: open (reminders included), escalated, resolved.
+    pub alerts_open: u64,
+    /// Escalations.
+    pub alerts_escalated: u64,
+    /// Resolutions.
+    pub alerts_resolved: u64,
+}
+
+struct Evaluation {
+    view: WindowView,
+    readings: [Reading; 7],
+    health: u8,
+    risk: Risk,
+    tier: Tier,
+}
+
+/// The engine of one partition (or of a replay).
+pub struct Engine {
+    cfg: Config,
+    customers: Vec<Customer>,
+    index: HashTable<u32>,
+    deadlines: Deadlines,
+    population: Population,
+    tiers: Tiers,
+    max_event_time: Timestamp,
+    stream_time: Timestamp,
+    stats: Stats,
+}
+
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+impl Engine {
+    /// A new engine; `cfg` must be validated ([`Config::load`] does that).
+    pub fn new(cfg: Config) -> Engine {
+        Engine {
+            cfg,
+            customers: Vec::new(),
+            index: HashTable::new(),
+            deadlines: Deadlines::default(),
+            population: Population::default(),
+            tiers: Tiers::default(),
+            max_event_time: NEVER,
+            stream_time: NEVER,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Customers tracked.
+    pub fn customers(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// The watermark (`None` before the first event).
+    pub fn stream_time(&self) -> Option<Timestamp> {
+        (self.stream_time != NEVER).then_some(self.stream_time)
+    }
+
+    /// Latest event time seen.
+    pub fn max_event_time(&self) -> Option<Timestamp> {
+        (self.max_event_time != NEVER).then_some(self.max_event_time)
+    }
+
+    /// Bytes of state held: customer records, index, deadline queue, long ids.
+    pub fn state_bytes(&self) -> usize {
+        self.customers.capacity() * std::mem::size_of::<Customer>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.deadlines.bytes()
+            + self
+                .customers
+                .iter()
+                .map(Customer::heap_bytes)
+                .sum::<usize>()
+    }
+
+    /// Reserves room for `n` more customers.
+    pub fn reserve(&mut self, n: usize) {
+        self.customers.reserve_exact(n);
+        self.index
+            .reserve(n, |&i| id_hash(&self.customers[i as usize].id));
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            entry: self.cfg.score.entry_severity,
+            exit: self.cfg.score.exit_severity,
+            repeat_ms: (self.cfg.alerts.repeat_after_secs as i64).saturating_mul(1000),
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let customers = &self.customers;
+        self.index
+            .find(id_hash(id), |&i| customers[i as usize].id == id)
+            .map(|&i| i as usize)
+    }
+
+    fn find_or_insert(&mut self, id: &str) -> usize {
+        let hash = id_hash(id);
+        let customers = &self.customers;
+        if let Some(&i) = self.index.find(hash, |&i| customers[i as usize].id == id) {
+            return i as usize;
+        }
+        let idx = self.customers.len();
+        self.customers.push(Customer::new(id));
+        let customers = &self.customers;
+        self.index
+            .insert_unique(hash, idx as u32, |&i| id_hash(&customers[i as usize].id));
+        self.tiers.insert();
+        idx
+    }
+
+    /// Applies one event; alert changes go to `out`.
+    pub fn apply_into(&mut self, e: &Event<'_>, out: &mut Vec<Alert>) -> Outcome {
+        let t = e.occurred_at;
+        let idx = self.find_or_insert(&e.customer_id);
+        let fp = fingerprint(&e.event_id);
+        if self.customers[idx].dedup.seen(fp) {
+            self.stats.duplicates += 1;
+            return Outcome::Duplicate;
+        }
+        let late = self.stream_time != NEVER && t < self.stream_time;
+        if late {
+            self.stats.late += 1;
+            if self.cfg.engine.late_events == LatePolicy::Drop {
+                self.stats.late_dropped += 1;
+                return Outcome::DroppedLate;
+            }
+        }
+        self.stats.applied += 1;
+        self.record(idx, e, fp);
+
+        self.max_event_time = self.max_event_time.max(t);
+        let watermark = Timestamp(
+            self.max_event_time
+                .0
+                .saturating_sub(self.cfg.engine.lateness_ms()),
+        );
+        self.stream_time = self.stream_time.max(watermark);
+
+        let now = t.max(self.stream_time);
+        self.evaluate_and_transition(idx, now, Some(&e.event_id), out);
+        self.run_deadlines(out);
+        if late {
+            Outcome::AppliedLate
+        } else {
+            Outcome::Applied
+        }
+    }
+
+    /// Applies a batch of events in order; alert changes go to `out`. Exactly the same
+    /// as calling [`Engine::apply_into`] on each in turn, but faster on large state: it
+    /// first looks up every customer of the batch and asks the CPU to fetch their
+    /// records, so the cache misses of one batch overlap instead of queueing.
+    pub fn apply_batch(&mut self, events: &[Event<'_>], out: &mut Vec<Alert>) {
+        const LINES: usize = std::mem::size_of::<Customer>().div_ceil(64);
+        for chunk in events.chunks(32) {
+            let mut found = [u32::MAX; 32];
+            for (slot, e) in found.iter_mut().zip(chunk) {
+                if let Some(i) = self.find(&e.customer_id) {
+                    *slot = i as u32;
+                }
+            }
+            for &i in found.iter().take(chunk.len()) {
+                if i != u32::MAX {
+                    let base = (&self.customers[i as usize] as *const Customer).cast::<u8>();
+                    for line in 0..LINES {
+                        prefetch(base.wrapping_add(line * 64));
+                    }
+                }
+            }
+            for e in chunk {
+                self.apply_into(e, out);
+            }
+        }
+    }
+
+    /// Applies one event and returns the alert changes it caused.
+    pub fn apply(&mut self, e: &Event<'_>) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.apply_into(e, &mut out);
+        out
+    }
+
+    /// Lets stream time pass to `t` (never backwards); alert changes go to `out`.
+    pub fn advance_to_into(&mut self, t: Timestamp, out: &mut Vec<Alert>) {
+        self.stream_time = self.stream_time.max(t);
+        self.run_deadlines(out);
+    }
+
+    /// Lets stream time pass to `t` and returns the alert changes absence caused.
+    pub fn advance_to(&mut self, t: Timestamp) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.advance_to_into(t, &mut out);
+        out
+    }
+
+    /// End of input: stream time advances to the latest event time (no more late
+    /// events can come).
+    pub fn finish(&mut self) -> Vec<Alert> {
+        match self.max_event_time() {
+            Some(t) => self.advance_to(t),
+            None => Vec::new(),
+        }
+    }
+
+    fn run_deadlines(&mut self, out: &mut Vec<Alert>) {
+        if self.stream_time == NEVER {
+            return;
+        }
+        while let Some((due, idx)) = self.deadlines.pop_due(self.stream_time) {
+            let idx = idx as usize;
+            if self.customers[idx].scheduled != due {
+                continue; // stale: the customer was rescheduled earlier since
+            }
+            self.customers[idx].scheduled = UNSCHEDULED;
+            self.stats.deadline_evaluations += 1;
+            let now = self.stream_time.max(self.customers[idx].last_seen);
+            self.evaluate_and_transition(idx, now, None, out);
+        }
+    }
+
+    /// Updates state for one event (everything but evaluation).
+    fn record(&mut self, idx: usize, e: &Event<'_>, fp: u32) {
+        let t = e.occurred_at;
+        let width = self.cfg.engine.bucket_ms();
+        let c = &mut self.customers[idx];
+        let old_cadence = cadence_bin(c);
+        let old_gap = c.gap_bin;
+        let mut delta = Delta::default();
+        let (mut pop_orders, mut pop_engagement) = (0.0, 0.0);
+        match &e.kind {
+            EventKind::OrderPlaced {
+                amount,
+                discount_pct,
+                ..
+            } => {
+                delta.value = *amount as f32;
+                delta.discount_value = (*amount * *discount_pct / 100.0) as f32;
+                delta.orders = 1;
+                c.record_order(t);
+                pop_orders = 1.0;
+            }
+            EventKind::OrderCancelled { amount, .. } => {
+                delta.value = -(amount.unwrap_or(0.0) as f32)
+            }
+            EventKind::OrderRefunded { amount, .. } => delta.value = -(*amount as f32),
+            EventKind::TicketOpened {
+                ticket_id,
+                priority,
+                category,
+            } => {
+                delta.tickets = 1;
+                delta.trouble = support_tension::opened_points(*priority, *category);
+                delta.requests = u8::from(*category == Category::DiscountRequest);
+                c.tickets.open(fingerprint(ticket_id), t);
+            }
+            EventKind::TicketEscalated { priority, .. } => {
+                delta.trouble = support_tension::escalated_points(*priority);
+            }
+            EventKind::TicketReopened { ticket_id } => {
+                delta.trouble = support_tension::REOPENED_POINTS;
+                c.tickets.open(fingerprint(ticket_id), t);
+            }
+            EventKind::TicketResolved { ticket_id, csat } => {
+                delta.trouble = support_tension::resolved_points(*csat);
+                c.tickets.resolve(fingerprint(ticket_id));
+            }
+            EventKind::Engagement { .. } => {
+                delta.engagement = 1;
+                c.last_engagement = c.last_engagement.max(t);
+                pop_engagement = 1.0;
+            }
+            EventKind::Nps { score } => {
+                delta.engagement = 1;
+                c.last_engagement = c.last_engagement.max(t);
+                c.record_nps(t, *score);
+                pop_engagement = 1.0;
+            }
+        }
+        if c.ring.add(t, width, &delta) == Added::TooOld {
+            self.stats.too_old_for_windows += 1;
+        }
+        c.dedup.remember(fp);
+        c.first_seen = c.first_seen.min(t);
+        c.last_seen = c.last_seen.max(t);
+        // population distributions: replace this customer's contribution
+        let new_cadence = cadence_bin(c);
+        if new_cadence != old_cadence {
+            if let Some(b) = old_cadence {
+                self.population.cadence.remove(b);
+            }
+            if let Some(b) = new_cadence {
+                self.population.cadence.add(b);
+            }
+        }
+        if c.second_order != NEVER {
+            let gap = LogHistogram::bin_of(c.second_order.days_since(c.first_order));
+            if gap != old_gap {
+                if old_gap != 255 {
+                    self.population.second_order_gap.remove(old_gap);
+                }
+                self.population.second_order_gap.add(gap);
+                c.gap_bin = gap;
+            }
+        }
+        if pop_orders > 0.0 || pop_engagement > 0.0 {
+            self.population.record(t, pop_orders, pop_engagement);
+        }
+    }
+
+    fn population_view(
+        &mut self,
+        idx: usize,
+        recent_start: Timestamp,
+        now: Timestamp,
+    ) -> PopulationView {
+        let cfg = &self.cfg;
+        let c = &self.customers[idx];
+        let pop = &mut self.population;
+        let nsp = &cfg.signals.no_second_purchase;
+        let (cadence_days, second_order_days) = pop.priors(now, |pop| {
+            let cadence = pop
+                .trusted(
+                    pop.cadence.quantile(0.5),
+                    pop.cadence.total(),
+                    MIN_CADENCE_SAMPLES,
+                    now,
+                )
+                .unwrap_or(cfg.signals.inactivity.default_cadence_days);
+            let learned = pop.second_order_gap.quantile(nsp.quantile);
+            let second = pop
+                .trusted(learned, pop.second_order_gap.total(), nsp.min_samples, now)
+                .filter(|_| nsp.learn_from_population)
+                .map_or(nsp.expected_days, |d| d.clamp(7.0, 3650.0));
+            (cadence, second)
+        });
+        let mut v = PopulationView {
+            cadence_days,
+            second_order_days,
+            ..PopulationView::default()
+        };
+        if cfg.population.enabled && self.customers.len() as u32 >= cfg.population.min_customers {
+            let m = cfg.population.min_factor;
+            v.orders_factor = pop.factor(Activity::Orders, recent_start, now, m);
+            v.engagement_factor = pop.factor(Activity::Engagement, recent_start, now, m);
+            if c.last_order != NEVER {
+                v.order_silence_factor = pop.factor(Activity::Orders, c.last_order, now, m);
+            }
+            if c.last_engagement != NEVER {
+                v.engagement_silence_factor =
+                    pop.factor(Activity::Engagement, c.last_engagement, now, m);
+            }
+        }
+        v
+    }
+
+    fn evaluate(&mut self, idx: usize, now: Timestamp) -> Evaluation {
+        let e = &self.cfg.engine;
+        let layout = Layout::at(now, e.bucket_ms(), e.recent_buckets, e.baseline_buckets);
+        let view = WindowView::read(
+            &self.customers[idx].ring,
+            layout,
+            self.customers[idx].first_seen,
+        );
+        let population = self.population_view(idx, layout.recent_start, now);
+        let c = &self.customers[idx];
+        let readings = signals::evaluate_all(
+            &Input {
+                customer: c,
+                window: &view,
+                now,
+                population,
+            },
+            &self.cfg.signals,
+        );
+        let bin = self.tiers.update(c.value_bin, view.trailing_revenue());
+        self.customers[idx].value_bin = bin;
+        let t = &self.cfg.value_tiers;
+        let tier = self
+            .tiers
+            .tier(bin, t.key_top_fraction, t.core_top_fraction);
+        let shallow =
+            score::shallowness(self.customers[idx].orders_total, self.tiers.percentile(bin));
+        let health = score::health(&readings, &self.cfg, shallow);
+        let risk = score::risk(health, tier, &self.cfg);
+        Evaluation {
+            view,
+            readings,
+            health,
+            risk,
+            tier,
+        }
+    }
+
+    fn evaluate_and_transition(
+        &mut self,
+        idx: usize,
+        now: Timestamp,
+        event_id: Option<&str>,
+        out: &mut Vec<Alert>,
+    ) {
+        let ev = self.evaluate(idx, now);
+        let rules = self.rules();
+        let c = &mut self.customers[idx];
+        let status = c
+            .episode
+            .transition(&c.id, &ev.readings, ev.risk, now, rules);
+        if let Some(status) = status {
+            match status {
+                Status::Open => self.stats.alerts_open += 1,
+                Status::Escalated => self.stats.alerts_escalated += 1,
+                Status::Resolved => self.stats.alerts_resolved += 1,
+            }
+            out.push(self.render_alert(idx, &ev, status, now, event_id));
+        }
+        self.schedule(idx, &ev, now);
+    }
+
+    /// Computes and queues the next instant this customer can change without an event.
+    fn schedule(&mut self, idx: usize, ev: &Evaluation, now: Timestamp) {
+        let rules = self.rules();
+        let width = self.cfg.engine.bucket_ms();
+        let c = &self.customers[idx];
+        let mut due = UNSCHEDULED;
+        for r in &ev.readings {
+            if let Some(d) = r.due {
+                due = due.min(d);
+            }
+        }
+        let window_driven = [
+            SignalKind::ConsumptionDrop,
+            SignalKind::DiscountPressure,
+            SignalKind::SupportTension,
+            SignalKind::EngagementDecline,
+        ];
+        let warm = window_driven
+            .iter()
+            .any(|k| ev.readings[*k as usize].severity >= WATCH_SEVERITY);
+        if (c.episode.open || warm) && !c.ring.empty_from(ev.view.layout.baseline_from) {
+            // Windows change when a bucket rolls; spread customers over the first
+            // seventh of the bucket so a boundary is not a burst.
+            let jitter = i64::from(fingerprint(&c.id)) % (width / 7).max(1);
+            due = due.min(Timestamp(
+                (i64::from(ev.view.layout.current) + 1) * width + jitter,
+            ));
+        } else if c.episode.open {
+            // Risk keeps rising while a customer stays silent: look again each bucket.
+            due = due.min(Timestamp(now.0 + width));
+        }
+        if let Some(r) = c.episode.reminder_due(rules) {
+            due = due.min(r);
+        }
+        if due != UNSCHEDULED && due > now {
+            let scheduled = c.scheduled;
+            self.customers[idx].scheduled = self.deadlines.schedule(idx as u32, due, scheduled);
+        }
+    }
+
+    fn signal_views(readings: &[Reading; 7], mask: u8) -> Vec<SignalView> {
+        SignalKind::ALL
+            .into_iter()
+            .filter(|k| mask & k.bit() != 0)
+            .map(|k| {
+                let r = &readings[k as usize];
+                SignalView {
+                    signal: k,
+                    severity: round4(r.severity),
+                    observed: round4(r.observed),
+                    baseline: round4(r.baseline),
+                    threshold: round4(r.threshold),
+                    window_days: round4(r.window_days),
+                    explanation: signals::explain(k, r),
+                }
+            })
+            .collect()
+    }
+
+    fn render_alert(
+        &self,
+        idx: usize,
+        ev: &Evaluation,
+        status: Status,
+        now: Timestamp,
+        event_id: Option<&str>,
+    ) -> Alert {
+        let c = &self.customers[idx];
+        let mask = if status == Status::Resolved {
+            0
+        } else {
+            c.episode.active
+        };
+        let signals = Self::signal_views(&ev.readings, mask);
+        let play = score::play(c.episode.active, &ev.readings, ev.tier, &self.cfg);
+        let names: Vec<&str> = signals.iter().map(|s| s.signal.name()).collect();
+        let what = match status {
+            Status::Open => format!("at risk: {}", names.join(", ")),
+            Status::Escalated => format!("risk up: {}", names.join(", ")),
+            Status::Resolved => "recovered, alert resolved".to_owned(),
+        };
+        let summary = format!(
+            "{} ({} account) {what}; health {}, risk {}, play {}",
+            clip(&c.id, 40),
+            ev.tier.as_str(),
+            ev.health,
+            ev.risk.as_str(),
+            play.as_str()
+        );
+        let v = &ev.view;
+        Alert {
+            alert_id: format!("{:016x}", c.episode.alert_id),
+            sequence: u32::from(c.episode.sequence),
+            customer_id: c.id.to_string(),
+            status,
+            risk: ev.risk,
+            health_score: ev.health,
+            signals,
+            value_tier: ev.tier.as_str(),
+            recommended_play: play,
+            summary: clip(&summary, crate::alert::SUMMARY_MAX_CHARS),
+            as_of: now,
+            emitted_at: now,
+            evidence: Evidence {
+                window_start: v.layout.recent_start,
+                window_end: now,
+                baseline_start: v.layout.baseline_start,
+                recent_orders: v.recent.orders,
+                recent_order_value: round4(v.recent.value),
+                baseline_orders: v.baseline.orders,
+                baseline_order_value: round4(v.baseline.value),
+                recent_engagement: v.recent.engagement,
+                baseline_engagement: v.baseline.engagement,
+                recent_tickets: v.recent.tickets,
+                recent_discount_requests: v.recent.requests,
+                open_tickets: c.tickets.count(),
+                orders_total: c.orders_total,
+                last_order_at: (c.last_order != NEVER).then_some(c.last_order),
+                last_engagement_at: (c.last_engagement != NEVER).then_some(c.last_engagement),
+                event_ids: event_id.map(|e| vec![e.to_owned()]).unwrap_or_default(),
+                trigger: if event_id.is_some() {
+                    "event"
+                } else {
+                    "stream_time"
+                },
+            },
+            schema_version: crate::alert::SCHEMA_VERSION,
+        }
+    }
+
+    /// The health record of one customer at the current stream time (`None` if this
+    /// engine does not know the customer). Reading a record changes no alert state.
+    pub fn health_record(&mut self, customer_id: &str) -> Option<HealthRecord> {
+        let idx = self.find(customer_id)?;
+        self.tiers.refresh();
+        Some(self.record_of(idx))
+    }
+
+    /// Health records of every customer, sorted by customer id, at the current stream time.
+    pub fn snapshot(&mut self) -> Vec<HealthRecord> {
+        self.population.invalidate();
+        self.tiers.refresh();
+        // Re-register every revenue first so that tiers reflect the same instant for all.
+        for idx in 0..self.customers.len() {
+            let now = self.stream_time.max(self.customers[idx].last_seen);
+            self.evaluate(idx, now);
+        }
+        self.tiers.refresh();
+        let mut order: Vec<usize> = (0..self.customers.len()).collect();
+        order.sort_by(|a, b| self.customers[*a].id.cmp(&self.customers[*b].id));
+        order.into_iter().map(|i| self.record_of(i)).collect()
+    }
+
+    fn record_of(&mut self, idx: usize) -> HealthRecord {
+        let now = self.stream_time.max(self.customers[idx].last_seen);
+        let ev = self.evaluate(idx, now);
+        let c = &self.customers[idx];
+        let rules = self.rules();
+        let mask = active_mask(c.episode.active, &ev.readings, rules.entry, rules.exit);
+        let v = &ev.view;
+        let opt = |t: Timestamp| (t != NEVER).then_some(t);
+        HealthRecord {
+            customer_id: c.id.to_string(),
+            health_score: ev.health,
+            risk: ev.risk,
+            signals: Self::signal_views(&ev.readings, mask),
+            value_tier: ev.tier.as_str(),
+            recommended_play: score::play(mask, &ev.readings, ev.tier, &self.cfg),
+            as_of: now,
+            open_alert_id: c
+                .episode
+                .open
+                .then(|| format!("{:016x}", c.episode.alert_id)),
+            windows: Aggregates {
+                recent_start: v.layout.recent_start,
+                baseline_start: v.layout.baseline_start,
+                recent_days: round4(v.recent_days),
+                baseline_days: round4(v.baseline_days),
+                recent_orders: v.recent.orders,
+                baseline_orders: v.baseline.orders,
+                recent_order_value: round4(v.recent.value),
+                baseline_order_value: round4(v.baseline.value),
+                recent_engagement: v.recent.engagement,
+                baseline_engagement: v.baseline.engagement,
+                recent_tickets: v.recent.tickets,
+                recent_trouble_points: v.recent.trouble,
+                recent_discount_requests: v.recent.requests,
+                open_tickets: c.tickets.count(),
+                orders_total: c.orders_total,
+                trailing_revenue: round4(v.trailing_revenue()),
+                first_order_at: opt(c.first_order),
+                last_order_at: opt(c.last_order),
+                last_engagement_at: opt(c.last_engagement),
+                last_nps: (c.nps <= 10).then_some(c.nps),
+                severities: SignalKind::ALL
+                    .into_iter()
+                    .map(|k| (k.name(), round4(ev.readings[k as usize].severity)))
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Hints the CPU to bring the cache line at `p` in; never faults, never changes behaviour.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it does not dereference `p` architecturally and
+    // cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A customer's own mean order gap bin (2+ orders), for the population cadence.
+fn cadence_bin(c: &Customer) -> Option<u8> {
+    (c.orders_total >= 2).then(|| {
+        LogHistogram::bin_of(c.last_order.days_since(c.first_order) / f64::from(c.orders_total - 1))
+    })
+}

@@ -1,0 +1,256 @@
+//! Per-customer state: compact and fixed-size, since it is what limits how many customers
+//! one instance holds. Everything is order-independent where it can be (min/max/sums), so
+//! that events permuted within the allowed lateness leave the same state behind.
+
+use compact_str::CompactString;
+
+use super::lifecycle::Episode;
+use super::window::Ring;
+use crate::time::Timestamp;
+
+/// "Never" for optional instants (kept as plain `i64` to stay compact).
+pub const NEVER: Timestamp = Timestamp(i64::MIN);
+/// "Not scheduled".
+pub const UNSCHEDULED: Timestamp = Timestamp(i64::MAX);
+
+/// How many recent event ids a customer remembers for de-duplication.
+pub const DEDUP_SLOTS: usize = 8;
+/// How many open tickets are tracked individually.
+pub const TICKET_SLOTS: usize = 4;
+
+/// A 32-bit fingerprint of an id, never 0 (0 marks an empty slot).
+pub fn fingerprint(id: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32) | 1
+}
+
+/// The last [`DEDUP_SLOTS`] event-id fingerprints of a customer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dedup {
+    fps: [u32; DEDUP_SLOTS],
+    next: u8,
+}
+
+impl Dedup {
+    /// True if `fp` was seen among the remembered ids.
+    pub fn seen(&self, fp: u32) -> bool {
+        self.fps.contains(&fp)
+    }
+    /// Remembers `fp`, forgetting the oldest.
+    pub fn remember(&mut self, fp: u32) {
+        self.fps[self.next as usize] = fp;
+        self.next = ((self.next as usize + 1) % DEDUP_SLOTS) as u8;
+    }
+}
+
+/// Open tickets: up to [`TICKET_SLOTS`] by fingerprint with their opening minute, plus a
+/// count of any more.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenTickets {
+    slots: [(u32, u32); TICKET_SLOTS],
+    overflow: u8,
+}
+
+fn minute(t: Timestamp) -> u32 {
+    (t.0.div_euclid(60_000)).clamp(1, i64::from(u32::MAX)) as u32
+}
+
+impl OpenTickets {
+    /// Records a ticket opened (or reopened) at `t`.
+    pub fn open(&mut self, fp: u32, t: Timestamp) {
+        if self.slots.iter().any(|s| s.0 == fp) {
+            return;
+        }
+        match self.slots.iter_mut().find(|s| s.0 == 0) {
+            Some(s) => *s = (fp, minute(t)),
+            None => self.overflow = self.overflow.saturating_add(1),
+        }
+    }
+    /// Records a ticket resolved.
+    pub fn resolve(&mut self, fp: u32) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.0 == fp) {
+            *s = (0, 0);
+        } else if self.overflow > 0 {
+            self.overflow -= 1;
+        }
+    }
+    /// Tickets open now.
+    pub fn count(&self) -> u32 {
+        self.slots.iter().filter(|s| s.0 != 0).count() as u32 + u32::from(self.overflow)
+    }
+    /// Tracked tickets opened before `cutoff` (left unresolved).
+    pub fn opened_before(&self, cutoff: Timestamp) -> u32 {
+        let c = minute(cutoff);
+        self.slots.iter().filter(|s| s.0 != 0 && s.1 < c).count() as u32
+    }
+    /// The earliest opening instant among tracked tickets opened at or after `after`.
+    pub fn next_opened_at_or_after(&self, after: Timestamp) -> Option<Timestamp> {
+        let a = minute(after);
+        self.slots
+            .iter()
+            .filter(|s| s.0 != 0 && s.1 >= a)
+            .map(|s| Timestamp(i64::from(s.1) * 60_000))
+            .min()
+    }
+}
+
+/// Everything the engine keeps about one customer.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    /// The customer id (inline up to 24 bytes).
+    pub id: CompactString,
+    /// Rolling windows.
+    pub ring: Ring,
+    /// Earliest event time seen.
+    pub first_seen: Timestamp,
+    /// Latest event time seen.
+    pub last_seen: Timestamp,
+    /// Earliest order.
+    pub first_order: Timestamp,
+    /// Second-earliest order.
+    pub second_order: Timestamp,
+    /// Latest order.
+    pub last_order: Timestamp,
+    /// Latest engagement event.
+    pub last_engagement: Timestamp,
+    /// Time of the latest NPS answer.
+    pub nps_at: Timestamp,
+    /// When this customer is next due for evaluation without an event.
+    pub scheduled: Timestamp,
+    /// Orders placed, ever.
+    pub orders_total: u32,
+    /// Latest NPS score, 255 when none.
+    pub nps: u8,
+    /// Value-histogram bin this customer is counted in (see `tiers`).
+    pub value_bin: u16,
+    /// First-to-second-order gap bin this customer is counted in, 255 when none.
+    pub gap_bin: u8,
+    /// Recent event ids.
+    pub dedup: Dedup,
+    /// Open tickets.
+    pub tickets: OpenTickets,
+    /// The alert episode.
+    pub episode: Episode,
+}
+
+impl Customer {
+    /// A customer never seen before.
+    pub fn new(id: &str) -> Customer {
+        Customer {
+            id: CompactString::new(id),
+            ring: Ring::default(),
+            first_seen: UNSCHEDULED,
+            last_seen: NEVER,
+            first_order: NEVER,
+            second_order: NEVER,
+            last_order: NEVER,
+            last_engagement: NEVER,
+            nps_at: NEVER,
+            scheduled: UNSCHEDULED,
+            orders_total: 0,
+            nps: 255,
+            value_bin: 0,
+            gap_bin: 255,
+            dedup: Dedup::default(),
+            tickets: OpenTickets::default(),
+            episode: Episode::default(),
+        }
+    }
+
+    /// Records an order at `t`, keeping first/second/last order order-independent.
+    pub fn record_order(&mut self, t: Timestamp) {
+        self.orders_total = self.orders_total.saturating_add(1);
+        if self.first_order == NEVER || t < self.first_order {
+            self.second_order = self.first_order;
+            self.first_order = t;
+        } else if self.second_order == NEVER || t < self.second_order {
+            self.second_order = t;
+        }
+        self.last_order = self.last_order.max(t);
+    }
+
+    /// Records an NPS answer; the latest answer wins (ties: the lower score).
+    pub fn record_nps(&mut self, t: Timestamp, score: u8) {
+        if t > self.nps_at || (t == self.nps_at && score < self.nps) {
+            self.nps_at = t;
+            self.nps = score;
+        }
+    }
+
+    /// Heap bytes owned beyond `size_of::<Customer>()` (long ids only).
+    pub fn heap_bytes(&self) -> usize {
+        if self.id.is_heap_allocated() {
+            self.id.capacity()
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_state_fits_its_budget() {
+        // The budget is 512 resident bytes per customer, everything included: this
+        // record (ring 260, id 24, instants 64, dedup 36, tickets 36, episode 24,
+        // counters 8), about 10 bytes of index and 16-32 of deadline queue per customer.
+        // `bench engine` measures the resident total; this keeps the record honest.
+        assert!(
+            std::mem::size_of::<Customer>() <= 456,
+            "{}",
+            std::mem::size_of::<Customer>()
+        );
+    }
+
+    #[test]
+    fn dedup_remembers_the_last_eight() {
+        let mut d = Dedup::default();
+        for i in 0..9 {
+            d.remember(fingerprint(&format!("e{i}")));
+        }
+        assert!(!d.seen(fingerprint("e0")), "the oldest is forgotten");
+        assert!((1..9).all(|i| d.seen(fingerprint(&format!("e{i}")))));
+    }
+
+    #[test]
+    fn open_tickets_track_resolution_and_age() {
+        let mut o = OpenTickets::default();
+        for i in 0..6 {
+            o.open(fingerprint(&format!("t{i}")), Timestamp(i * 3_600_000));
+        }
+        assert_eq!(o.count(), 6);
+        o.open(fingerprint("t0"), Timestamp(0));
+        assert_eq!(
+            o.count(),
+            6,
+            "re-opening an open ticket does not double count"
+        );
+        o.resolve(fingerprint("t1"));
+        o.resolve(fingerprint("unknown"));
+        assert_eq!(o.count(), 4);
+        // t0 is older than 2h; t1 was resolved; t2 opened exactly at the cutoff minute.
+        assert_eq!(o.opened_before(Timestamp(2 * 3_600_000 + 1)), 1);
+        assert_eq!(
+            o.next_opened_at_or_after(Timestamp(3 * 3_600_000)),
+            Some(Timestamp(3 * 3_600_000))
+        );
+    }
+
+    #[test]
+    fn order_bookkeeping_does_not_depend_on_arrival_order() {
+        let mut a = Customer::new("c");
+        let mut b = Customer::new("c");
+        for t in [5, 1, 9, 3] {
+            a.record_order(Timestamp(t));
+        }
+        for t in [1, 3, 5, 9] {
+            b.record_order(Timestamp(t));
+        }
+        assert_eq!(
+            (a.first_order, a.second_order, a.last_order, a.orders_total),
+            (b.first_order, b.second_order, b.last_order, b.orders_total)
+        );
+        assert_eq!(a.second_order, Timestamp(3));
+    }
+}

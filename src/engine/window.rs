@@ -1,0 +1,323 @@
+//! Per-customer rolling windows: a fixed ring of time buckets in event time.
+//!
+//! Bucket `n` covers `[n * width, (n + 1) * width)`. The ring keeps the latest
+//! [`RING`] buckets up to `head`; writing a newer bucket clears the ones it skips. Reading
+//! at an instant never mutates: buckets newer than `head` are empty, buckets older than
+//! the ring are gone. The recent window is the `recent` buckets ending with the one that
+//! holds `now` (so it includes the current, partial bucket); the baseline is the
+//! `baseline` buckets before it. Durations are clipped to the customer's first event so
+//! a new customer's rates are not diluted by time before they existed.
+
+use crate::time::{Timestamp, DAY_MS};
+
+/// Buckets per customer ring (recent + baseline at most this).
+pub const RING: usize = 16;
+
+/// One bucket of activity. 16 bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C)]
+pub struct Bucket {
+    /// Order value minus refunds and cancellations (may go negative within a bucket).
+    pub value: f32,
+    /// Sum of `amount * discount_pct / 100` over orders: discount granted, in value.
+    pub discount_value: f32,
+    /// Orders placed.
+    pub orders: u16,
+    /// Engagement events (NPS answers included).
+    pub engagement: u16,
+    /// Discount requests (tickets of category `discount_request`).
+    pub requests: u8,
+    /// Tickets opened.
+    pub tickets: u8,
+    /// Weighted support trouble points (see `signals::support_tension`).
+    pub trouble: u8,
+    _pad: u8,
+}
+
+/// What one event adds to its bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Delta {
+    /// Value added (negative for refunds).
+    pub value: f32,
+    /// Discount value added.
+    pub discount_value: f32,
+    /// Orders added.
+    pub orders: u16,
+    /// Engagement events added.
+    pub engagement: u16,
+    /// Discount requests added.
+    pub requests: u8,
+    /// Tickets added.
+    pub tickets: u8,
+    /// Trouble points added.
+    pub trouble: u8,
+}
+
+impl Bucket {
+    fn add(&mut self, d: &Delta) {
+        self.value += d.value;
+        self.discount_value += d.discount_value;
+        self.orders = self.orders.saturating_add(d.orders);
+        self.engagement = self.engagement.saturating_add(d.engagement);
+        self.requests = self.requests.saturating_add(d.requests);
+        self.tickets = self.tickets.saturating_add(d.tickets);
+        self.trouble = self.trouble.saturating_add(d.trouble);
+    }
+}
+
+/// Totals over a span of buckets, widened so that sums do not saturate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// Net order value.
+    pub value: f64,
+    /// Discount value.
+    pub discount_value: f64,
+    /// Orders.
+    pub orders: u32,
+    /// Engagement events.
+    pub engagement: u32,
+    /// Discount requests.
+    pub requests: u32,
+    /// Tickets opened.
+    pub tickets: u32,
+    /// Trouble points.
+    pub trouble: u32,
+}
+
+impl Totals {
+    fn add(&mut self, b: &Bucket) {
+        self.value += f64::from(b.value);
+        self.discount_value += f64::from(b.discount_value);
+        self.orders += u32::from(b.orders);
+        self.engagement += u32::from(b.engagement);
+        self.requests += u32::from(b.requests);
+        self.tickets += u32::from(b.tickets);
+        self.trouble += u32::from(b.trouble);
+    }
+}
+
+/// The ring of buckets of one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ring {
+    buckets: [Bucket; RING],
+    /// Newest bucket number written; `i32::MIN` when empty.
+    head: i32,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring {
+            buckets: [Bucket::default(); RING],
+            head: i32::MIN,
+        }
+    }
+}
+
+/// Result of [`Ring::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Counted in its bucket.
+    Yes,
+    /// Older than the oldest bucket the ring keeps: not counted.
+    TooOld,
+}
+
+/// Bucket number of an instant.
+pub fn bucket_of(t: Timestamp, width_ms: i64) -> i32 {
+    t.0.div_euclid(width_ms)
+        .clamp(i64::from(i32::MIN + 1), i64::from(i32::MAX)) as i32
+}
+
+fn slot(n: i32) -> usize {
+    n.rem_euclid(RING as i32) as usize
+}
+
+impl Ring {
+    /// Adds `d` to the bucket holding `t`.
+    pub fn add(&mut self, t: Timestamp, width_ms: i64, d: &Delta) -> Added {
+        let n = bucket_of(t, width_ms);
+        if self.head == i32::MIN {
+            self.head = n;
+        } else if n > self.head {
+            let skip = (i64::from(n) - i64::from(self.head)).min(RING as i64) as i32;
+            for k in 1..=skip {
+                self.buckets[slot(n - skip + k)] = Bucket::default();
+            }
+            self.head = n;
+        } else if i64::from(n) <= i64::from(self.head) - RING as i64 {
+            return Added::TooOld;
+        }
+        self.buckets[slot(n)].add(d);
+        Added::Yes
+    }
+
+    /// The bucket numbered `n` as seen by a reader (empty if not held).
+    pub fn get(&self, n: i32) -> Bucket {
+        if self.head == i32::MIN
+            || n > self.head
+            || i64::from(n) <= i64::from(self.head) - RING as i64
+        {
+            Bucket::default()
+        } else {
+            self.buckets[slot(n)]
+        }
+    }
+
+    /// True when no bucket holds anything at or after bucket `n` (used to stop
+    /// re-evaluating customers whose windows can no longer change).
+    pub fn empty_from(&self, n: i32) -> bool {
+        self.head == i32::MIN || self.head < n
+    }
+
+    /// Totals over buckets `from..=to`.
+    pub fn totals(&self, from: i32, to: i32) -> Totals {
+        let mut t = Totals::default();
+        let lo = from.max(self.head.saturating_sub(RING as i32 - 1));
+        let hi = to.min(self.head);
+        let mut n = lo;
+        while n <= hi {
+            t.add(&self.buckets[slot(n)]);
+            n += 1;
+        }
+        t
+    }
+}
+
+/// The window layout at an instant: bounds and durations, independent of any customer
+/// except for the clip to their first event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layout {
+    /// Bucket holding `now`.
+    pub current: i32,
+    /// First bucket of the recent window.
+    pub recent_from: i32,
+    /// First bucket of the baseline.
+    pub baseline_from: i32,
+    /// Start of the recent window.
+    pub recent_start: Timestamp,
+    /// Start of the baseline.
+    pub baseline_start: Timestamp,
+    /// The instant of evaluation.
+    pub now: Timestamp,
+}
+
+impl Layout {
+    /// Layout at `now` for the given bucket width and window sizes.
+    pub fn at(now: Timestamp, width_ms: i64, recent: u32, baseline: u32) -> Layout {
+        let current = bucket_of(now, width_ms);
+        let recent_from = current - recent as i32 + 1;
+        let baseline_from = recent_from - baseline as i32;
+        Layout {
+            current,
+            recent_from,
+            baseline_from,
+            recent_start: Timestamp(i64::from(recent_from) * width_ms),
+            baseline_start: Timestamp(i64::from(baseline_from) * width_ms),
+            now,
+        }
+    }
+}
+
+/// A customer's windows at an instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowView {
+    /// Bounds.
+    pub layout: Layout,
+    /// Totals over the recent window.
+    pub recent: Totals,
+    /// Totals over the baseline.
+    pub baseline: Totals,
+    /// Days the recent window covers (clipped to the customer's first event).
+    pub recent_days: f64,
+    /// Days the baseline covers (clipped to the customer's first event).
+    pub baseline_days: f64,
+}
+
+impl WindowView {
+    /// Reads `ring` at `layout`; `first_seen` clips the durations.
+    pub fn read(ring: &Ring, layout: Layout, first_seen: Timestamp) -> WindowView {
+        let recent = ring.totals(layout.recent_from, layout.current);
+        let baseline = ring.totals(layout.baseline_from, layout.recent_from - 1);
+        let span = |start: Timestamp, end: Timestamp| -> f64 {
+            let s = start.0.max(first_seen.0);
+            (end.0.saturating_sub(s).max(0)) as f64 / DAY_MS as f64
+        };
+        WindowView {
+            layout,
+            recent,
+            baseline,
+            recent_days: span(layout.recent_start, layout.now).max(1.0 / 24.0),
+            baseline_days: span(layout.baseline_start, layout.recent_start),
+        }
+    }
+
+    /// Net order value over recent window and baseline together (trailing revenue).
+    pub fn trailing_revenue(&self) -> f64 {
+        (self.recent.value + self.baseline.value).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: i64 = 7 * DAY_MS;
+
+    fn day(d: i64) -> Timestamp {
+        Timestamp(d * DAY_MS)
+    }
+
+    fn order(v: f32) -> Delta {
+        Delta {
+            value: v,
+            orders: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bucket_is_16_bytes_so_a_ring_is_256() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 16);
+        assert_eq!(std::mem::size_of::<Ring>(), 16 * RING + 4);
+    }
+
+    #[test]
+    fn events_land_in_their_bucket_and_old_ones_roll_out() {
+        let mut r = Ring::default();
+        assert_eq!(r.add(day(0), W, &order(10.0)), Added::Yes);
+        assert_eq!(r.add(day(8), W, &order(5.0)), Added::Yes);
+        assert_eq!(r.get(0).orders, 1);
+        assert_eq!(r.get(1).value, 5.0);
+        // 20 weeks later bucket 0 has rolled out, and a write there is too old.
+        r.add(day(140), W, &order(1.0));
+        assert_eq!(r.get(0), Bucket::default());
+        assert_eq!(r.add(day(0), W, &order(1.0)), Added::TooOld);
+        // A late event within the ring is counted.
+        assert_eq!(r.add(day(120), W, &order(2.0)), Added::Yes);
+        assert_eq!(r.totals(0, 20).orders, 2);
+    }
+
+    #[test]
+    fn recent_and_baseline_split_at_the_layout() {
+        let mut r = Ring::default();
+        for w in 0..16 {
+            r.add(day(w * 7 + 1), W, &order(1.0));
+        }
+        // now = day 113 (bucket 16): recent = buckets 13..=16, baseline = 1..=12
+        let l = Layout::at(day(113), W, 4, 12);
+        let v = WindowView::read(&r, l, day(1));
+        assert_eq!(v.recent.orders, 3); // 13, 14, 15 (16 is empty)
+        assert_eq!(v.baseline.orders, 12);
+        assert!((v.recent_days - 22.0).abs() < 1e-9);
+        assert!((v.baseline_days - 84.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn durations_are_clipped_to_the_first_event() {
+        let r = Ring::default();
+        let l = Layout::at(day(113), W, 4, 12);
+        let v = WindowView::read(&r, l, day(100));
+        assert!((v.recent_days - 13.0).abs() < 1e-9);
+        assert_eq!(v.baseline_days, 0.0);
+    }
+}

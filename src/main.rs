@@ -1,0 +1,232 @@
+//! The `churnsignal` command line: parses arguments, loads config, calls the library.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use churnsignal::config::Config;
+use churnsignal::time::Timestamp;
+use churnsignal::{bench, generate, replay};
+
+/// churnsignal: notices within seconds which customers are drifting away.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay contract events (JSON Lines) through the engine: alerts out, optional snapshot.
+    Replay {
+        /// Events file, or `-` for standard input.
+        #[arg(long)]
+        input: String,
+        /// Configuration file (defaults built in; CHURNSIGNAL__* environment overrides apply).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where alerts go (JSON Lines), `-` for standard output.
+        #[arg(long, default_value = "-")]
+        alerts: String,
+        /// Write one health record per known customer (JSON Lines) here at the end.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Replay up to this instant (RFC 3339): later events are skipped, stream time
+        /// advances to it, and the snapshot is taken then.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Validate a configuration file (and the environment overrides).
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Write a generated, realistic event history (JSON Lines) to standard output.
+    Generate {
+        /// Customers.
+        #[arg(long, default_value_t = 1000)]
+        customers: u32,
+        /// Days.
+        #[arg(long, default_value_t = 200)]
+        days: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write each customer's generated pattern (CSV: customer_id,profile,drift_day) here.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The engine alone: decode + apply, apply alone, memory per customer.
+    Engine {
+        /// Distinct customers.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: u32,
+        /// Events.
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+fn open_output(target: &str) -> Result<Box<dyn Write>> {
+    Ok(if target == "-" {
+        Box::new(BufWriter::new(io::stdout().lock()))
+    } else {
+        Box::new(BufWriter::new(
+            File::create(target).with_context(|| format!("cannot create {target}"))?,
+        ))
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("churnsignal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Replay {
+            input,
+            config,
+            alerts,
+            snapshot,
+            as_of,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let as_of = match as_of {
+                Some(s) => Some(Timestamp::parse_rfc3339(&s).with_context(|| {
+                    format!("--as-of {s:?} is not an RFC 3339 timestamp with offset (e.g. 2026-03-01T00:00:00Z)")
+                })?),
+                None => None,
+            };
+            let reader: Box<dyn BufRead> = if input == "-" {
+                Box::new(BufReader::new(io::stdin().lock()))
+            } else {
+                Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    File::open(&input).with_context(|| format!("cannot open {input}"))?,
+                ))
+            };
+            if snapshot.as_deref() == Some("-") && alerts == "-" {
+                bail!("--snapshot - and --alerts - would both write to standard output; give one a file");
+            }
+            let mut alerts_out = open_output(&alerts)?;
+            let mut snap_out = match &snapshot {
+                Some(s) => Some(open_output(s)?),
+                None => None,
+            };
+            let opts = replay::Options {
+                as_of,
+                now: Some(Timestamp(chrono::Utc::now().timestamp_millis())),
+            };
+            let report = replay::run(
+                reader,
+                &cfg,
+                &opts,
+                &mut alerts_out,
+                snap_out.as_mut().map(|w| w as &mut dyn Write),
+            )?;
+            eprintln!("{}", report.render());
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            load_config(Some(&file))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Generate {
+            customers,
+            days,
+            seed,
+            labels,
+        } => {
+            let spec = generate::Spec {
+                customers,
+                days,
+                seed,
+                ..generate::Spec::default()
+            };
+            let history = generate::History::new(spec);
+            if let Some(path) = labels {
+                let mut w = BufWriter::new(
+                    File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                );
+                writeln!(w, "customer_id,profile,drift_day")?;
+                for (c, t) in history.traits().iter().enumerate() {
+                    writeln!(
+                        w,
+                        "{},{:?},{}",
+                        generate::customer_id(c as u32),
+                        t.profile,
+                        t.drift_day
+                    )?;
+                }
+                w.flush()?;
+            }
+            let mut out = BufWriter::new(io::stdout().lock());
+            for g in history {
+                g.write_json(&mut out)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Engine {
+                    customers,
+                    events,
+                    seed,
+                    config,
+                    json,
+                },
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let r = bench::engine(
+                &bench::Options {
+                    customers,
+                    events,
+                    seed,
+                },
+                &cfg,
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}", r.render());
+            }
+            Ok(())
+        }
+    }
+}

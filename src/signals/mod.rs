@@ -1,0 +1,314 @@
+//! The seven health signals of the alert contract, one module each.
+//!
+//! Every signal is a pure function of one customer's state, its windows at an instant,
+//! and the population view: `evaluate(&Input, &Config) -> Reading`. A reading carries a
+//! continuous severity in 0..1 (0.5 exactly at the signal's threshold, so the health
+//! score also ranks customers below every threshold), the numbers behind it, and the
+//! next instant at which it could change without any new event (for the deadline
+//! queue). Explanations are built only when an alert or record is rendered.
+
+pub mod consumption_drop;
+pub mod discount_pressure;
+pub mod engagement_decline;
+pub mod inactivity;
+pub mod no_second_purchase;
+pub mod nps_detractor;
+pub mod support_tension;
+
+use crate::config::SignalsConfig;
+use crate::engine::state::Customer;
+use crate::engine::window::WindowView;
+use crate::time::Timestamp;
+
+/// The signals, in contract order. The discriminant is the bit in activity masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SignalKind {
+    /// `consumption_drop`
+    ConsumptionDrop = 0,
+    /// `discount_pressure`
+    DiscountPressure = 1,
+    /// `inactivity`
+    Inactivity = 2,
+    /// `support_tension`
+    SupportTension = 3,
+    /// `engagement_decline`
+    EngagementDecline = 4,
+    /// `no_second_purchase`
+    NoSecondPurchase = 5,
+    /// `nps_detractor`
+    NpsDetractor = 6,
+}
+
+impl SignalKind {
+    /// All signals in contract order.
+    pub const ALL: [SignalKind; 7] = [
+        SignalKind::ConsumptionDrop,
+        SignalKind::DiscountPressure,
+        SignalKind::Inactivity,
+        SignalKind::SupportTension,
+        SignalKind::EngagementDecline,
+        SignalKind::NoSecondPurchase,
+        SignalKind::NpsDetractor,
+    ];
+
+    /// The contract name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalKind::ConsumptionDrop => "consumption_drop",
+            SignalKind::DiscountPressure => "discount_pressure",
+            SignalKind::Inactivity => "inactivity",
+            SignalKind::SupportTension => "support_tension",
+            SignalKind::EngagementDecline => "engagement_decline",
+            SignalKind::NoSecondPurchase => "no_second_purchase",
+            SignalKind::NpsDetractor => "nps_detractor",
+        }
+    }
+
+    /// Bit of this signal in a mask.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Weight in the health score and whether it is enabled.
+    pub fn weight(self, cfg: &SignalsConfig) -> f64 {
+        let (enabled, w) = match self {
+            SignalKind::ConsumptionDrop => {
+                (cfg.consumption_drop.enabled, cfg.consumption_drop.weight)
+            }
+            SignalKind::DiscountPressure => {
+                (cfg.discount_pressure.enabled, cfg.discount_pressure.weight)
+            }
+            SignalKind::Inactivity => (cfg.inactivity.enabled, cfg.inactivity.weight),
+            SignalKind::SupportTension => (cfg.support_tension.enabled, cfg.support_tension.weight),
+            SignalKind::EngagementDecline => (
+                cfg.engagement_decline.enabled,
+                cfg.engagement_decline.weight,
+            ),
+            SignalKind::NoSecondPurchase => (
+                cfg.no_second_purchase.enabled,
+                cfg.no_second_purchase.weight,
+            ),
+            SignalKind::NpsDetractor => (cfg.nps_detractor.enabled, cfg.nps_detractor.weight),
+        };
+        if enabled {
+            w
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What a signal found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// 0..1; 0.5 at the threshold.
+    pub severity: f64,
+    /// The observed quantity (see each signal).
+    pub observed: f64,
+    /// What the customer's own history (or the population) leads to expect.
+    pub baseline: f64,
+    /// Where the signal fires.
+    pub threshold: f64,
+    /// The window the numbers are about, days.
+    pub window_days: f64,
+    /// A signal-specific second number for the explanation.
+    pub extra: f64,
+    /// A signal-specific variant (e.g. value or count).
+    pub detail: u8,
+    /// The next instant this reading can change without a new event.
+    pub due: Option<Timestamp>,
+}
+
+impl Reading {
+    /// Nothing to say (not enough history, or not applicable).
+    pub const NONE: Reading = Reading {
+        severity: 0.0,
+        observed: 0.0,
+        baseline: 0.0,
+        threshold: 0.0,
+        window_days: 0.0,
+        extra: 0.0,
+        detail: 0,
+        due: None,
+    };
+}
+
+/// The population context a customer is measured against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PopulationView {
+    /// Population order activity over the recent window relative to before (0..1].
+    pub orders_factor: f64,
+    /// Population engagement over the recent window relative to before (0..1].
+    pub engagement_factor: f64,
+    /// Population order activity since this customer's last order, relative (0..1].
+    pub order_silence_factor: f64,
+    /// Population engagement since this customer's last engagement, relative (0..1].
+    pub engagement_silence_factor: f64,
+    /// Typical gap between a customer's orders, days.
+    pub cadence_days: f64,
+    /// Time within which a second order usually comes, days.
+    pub second_order_days: f64,
+}
+
+impl Default for PopulationView {
+    fn default() -> Self {
+        PopulationView {
+            orders_factor: 1.0,
+            engagement_factor: 1.0,
+            order_silence_factor: 1.0,
+            engagement_silence_factor: 1.0,
+            cadence_days: 30.0,
+            second_order_days: 45.0,
+        }
+    }
+}
+
+/// Everything a signal may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The customer.
+    pub customer: &'a Customer,
+    /// The customer's windows at `now`.
+    pub window: &'a WindowView,
+    /// The instant of evaluation (event time).
+    pub now: Timestamp,
+    /// Population context.
+    pub population: PopulationView,
+}
+
+/// Maps a normalised excess `z` (1 at the threshold) to a severity: z²/(1+z²), so 0.5
+/// at the threshold, 0.2 at half of it, 0.8 at twice.
+pub fn severity(z: f64) -> f64 {
+    if z.is_nan() || z <= 0.0 {
+        return 0.0;
+    }
+    if z.is_infinite() {
+        return 1.0;
+    }
+    let z2 = z * z;
+    z2 / (1.0 + z2)
+}
+
+/// Significance-limited drop: `drop / min_drop`, but no more than the drop measured in
+/// standard deviations of a Poisson count with mean `expected`, over `significance`.
+pub(crate) fn drop_z(drop: f64, expected: f64, min_drop: f64, significance: f64) -> f64 {
+    let by_size = drop / min_drop;
+    let by_evidence = expected.sqrt() * drop / significance;
+    by_size.min(by_evidence).max(0.0)
+}
+
+/// Evaluates every signal; disabled ones read [`Reading::NONE`].
+pub fn evaluate_all(input: &Input<'_>, cfg: &SignalsConfig) -> [Reading; 7] {
+    let mut out = [Reading::NONE; 7];
+    if cfg.consumption_drop.enabled {
+        out[0] = consumption_drop::evaluate(input, &cfg.consumption_drop);
+    }
+    if cfg.discount_pressure.enabled {
+        out[1] = discount_pressure::evaluate(input, &cfg.discount_pressure);
+    }
+    if cfg.inactivity.enabled {
+        out[2] = inactivity::evaluate(input, &cfg.inactivity);
+    }
+    if cfg.support_tension.enabled {
+        out[3] = support_tension::evaluate(input, &cfg.support_tension);
+    }
+    if cfg.engagement_decline.enabled {
+        out[4] = engagement_decline::evaluate(input, &cfg.engagement_decline);
+    }
+    if cfg.no_second_purchase.enabled {
+        out[5] = no_second_purchase::evaluate(input, &cfg.no_second_purchase);
+    }
+    if cfg.nps_detractor.enabled {
+        out[6] = nps_detractor::evaluate(input, &cfg.nps_detractor);
+    }
+    out
+}
+
+/// One sentence a person understands.
+pub fn explain(kind: SignalKind, r: &Reading) -> String {
+    match kind {
+        SignalKind::ConsumptionDrop => consumption_drop::explain(r),
+        SignalKind::DiscountPressure => discount_pressure::explain(r),
+        SignalKind::Inactivity => inactivity::explain(r),
+        SignalKind::SupportTension => support_tension::explain(r),
+        SignalKind::EngagementDecline => engagement_decline::explain(r),
+        SignalKind::NoSecondPurchase => no_second_purchase::explain(r),
+        SignalKind::NpsDetractor => nps_detractor::explain(r),
+    }
+}
+
+/// Formats a quantity for explanations: integers without decimals, others with one.
+pub(crate) fn num(v: f64) -> String {
+    if (v - v.round()).abs() < 0.05 {
+        format!("{:.0}", v.round())
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Builders for signal unit tests.
+    use super::*;
+    use crate::engine::state::Customer;
+    use crate::engine::window::{Delta, Layout, WindowView};
+    use crate::time::DAY_MS;
+
+    pub const WIDTH: i64 = 7 * DAY_MS;
+
+    pub fn day(d: f64) -> Timestamp {
+        Timestamp((d * DAY_MS as f64) as i64)
+    }
+
+    pub fn customer() -> Customer {
+        Customer::new("c-1")
+    }
+
+    /// Adds `d` at day `t` to the ring and first/last seen.
+    pub fn add(c: &mut Customer, t: f64, d: Delta) {
+        let ts = day(t);
+        c.ring.add(ts, WIDTH, &d);
+        c.first_seen = c.first_seen.min(ts);
+        c.last_seen = c.last_seen.max(ts);
+    }
+
+    pub fn view(c: &Customer, now: f64) -> WindowView {
+        WindowView::read(&c.ring, Layout::at(day(now), WIDTH, 4, 12), c.first_seen)
+    }
+
+    pub fn input<'a>(c: &'a Customer, w: &'a WindowView, now: f64) -> Input<'a> {
+        Input {
+            customer: c,
+            window: w,
+            now: day(now),
+            population: PopulationView::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severity_is_half_at_the_threshold_and_monotonic() {
+        assert_eq!(severity(0.0), 0.0);
+        assert_eq!(severity(1.0), 0.5);
+        assert!(severity(0.5) < severity(0.9));
+        assert!(severity(2.0) > 0.79 && severity(100.0) < 1.0);
+        assert_eq!(severity(f64::NAN), 0.0);
+        assert_eq!(severity(f64::INFINITY), 1.0);
+    }
+
+    #[test]
+    fn a_drop_needs_size_and_evidence() {
+        // 4 expected, none seen: big and (just) significant
+        assert!(drop_z(1.0, 4.0, 0.5, 2.0) >= 1.0);
+        // 4 expected, 1 seen: big but not significant
+        assert!(drop_z(0.75, 4.0, 0.5, 2.0) < 1.0);
+        // 40 expected, 18 seen: significant and big enough
+        assert!(drop_z(0.55, 40.0, 0.5, 2.0) >= 1.0);
+        // 400 expected, 300 seen: significant but small
+        assert!(drop_z(0.25, 400.0, 0.5, 2.0) < 1.0);
+    }
+}
