@@ -323,7 +323,7 @@ impl Default for DiscountPressureConfig {
         DiscountPressureConfig {
             enabled: true,
             weight: 0.2,
-            min_requests: 2.0,
+            min_requests: 4.0,
             request_ratio: 2.0,
             depth_increase_pct: 10.0,
         }
@@ -385,7 +385,7 @@ impl Default for SupportTensionConfig {
         SupportTensionConfig {
             enabled: true,
             weight: 0.35,
-            min_points: 6.0,
+            min_points: 8.0,
             ratio: 2.0,
             unresolved_days: 7.0,
         }
@@ -436,6 +436,10 @@ pub struct NoSecondPurchaseConfig {
     pub quantile: f64,
     /// Second orders needed before the learned value is used.
     pub min_samples: u32,
+    /// A customer whose first order came within this many days of the first event the
+    /// engine saw may be an existing customer whose history predates it (every
+    /// deployment and replay starts somewhere): they are not judged as new.
+    pub warmup_days: f64,
 }
 
 impl Default for NoSecondPurchaseConfig {
@@ -445,8 +449,9 @@ impl Default for NoSecondPurchaseConfig {
             weight: 0.5,
             expected_days: 45.0,
             learn_from_population: true,
-            quantile: 0.8,
+            quantile: 0.9,
             min_samples: 30,
+            warmup_days: 60.0,
         }
     }
 }
@@ -717,6 +722,12 @@ impl Config {
             g.no_second_purchase.quantile,
             0.05,
             0.99,
+        )?;
+        check_range(
+            "signals.no_second_purchase.warmup_days",
+            g.no_second_purchase.warmup_days,
+            0.0,
+            3650.0,
         )?;
         check_range(
             "signals.nps_detractor.max_detractor_score",

@@ -530,8 +530,20 @@ impl History {
                 );
             }
         }
-        // Occasional discount request (steady customers ask now and then).
-        if u(36) < 1.0 / 120.0 {
+        // Occasional discount request (steady customers ask now and then), answered
+        // within two days.
+        let asks = |day: u32| unit(seed, c, day, 36) < 1.0 / 120.0;
+        if d >= 2 && d - 2 >= t.start_day && asks(d - 2) && !routine(d - 2) {
+            push(
+                What::TicketResolved {
+                    ticket_day: d - 2,
+                    csat: Some(4),
+                },
+                u(38),
+                out,
+            );
+        }
+        if asks(d) && !routine(d) {
             push(
                 What::TicketOpened {
                     ticket_day: d,

@@ -57,6 +57,9 @@ enum Command {
         /// Seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// A holiday week starting on this day, in which everyone is 70% less active.
+        #[arg(long)]
+        holiday: Option<u32>,
         /// Also write each customer's generated pattern (CSV: customer_id,profile,drift_day) here.
         #[arg(long)]
         labels: Option<PathBuf>,
@@ -169,12 +172,14 @@ fn run(cli: Cli) -> Result<()> {
             customers,
             days,
             seed,
+            holiday,
             labels,
         } => {
             let spec = generate::Spec {
                 customers,
                 days,
                 seed,
+                holiday: holiday.map(|d| (d, 0.3)),
                 ..generate::Spec::default()
             };
             let history = generate::History::new(spec);

@@ -39,6 +39,10 @@ pub use window::RING;
 /// even without an open episode (below it, rolling windows cannot plausibly fire before
 /// the next event or an absence deadline does).
 const WATCH_SEVERITY: f64 = 0.2;
+/// The population cadence a customer with few orders is blended with: a generous one
+/// (most customers order at least this often), since little evidence about a customer
+/// must not make the engine quicker to call them inactive.
+const CADENCE_PRIOR_QUANTILE: f64 = 0.8;
 /// Repeat buyers the population needs before its cadence replaces the default.
 const MIN_CADENCE_SAMPLES: u32 = 30;
 
@@ -405,7 +409,7 @@ impl Engine {
         let (cadence_days, second_order_days) = pop.priors(now, |pop| {
             let cadence = pop
                 .trusted(
-                    pop.cadence.quantile(0.5),
+                    pop.cadence.quantile(CADENCE_PRIOR_QUANTILE),
                     pop.cadence.total(),
                     MIN_CADENCE_SAMPLES,
                     now,
@@ -421,6 +425,7 @@ impl Engine {
         let mut v = PopulationView {
             cadence_days,
             second_order_days,
+            observed_since: pop.observed_since(),
             ..PopulationView::default()
         };
         if cfg.population.enabled && self.customers.len() as u32 >= cfg.population.min_customers {

@@ -193,6 +193,15 @@ impl Population {
         }
     }
 
+    /// The first instant this engine saw activity at (day resolution).
+    pub fn observed_since(&self) -> Timestamp {
+        if self.first_day == i64::MAX {
+            Timestamp(i64::MAX / 2)
+        } else {
+            Timestamp(self.first_day * DAY_MS)
+        }
+    }
+
     /// A learned duration (days) is trusted only once the engine has watched for at
     /// least three times as long: before that, only short gaps can have been seen
     /// (right-censoring) and the learned value is biased low.

@@ -79,8 +79,15 @@ impl OpenTickets {
     }
     /// Tracked tickets opened before `cutoff` (left unresolved).
     pub fn opened_before(&self, cutoff: Timestamp) -> u32 {
-        let c = minute(cutoff);
-        self.slots.iter().filter(|s| s.0 != 0 && s.1 < c).count() as u32
+        self.opened_between(Timestamp(i64::MIN), cutoff)
+    }
+    /// Tracked tickets opened at or after `from` and before `cutoff`.
+    pub fn opened_between(&self, from: Timestamp, cutoff: Timestamp) -> u32 {
+        let (f, c) = (if from.0 <= 0 { 0 } else { minute(from) }, minute(cutoff));
+        self.slots
+            .iter()
+            .filter(|s| s.0 != 0 && s.1 >= f && s.1 < c)
+            .count() as u32
     }
     /// The earliest opening instant among tracked tickets opened at or after `after`.
     pub fn next_opened_at_or_after(&self, after: Timestamp) -> Option<Timestamp> {

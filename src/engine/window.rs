@@ -199,6 +199,8 @@ pub struct Layout {
     pub baseline_start: Timestamp,
     /// The instant of evaluation.
     pub now: Timestamp,
+    /// Bucket width, ms.
+    pub width_ms: i64,
 }
 
 impl Layout {
@@ -214,6 +216,7 @@ impl Layout {
             recent_start: Timestamp(i64::from(recent_from) * width_ms),
             baseline_start: Timestamp(i64::from(baseline_from) * width_ms),
             now,
+            width_ms,
         }
     }
 }

@@ -6,15 +6,40 @@
 //! carries it (see [`super::drop_z`]): a buyer who orders twice a quarter cannot show a
 //! significant monthly drop, and is left to `inactivity`.
 
-use super::{drop_z, num, severity, Input, Reading};
+use super::{dispersion, drop_z, moments, num, severity, two_sample, Input, Reading};
 use crate::config::ConsumptionDropConfig;
+use crate::engine::window::{Layout, WindowView, RING};
 
 /// `detail` when the value drop was the larger.
 pub const BY_VALUE: u8 = 1;
 
 /// Evaluates the signal.
 pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
-    let w = input.window;
+    let short = over(input.window, input, cfg);
+    // A second, longer horizon (twice the recent window against as much baseline as the
+    // ring still holds) gives sparse buyers enough expected orders for a slowdown to
+    // become significant; the stronger reading counts.
+    let l = &input.window.layout;
+    let recent = ((l.current - l.recent_from + 1) * 2).min(RING as i32 / 2);
+    if recent <= l.current - l.recent_from + 1 {
+        return short;
+    }
+    let c = input.customer;
+    let layout = Layout::at(
+        l.now,
+        l.width_ms,
+        recent as u32,
+        RING as u32 - recent as u32,
+    );
+    let long = over(&WindowView::read(&c.ring, layout, c.first_seen), input, cfg);
+    if long.severity > short.severity {
+        long
+    } else {
+        short
+    }
+}
+
+fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
     if w.baseline_days < cfg.min_baseline_days || w.baseline.orders == 0 {
         return Reading::NONE;
     }
@@ -22,14 +47,42 @@ pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
     let expected_orders = f64::from(w.baseline.orders) * scale;
     let expected_value = w.baseline.value.max(0.0) * scale;
     let count_drop = (1.0 - f64::from(w.recent.orders) / expected_orders).clamp(0.0, 1.0);
-    let value_drop = if expected_value > 0.0 {
-        (1.0 - w.recent.value.max(0.0) / expected_value).clamp(0.0, 1.0)
+    let c = input.customer;
+    let z_count = drop_z(
+        count_drop,
+        expected_orders,
+        two_sample(
+            dispersion(w, &c.ring, c.first_seen, |b| b.orders),
+            w.recent_days,
+            w.baseline_days,
+        ),
+        cfg.min_drop,
+        cfg.significance,
+    );
+    // Value is noisier than count (basket sizes vary too): its evidence is judged by
+    // the customer's own weekly value variance, never below that of a regular buyer
+    // with a typical basket.
+    let (value_drop, z_value) = if expected_value > 0.0 {
+        let drop = (1.0 - w.recent.value.max(0.0) / expected_value).clamp(0.0, 1.0);
+        let order_value = w.baseline.value.max(0.0) / f64::from(w.baseline.orders);
+        let d = moments(w, &c.ring, c.first_seen, |b| f64::from(b.value))
+            .map_or(1.5 * order_value, |(m, v)| v / m)
+            .clamp(0.5 * order_value, 4.0 * order_value)
+            .max(f64::MIN_POSITIVE);
+        let d = two_sample(d, w.recent_days, w.baseline_days);
+        (
+            drop,
+            drop_z(drop, expected_value, d, cfg.min_drop, cfg.significance),
+        )
     } else {
-        count_drop
+        (0.0, 0.0)
     };
-    let by_value = value_drop > count_drop;
-    let drop = count_drop.max(value_drop);
-    let z = drop_z(drop, expected_orders, cfg.min_drop, cfg.significance);
+    let by_value = z_value > z_count;
+    let (drop, z) = if by_value {
+        (value_drop, z_value)
+    } else {
+        (count_drop, z_count)
+    };
     let (observed, baseline) = if by_value {
         (w.recent.value, expected_value)
     } else {
@@ -152,6 +205,36 @@ mod tests {
             alone.severity >= 0.5 && shared.severity < 0.2,
             "{alone:?} {shared:?}"
         );
+    }
+
+    #[test]
+    fn an_erratic_buyer_slowing_down_shows_over_the_longer_horizon() {
+        // 2, 0, 3, 1, ... orders a week (erratic) for 8 weeks, then one order in 8 weeks
+        let pattern = [2u32, 0, 3, 1, 2, 0, 3, 1];
+        let mut c = customer();
+        for (w, n) in pattern.iter().enumerate() {
+            for k in 0..*n {
+                add(&mut c, w as f64 * 7.0 + f64::from(k) + 0.1, order(100.0));
+            }
+        }
+        add(&mut c, 9.0 * 7.0 + 0.1, order(100.0));
+        let now = 16.0 * 7.0 - 0.5;
+        let v = view(&c, now);
+        let r = evaluate(&input(&c, &v, now), &Default::default());
+        assert!(r.severity >= 0.5, "{r:?}");
+        assert!(r.window_days > 40.0, "the longer horizon fired: {r:?}");
+    }
+
+    #[test]
+    fn a_regular_weekly_buyer_who_stops_fires_within_four_weeks() {
+        let mut c = customer();
+        for w in 0..12 {
+            add(&mut c, f64::from(w) * 7.0 + 0.1, order(100.0));
+        }
+        let now = 16.0 * 7.0 - 0.5;
+        let v = view(&c, now);
+        let r = evaluate(&input(&c, &v, now), &Default::default());
+        assert!(r.severity >= 0.5, "{r:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! customer's own baseline rate (corrected for a decline the whole population shares,
 //! such as a gap in the engagement feed). Same shape as `consumption_drop`, on counts.
 
-use super::{drop_z, num, severity, Input, Reading};
+use super::{dispersion, drop_z, num, severity, two_sample, Input, Reading};
 use crate::config::EngagementDeclineConfig;
 
 /// Evaluates the signal.
@@ -14,7 +14,13 @@ pub fn evaluate(input: &Input<'_>, cfg: &EngagementDeclineConfig) -> Reading {
     let expected = f64::from(w.baseline.engagement) * w.recent_days / w.baseline_days
         * input.population.engagement_factor;
     let drop = (1.0 - f64::from(w.recent.engagement) / expected).clamp(0.0, 1.0);
-    let z = drop_z(drop, expected, cfg.min_drop, cfg.significance);
+    let c = input.customer;
+    let d = two_sample(
+        dispersion(w, &c.ring, c.first_seen, |b| b.engagement),
+        w.recent_days,
+        w.baseline_days,
+    );
+    let z = drop_z(drop, expected, d, cfg.min_drop, cfg.significance);
     Reading {
         severity: severity(z),
         observed: f64::from(w.recent.engagement),

@@ -144,10 +144,13 @@ pub struct PopulationView {
     pub order_silence_factor: f64,
     /// Population engagement since this customer's last engagement, relative (0..1].
     pub engagement_silence_factor: f64,
-    /// Typical gap between a customer's orders, days.
+    /// A generous typical gap between a customer's orders (the prior for customers with
+    /// few orders), days.
     pub cadence_days: f64,
     /// Time within which a second order usually comes, days.
     pub second_order_days: f64,
+    /// The first event this engine saw (start of its knowledge).
+    pub observed_since: Timestamp,
 }
 
 impl Default for PopulationView {
@@ -159,6 +162,7 @@ impl Default for PopulationView {
             engagement_silence_factor: 1.0,
             cadence_days: 30.0,
             second_order_days: 45.0,
+            observed_since: Timestamp(i64::MIN / 2),
         }
     }
 }
@@ -190,11 +194,67 @@ pub fn severity(z: f64) -> f64 {
 }
 
 /// Significance-limited drop: `drop / min_drop`, but no more than the drop measured in
-/// standard deviations of a Poisson count with mean `expected`, over `significance`.
-pub(crate) fn drop_z(drop: f64, expected: f64, min_drop: f64, significance: f64) -> f64 {
+/// standard deviations of a count with mean `expected` and the customer's own
+/// `dispersion` (variance / mean; 1 is Poisson), over `significance`. Callers fold the
+/// baseline's own uncertainty into `dispersion` (see [`two_sample`]).
+pub(crate) fn drop_z(
+    drop: f64,
+    expected: f64,
+    dispersion: f64,
+    min_drop: f64,
+    significance: f64,
+) -> f64 {
     let by_size = drop / min_drop;
-    let by_evidence = expected.sqrt() * drop / significance;
+    let by_evidence = (expected / dispersion).sqrt() * drop / significance;
     by_size.min(by_evidence).max(0.0)
+}
+
+/// The expected count is itself estimated from a baseline `baseline_days` long, so the
+/// difference between recent and expected has the variance of both: the dispersion of
+/// one sample times (1 + recent/baseline).
+pub(crate) fn two_sample(dispersion: f64, recent_days: f64, baseline_days: f64) -> f64 {
+    dispersion * (1.0 + recent_days / baseline_days.max(1e-9))
+}
+
+/// Fewest baseline buckets from which a customer's own dispersion is trusted.
+const MIN_DISPERSION_BUCKETS: usize = 6;
+
+/// Mean and variance of a per-bucket quantity over the baseline buckets the customer
+/// existed in; `None` until there are enough of them to say.
+pub(crate) fn moments(
+    w: &WindowView,
+    ring: &crate::engine::window::Ring,
+    first_seen: Timestamp,
+    of: impl Fn(&crate::engine::window::Bucket) -> f64,
+) -> Option<(f64, f64)> {
+    let l = &w.layout;
+    let first = crate::engine::window::bucket_of(first_seen, l.width_ms).max(l.baseline_from);
+    if ((l.recent_from - first) as usize) < MIN_DISPERSION_BUCKETS {
+        return None;
+    }
+    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
+    for b in first..l.recent_from {
+        let v = of(&ring.get(b));
+        n += 1.0;
+        sum += v;
+        sum_sq += v * v;
+    }
+    let mean = sum / n;
+    (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
+}
+
+/// The customer's own dispersion (variance / mean) of a per-bucket count: regular
+/// customers (low dispersion) show a drop sooner, erratic ones later. 1 (Poisson) until
+/// there is enough history; clamped to 0.5..=4 so that a short history never makes a
+/// drop look certain.
+pub(crate) fn dispersion(
+    w: &WindowView,
+    ring: &crate::engine::window::Ring,
+    first_seen: Timestamp,
+    count: impl Fn(&crate::engine::window::Bucket) -> u16,
+) -> f64 {
+    moments(w, ring, first_seen, |b| f64::from(count(b)))
+        .map_or(1.0, |(m, v)| (v / m).clamp(0.5, 4.0))
 }
 
 /// Evaluates every signal; disabled ones read [`Reading::NONE`].
@@ -302,13 +362,48 @@ mod tests {
 
     #[test]
     fn a_drop_needs_size_and_evidence() {
-        // 4 expected, none seen: big and (just) significant
-        assert!(drop_z(1.0, 4.0, 0.5, 2.0) >= 1.0);
-        // 4 expected, 1 seen: big but not significant
-        assert!(drop_z(0.75, 4.0, 0.5, 2.0) < 1.0);
+        // Poisson: 4 expected, none seen: big and (just) significant
+        assert!(drop_z(1.0, 4.0, 1.0, 0.5, 2.0) >= 1.0);
+        // Poisson: 4 expected, 1 seen: big but not significant
+        assert!(drop_z(0.75, 4.0, 1.0, 0.5, 2.0) < 1.0);
+        // a very regular customer: 4 expected, 1 seen is significant
+        assert!(drop_z(0.75, 4.0, 0.5, 0.5, 2.0) >= 1.0);
         // 40 expected, 18 seen: significant and big enough
-        assert!(drop_z(0.55, 40.0, 0.5, 2.0) >= 1.0);
+        assert!(drop_z(0.55, 40.0, 1.0, 0.5, 2.0) >= 1.0);
         // 400 expected, 300 seen: significant but small
-        assert!(drop_z(0.25, 400.0, 0.5, 2.0) < 1.0);
+        assert!(drop_z(0.25, 400.0, 1.0, 0.5, 2.0) < 1.0);
+    }
+
+    #[test]
+    fn dispersion_tells_regular_from_erratic() {
+        use crate::engine::window::Delta;
+        use testing::*;
+        let mut regular = customer();
+        let mut erratic = customer();
+        for w in 0..16 {
+            add(
+                &mut regular,
+                f64::from(w) * 7.0 + 1.0,
+                Delta {
+                    orders: 2,
+                    ..Default::default()
+                },
+            );
+            add(
+                &mut erratic,
+                f64::from(w) * 7.0 + 1.0,
+                Delta {
+                    orders: if w % 3 == 0 { 6 } else { 0 },
+                    ..Default::default()
+                },
+            );
+        }
+        let v = view(&regular, 112.0);
+        assert_eq!(
+            dispersion(&v, &regular.ring, regular.first_seen, |b| b.orders),
+            0.5
+        );
+        let v = view(&erratic, 112.0);
+        assert!(dispersion(&v, &erratic.ring, erratic.first_seen, |b| b.orders) > 2.0);
     }
 }

@@ -7,9 +7,11 @@ use super::{num, severity, Input, Reading};
 use crate::config::NoSecondPurchaseConfig;
 
 /// Evaluates the signal.
-pub fn evaluate(input: &Input<'_>, _cfg: &NoSecondPurchaseConfig) -> Reading {
+pub fn evaluate(input: &Input<'_>, cfg: &NoSecondPurchaseConfig) -> Reading {
     let c = input.customer;
-    if c.orders_total != 1 {
+    if c.orders_total != 1
+        || c.first_order < input.population.observed_since.plus_days(cfg.warmup_days)
+    {
         return Reading::NONE;
     }
     let expected = input.population.second_order_days.max(1.0);
@@ -53,6 +55,18 @@ mod tests {
         let r = evaluate(&input(&c, &v, 60.0), &Default::default());
         assert!(r.severity >= 0.5);
         assert!(explain(&r).contains("50 days ago"));
+    }
+
+    #[test]
+    fn customers_first_seen_while_the_engine_warms_up_are_not_judged_new() {
+        let mut c = customer();
+        c.record_order(day(10.0));
+        let v = view(&c, 80.0);
+        let mut i = input(&c, &v, 80.0);
+        i.population.observed_since = day(0.0);
+        assert_eq!(evaluate(&i, &Default::default()), Reading::NONE);
+        i.population.observed_since = day(-60.0);
+        assert!(evaluate(&i, &Default::default()).severity >= 0.5);
     }
 
     #[test]

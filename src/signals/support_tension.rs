@@ -7,8 +7,8 @@
 //! | ticket opened | 1, +1 if high, +2 if urgent, +1 complaint, +3 cancellation |
 //! | ticket escalated | 2, +1 if to urgent |
 //! | ticket reopened | 2 |
-//! | ticket resolved with CSAT 1-2 / 3 | 2 / 1 |
-//! | ticket left unresolved longer than `unresolved_days` (at evaluation) | 2 each |
+//! | ticket resolved with CSAT 1-2 | 2 |
+//! | ticket opened in the recent window, unresolved after `unresolved_days` | 2 each |
 //!
 //! It fires at `min_points` in the recent window, or at `ratio` times the customer's own
 //! baseline rate if that is higher (a large account with a busy help desk is judged by
@@ -43,7 +43,6 @@ pub const REOPENED_POINTS: u8 = 2;
 pub fn resolved_points(csat: Option<u8>) -> u8 {
     match csat {
         Some(1 | 2) => 2,
-        Some(3) => 1,
         _ => 0,
     }
 }
@@ -56,7 +55,10 @@ pub fn evaluate(input: &Input<'_>, cfg: &SupportTensionConfig) -> Reading {
     let w = input.window;
     let tickets = &input.customer.tickets;
     let cutoff = input.now.plus_days(-cfg.unresolved_days);
-    let unresolved = tickets.opened_before(cutoff);
+    // Tickets opened within the recent window and still open after `unresolved_days`:
+    // older ones have had their say (and a lost `resolved` event must not keep a
+    // customer in tension forever).
+    let unresolved = tickets.opened_between(w.layout.recent_start, cutoff);
     let points = f64::from(w.recent.trouble) + UNRESOLVED_POINTS * f64::from(unresolved);
     let expected = if w.baseline_days >= 28.0 {
         f64::from(w.baseline.trouble) * w.recent_days / w.baseline_days
