@@ -3,8 +3,8 @@
 //! Customers are counted in a log-scale histogram of trailing revenue (512 bins, a
 //! sixteenth of an octave each); a customer's tier is decided by how many customers sit in
 //! higher bins. The histogram changes by one decrement and one increment per update;
-//! the cumulative counts are rebuilt every [`REBUILD_EVERY`] updates (and on demand),
-//! so a lookup is O(1). A customer's revenue is re-registered whenever it is evaluated.
+//! the cumulative counts are rebuilt once 1/64 of the customers moved (at most every
+//! [`REBUILD_EVERY`] updates, and on demand), so a lookup is O(1). A customer's revenue is re-registered whenever it is evaluated.
 
 /// Tier names of the alert contract's `value_tier`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,6 +66,9 @@ impl Tiers {
         self.counts[0] += 1;
         self.total += 1;
         self.dirty += 1;
+        if self.dirty >= (self.total / 64).clamp(1, REBUILD_EVERY) {
+            self.rebuild();
+        }
     }
 
     /// Moves a customer from bin `old` to the bin of `revenue`; returns the new bin.
@@ -75,7 +78,9 @@ impl Tiers {
             self.counts[old as usize] -= 1;
             self.counts[new as usize] += 1;
             self.dirty += 1;
-            if self.dirty >= REBUILD_EVERY {
+            // Small populations rebuild on every change, large ones once a fraction of
+            // their customers moved (at most every REBUILD_EVERY changes).
+            if self.dirty >= (self.total / 64).clamp(1, REBUILD_EVERY) {
                 self.rebuild();
             }
         }
