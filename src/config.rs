@@ -127,6 +127,9 @@ pub struct EngineConfig {
     pub allowed_lateness_secs: u64,
     /// `apply` or `drop` events older than the watermark.
     pub late_events: LatePolicy,
+    /// Skip re-evaluating a customer on events that can only improve their signals
+    /// (engagement, orders without discount) while no alert is open for them.
+    pub skip_benign_evaluations: bool,
 }
 
 impl Default for EngineConfig {
@@ -137,6 +140,7 @@ impl Default for EngineConfig {
             baseline_buckets: 12,
             allowed_lateness_secs: 3_600,
             late_events: LatePolicy::Apply,
+            skip_benign_evaluations: true,
         }
     }
 }

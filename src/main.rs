@@ -79,7 +79,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         customers: u32,
         /// Events.
-        #[arg(long, default_value_t = 5_000_000)]
+        #[arg(long, default_value_t = 10_000_000)]
         events: u64,
         /// Generator seed.
         #[arg(long, default_value_t = 7)]

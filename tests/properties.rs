@@ -11,6 +11,14 @@ use churnsignal::event::{Category, Event, EventKind, Priority};
 use churnsignal::time::{Timestamp, DAY_MS};
 
 const T0: i64 = 1_767_571_200_000;
+
+/// Cases per property: `PROPTEST_CASES` when set (for long runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 const WEEK: i64 = 7 * DAY_MS;
 
 // ---------------------------------------------------------------- windows
@@ -35,7 +43,7 @@ fn activity() -> impl Strategy<Value = Activity> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(cases(128)))]
 
     /// Whatever the order events arrive in, the recent window and the baseline hold
     /// exactly the sums of the events whose bucket they cover and the ring still holds.
@@ -201,7 +209,7 @@ fn state_of(events: &[Event<'_>]) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     #[test]
     fn the_same_input_always_gives_the_same_alerts(specs in prop::collection::vec(spec(), 1..300)) {

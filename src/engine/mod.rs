@@ -11,14 +11,13 @@
 //! O(customers due).
 
 pub mod deadlines;
+pub mod index;
 pub mod lifecycle;
 pub mod population;
 pub mod score;
 pub mod state;
 pub mod tiers;
 pub mod window;
-
-use hashbrown::HashTable;
 
 use crate::alert::{clip, round4, Aggregates, Alert, Evidence, HealthRecord, SignalView};
 use crate::config::{Config, LatePolicy};
@@ -38,7 +37,7 @@ pub use window::RING;
 /// Window-driven severity from which a customer is re-evaluated at bucket boundaries
 /// even without an open episode (below it, rolling windows cannot plausibly fire before
 /// the next event or an absence deadline does).
-const WATCH_SEVERITY: f64 = 0.2;
+const WATCH_SEVERITY: f64 = 0.1;
 /// The population cadence a customer with few orders is blended with: a generous one
 /// (most customers order at least this often), since little evidence about a customer
 /// must not make the engine quicker to call them inactive.
@@ -74,6 +73,9 @@ pub struct Stats {
     pub too_old_for_windows: u64,
     /// Re-evaluations caused by stream time.
     pub deadline_evaluations: u64,
+    /// Events that could only improve a customer with no open alert: state updated,
+    /// evaluation left to the customer's deadlines.
+    pub skipped_evaluations: u64,
     /// Alerts by status: open (reminders included), escalated, resolved.
     pub alerts_open: u64,
     /// Escalations.
@@ -94,7 +96,7 @@ struct Evaluation {
 pub struct Engine {
     cfg: Config,
     customers: Vec<Customer>,
-    index: HashTable<u32>,
+    index: index::Index,
     deadlines: Deadlines,
     population: Population,
     tiers: Tiers,
@@ -103,17 +105,13 @@ pub struct Engine {
     stats: Stats,
 }
 
-fn id_hash(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
-}
-
 impl Engine {
     /// A new engine; `cfg` must be validated ([`Config::load`] does that).
     pub fn new(cfg: Config) -> Engine {
         Engine {
             cfg,
             customers: Vec::new(),
-            index: HashTable::new(),
+            index: index::Index::default(),
             deadlines: Deadlines::default(),
             population: Population::default(),
             tiers: Tiers::default(),
@@ -151,7 +149,7 @@ impl Engine {
     /// Bytes of state held: customer records, index, deadline queue, long ids.
     pub fn state_bytes(&self) -> usize {
         self.customers.capacity() * std::mem::size_of::<Customer>()
-            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.index.bytes()
             + self.deadlines.bytes()
             + self
                 .customers
@@ -163,8 +161,9 @@ impl Engine {
     /// Reserves room for `n` more customers.
     pub fn reserve(&mut self, n: usize) {
         self.customers.reserve_exact(n);
+        let customers = &self.customers;
         self.index
-            .reserve(n, |&i| id_hash(&self.customers[i as usize].id));
+            .reserve(n, |i| index::hash(&customers[i as usize].id));
     }
 
     fn rules(&self) -> Rules {
@@ -178,21 +177,21 @@ impl Engine {
     fn find(&self, id: &str) -> Option<usize> {
         let customers = &self.customers;
         self.index
-            .find(id_hash(id), |&i| customers[i as usize].id == id)
-            .map(|&i| i as usize)
+            .find(index::hash(id), |i| customers[i as usize].id == id)
+            .map(|i| i as usize)
     }
 
     fn find_or_insert(&mut self, id: &str) -> usize {
-        let hash = id_hash(id);
+        let hash = index::hash(id);
         let customers = &self.customers;
-        if let Some(&i) = self.index.find(hash, |&i| customers[i as usize].id == id) {
+        if let Some(i) = self.index.find(hash, |i| customers[i as usize].id == id) {
             return i as usize;
         }
         let idx = self.customers.len();
         self.customers.push(Customer::new(id));
         let customers = &self.customers;
         self.index
-            .insert_unique(hash, idx as u32, |&i| id_hash(&customers[i as usize].id));
+            .insert(hash, idx as u32, |i| index::hash(&customers[i as usize].id));
         self.tiers.insert();
         idx
     }
@@ -226,7 +225,28 @@ impl Engine {
         self.stream_time = self.stream_time.max(watermark);
 
         let now = t.max(self.stream_time);
-        self.evaluate_and_transition(idx, now, Some(&e.event_id), out);
+        let c = &self.customers[idx];
+        if self.cfg.engine.skip_benign_evaluations
+            && is_benign(&e.kind)
+            && !c.episode.open
+            && c.scheduled != UNSCHEDULED
+        {
+            self.stats.skipped_evaluations += 1;
+            if matches!(e.kind, EventKind::OrderPlaced { .. }) {
+                // revenue changed: keep the value tiers current
+                let width = self.cfg.engine.bucket_ms();
+                let current = window::bucket_of(now, width);
+                let revenue = c
+                    .ring
+                    .totals(current - RING as i32 + 1, current)
+                    .value
+                    .max(0.0);
+                let bin = self.tiers.update(c.value_bin, revenue);
+                self.customers[idx].value_bin = bin;
+            }
+        } else {
+            self.evaluate_and_transition(idx, now, Some(&e.event_id), out);
+        }
         self.run_deadlines(out);
         if late {
             Outcome::AppliedLate
@@ -241,21 +261,24 @@ impl Engine {
     /// records, so the cache misses of one batch overlap instead of queueing.
     pub fn apply_batch(&mut self, events: &[Event<'_>], out: &mut Vec<Alert>) {
         const LINES: usize = std::mem::size_of::<Customer>().div_ceil(64);
-        for chunk in events.chunks(32) {
-            let mut found = [u32::MAX; 32];
-            for (slot, e) in found.iter_mut().zip(chunk) {
-                if let Some(i) = self.find(&e.customer_id) {
-                    *slot = i as u32;
-                }
+        const CHUNK: usize = 32;
+        for chunk in events.chunks(CHUNK) {
+            // 1. the index slot of every event
+            let mut hashes = [0u64; CHUNK];
+            for (h, e) in hashes.iter_mut().zip(chunk) {
+                *h = index::hash(&e.customer_id);
+                prefetch(self.index.slot_ptr(*h));
             }
-            for &i in found.iter().take(chunk.len()) {
-                if i != u32::MAX {
+            // 2. the record of every candidate
+            for h in hashes.iter().take(chunk.len()) {
+                if let Some(i) = self.index.candidate(*h) {
                     let base = (&self.customers[i as usize] as *const Customer).cast::<u8>();
                     for line in 0..LINES {
                         prefetch(base.wrapping_add(line * 64));
                     }
                 }
             }
+            // 3. the work, in order
             for e in chunk {
                 self.apply_into(e, out);
             }
@@ -312,7 +335,8 @@ impl Engine {
         let t = e.occurred_at;
         let width = self.cfg.engine.bucket_ms();
         let c = &mut self.customers[idx];
-        let old_cadence = cadence_bin(c);
+        let is_order = matches!(e.kind, EventKind::OrderPlaced { .. });
+        let old_cadence = if is_order { cadence_bin(c) } else { None };
         let old_gap = c.gap_bin;
         let mut delta = Delta::default();
         let (mut pop_orders, mut pop_engagement) = (0.0, 0.0);
@@ -351,7 +375,7 @@ impl Engine {
             }
             EventKind::TicketResolved { ticket_id, csat } => {
                 delta.trouble = support_tension::resolved_points(*csat);
-                c.tickets.resolve(fingerprint(ticket_id));
+                c.tickets.resolve(fingerprint(ticket_id), t);
             }
             EventKind::Engagement { .. } => {
                 delta.engagement = 1;
@@ -371,9 +395,10 @@ impl Engine {
         c.dedup.remember(fp);
         c.first_seen = c.first_seen.min(t);
         c.last_seen = c.last_seen.max(t);
-        // population distributions: replace this customer's contribution
-        let new_cadence = cadence_bin(c);
-        if new_cadence != old_cadence {
+        // population distributions: replace this customer's contribution (only an
+        // order can change it)
+        let new_cadence = if is_order { cadence_bin(c) } else { None };
+        if is_order && new_cadence != old_cadence {
             if let Some(b) = old_cadence {
                 self.population.cadence.remove(b);
             }
@@ -381,7 +406,7 @@ impl Engine {
                 self.population.cadence.add(b);
             }
         }
-        if c.second_order != NEVER {
+        if is_order && c.second_order != NEVER {
             let gap = LogHistogram::bin_of(c.second_order.days_since(c.first_order));
             if gap != old_gap {
                 if old_gap != 255 {
@@ -719,6 +744,16 @@ fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Events that can only lower a customer's signals: engagement (NPS answers excluded)
+/// and orders without discount.
+fn is_benign(kind: &EventKind<'_>) -> bool {
+    match kind {
+        EventKind::Engagement { .. } => true,
+        EventKind::OrderPlaced { discount_pct, .. } => *discount_pct == 0.0,
+        _ => false,
+    }
 }
 
 /// A customer's own mean order gap bin (2+ orders), for the population cadence.

@@ -42,61 +42,112 @@ impl Dedup {
     }
 }
 
-/// Open tickets: up to [`TICKET_SLOTS`] by fingerprint with their opening minute, plus a
-/// count of any more.
+/// Tickets: up to [`TICKET_SLOTS`] by fingerprint, plus a count of open tickets beyond.
+///
+/// Each slot is a last-writer-wins register in event time: the state (open or resolved)
+/// of the ticket's latest event, with its minute; on a tie, resolved wins. A resolve for
+/// an unknown ticket leaves a resolved tombstone, so an `opened` that arrives after its
+/// `resolved` (out of order, within the lateness) does not count as open. The final
+/// state therefore does not depend on arrival order, as long as no more than
+/// [`TICKET_SLOTS`] tickets are in play at once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OpenTickets {
     slots: [(u32, u32); TICKET_SLOTS],
     overflow: u8,
 }
 
+const OPEN_BIT: u32 = 1 << 31;
+
 fn minute(t: Timestamp) -> u32 {
-    (t.0.div_euclid(60_000)).clamp(1, i64::from(u32::MAX)) as u32
+    (t.0.div_euclid(60_000)).clamp(1, i64::from(OPEN_BIT - 1)) as u32
 }
 
 impl OpenTickets {
+    fn slot_of(&mut self, fp: u32) -> Option<&mut (u32, u32)> {
+        self.slots.iter_mut().find(|s| s.0 == fp)
+    }
+
+    /// A slot to write a new ticket into: an empty one, else the oldest resolved one.
+    fn free_slot(&mut self) -> Option<&mut (u32, u32)> {
+        if let Some(i) = self.slots.iter().position(|s| s.0 == 0) {
+            return Some(&mut self.slots[i]);
+        }
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.1 & OPEN_BIT == 0)
+            .min_by_key(|(_, s)| s.1)
+            .map(|(i, _)| i)?;
+        Some(&mut self.slots[oldest])
+    }
+
     /// Records a ticket opened (or reopened) at `t`.
     pub fn open(&mut self, fp: u32, t: Timestamp) {
-        if self.slots.iter().any(|s| s.0 == fp) {
+        let m = minute(t);
+        if let Some(s) = self.slot_of(fp) {
+            let last = s.1 & !OPEN_BIT;
+            if s.1 & OPEN_BIT != 0 {
+                s.1 = OPEN_BIT | last.max(m);
+            } else if m > last {
+                s.1 = OPEN_BIT | m;
+            }
             return;
         }
-        match self.slots.iter_mut().find(|s| s.0 == 0) {
-            Some(s) => *s = (fp, minute(t)),
+        match self.free_slot() {
+            Some(s) => *s = (fp, OPEN_BIT | m),
             None => self.overflow = self.overflow.saturating_add(1),
         }
     }
-    /// Records a ticket resolved.
-    pub fn resolve(&mut self, fp: u32) {
-        if let Some(s) = self.slots.iter_mut().find(|s| s.0 == fp) {
-            *s = (0, 0);
-        } else if self.overflow > 0 {
+
+    /// Records a ticket resolved at `t`.
+    pub fn resolve(&mut self, fp: u32, t: Timestamp) {
+        let m = minute(t);
+        if let Some(s) = self.slot_of(fp) {
+            let last = s.1 & !OPEN_BIT;
+            if s.1 & OPEN_BIT == 0 {
+                s.1 = last.max(m);
+            } else if m >= last {
+                s.1 = m;
+            }
+            return;
+        }
+        if self.overflow > 0 {
             self.overflow -= 1;
+        } else if let Some(s) = self.free_slot() {
+            if s.0 == 0 || s.1 < m {
+                *s = (fp, m);
+            }
         }
     }
+
+    fn open_minutes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.0 != 0 && s.1 & OPEN_BIT != 0)
+            .map(|s| s.1 & !OPEN_BIT)
+    }
+
     /// Tickets open now.
     pub fn count(&self) -> u32 {
-        self.slots.iter().filter(|s| s.0 != 0).count() as u32 + u32::from(self.overflow)
+        self.open_minutes().count() as u32 + u32::from(self.overflow)
     }
-    /// Tracked tickets opened before `cutoff` (left unresolved).
+    /// Tracked open tickets opened before `cutoff` (left unresolved).
     pub fn opened_before(&self, cutoff: Timestamp) -> u32 {
         self.opened_between(Timestamp(i64::MIN), cutoff)
     }
-    /// Tracked tickets opened at or after `from` and before `cutoff`.
+    /// Tracked open tickets opened at or after `from` and before `cutoff`.
     pub fn opened_between(&self, from: Timestamp, cutoff: Timestamp) -> u32 {
         let (f, c) = (if from.0 <= 0 { 0 } else { minute(from) }, minute(cutoff));
-        self.slots
-            .iter()
-            .filter(|s| s.0 != 0 && s.1 >= f && s.1 < c)
-            .count() as u32
+        self.open_minutes().filter(|m| *m >= f && *m < c).count() as u32
     }
-    /// The earliest opening instant among tracked tickets opened at or after `after`.
+    /// The earliest opening instant among open tickets opened at or after `after`.
     pub fn next_opened_at_or_after(&self, after: Timestamp) -> Option<Timestamp> {
         let a = minute(after);
-        self.slots
-            .iter()
-            .filter(|s| s.0 != 0 && s.1 >= a)
-            .map(|s| Timestamp(i64::from(s.1) * 60_000))
+        self.open_minutes()
+            .filter(|m| *m >= a)
             .min()
+            .map(|m| Timestamp(i64::from(m) * 60_000))
     }
 }
 
@@ -233,8 +284,8 @@ mod tests {
             6,
             "re-opening an open ticket does not double count"
         );
-        o.resolve(fingerprint("t1"));
-        o.resolve(fingerprint("unknown"));
+        o.resolve(fingerprint("t1"), Timestamp(10 * 3_600_000));
+        o.resolve(fingerprint("unknown"), Timestamp(10 * 3_600_000));
         assert_eq!(o.count(), 4);
         // t0 is older than 2h; t1 was resolved; t2 opened exactly at the cutoff minute.
         assert_eq!(o.opened_before(Timestamp(2 * 3_600_000 + 1)), 1);
@@ -242,6 +293,47 @@ mod tests {
             o.next_opened_at_or_after(Timestamp(3 * 3_600_000)),
             Some(Timestamp(3 * 3_600_000))
         );
+    }
+
+    #[test]
+    fn ticket_state_does_not_depend_on_arrival_order() {
+        let h = |n: i64| Timestamp(n * 3_600_000);
+        let t = fingerprint("t");
+        // opened 1h, resolved 2h, reopened 3h, resolved 4h: resolved, in any order
+        let events: [(bool, i64); 4] = [(true, 1), (false, 2), (true, 3), (false, 4)];
+        let orders = [
+            [0, 1, 2, 3],
+            [3, 2, 1, 0],
+            [1, 0, 3, 2],
+            [2, 3, 0, 1],
+            [1, 2, 0, 3],
+        ];
+        for order in orders {
+            let mut o = OpenTickets::default();
+            for i in order {
+                let (open, at) = events[i];
+                if open {
+                    o.open(t, h(at))
+                } else {
+                    o.resolve(t, h(at))
+                }
+            }
+            assert_eq!(o.count(), 0, "{order:?}");
+        }
+        // without the last resolve it is open again, since 3h, in any order
+        for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
+            let mut o = OpenTickets::default();
+            for i in order {
+                let (open, at) = events[i];
+                if open {
+                    o.open(t, h(at))
+                } else {
+                    o.resolve(t, h(at))
+                }
+            }
+            assert_eq!(o.count(), 1, "{order:?}");
+            assert_eq!(o.next_opened_at_or_after(h(0)), Some(h(3)));
+        }
     }
 
     #[test]

@@ -55,10 +55,15 @@ impl Tiers {
     /// The bin of a revenue.
     pub fn bin_of(revenue: f64) -> u16 {
         if revenue <= 0.0 || revenue.is_nan() {
-            0
-        } else {
-            (1.0 + (1.0 + revenue).log2() * 16.0).min((BINS - 1) as f64) as u16
+            return 0;
         }
+        // log2(1 + revenue) in sixteenths of an octave, read off the float's bits
+        // (exponent, then the top 4 bits of the mantissa) instead of calling log2: this
+        // runs on every evaluation.
+        let bits = (1.0 + revenue).to_bits();
+        let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+        let sixteenth = ((bits >> 48) & 0xf) as i64;
+        (1 + exponent * 16 + sixteenth).clamp(1, BINS as i64 - 1) as u16
     }
 
     /// Counts a new customer (revenue 0).

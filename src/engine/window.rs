@@ -234,13 +234,42 @@ pub struct WindowView {
     pub recent_days: f64,
     /// Days the baseline covers (clipped to the customer's first event).
     pub baseline_days: f64,
+    /// The ring read once, by age: `series[k]` is bucket `layout.current - k`.
+    pub series: [Bucket; RING],
+    /// Buckets (by age) the customer existed in: `series[..lived]`.
+    pub lived: usize,
+    first_seen: Timestamp,
 }
 
 impl WindowView {
     /// Reads `ring` at `layout`; `first_seen` clips the durations.
     pub fn read(ring: &Ring, layout: Layout, first_seen: Timestamp) -> WindowView {
-        let recent = ring.totals(layout.recent_from, layout.current);
-        let baseline = ring.totals(layout.baseline_from, layout.recent_from - 1);
+        let mut series = [Bucket::default(); RING];
+        for (k, b) in series.iter_mut().enumerate() {
+            *b = ring.get(layout.current - k as i32);
+        }
+        let first = bucket_of(first_seen, layout.width_ms);
+        let lived =
+            (i64::from(layout.current) - i64::from(first) + 1).clamp(0, RING as i64) as usize;
+        WindowView::from_series(series, lived, layout, first_seen)
+    }
+
+    fn from_series(
+        series: [Bucket; RING],
+        lived: usize,
+        layout: Layout,
+        first_seen: Timestamp,
+    ) -> WindowView {
+        let recent_n = (layout.current - layout.recent_from + 1) as usize;
+        let baseline_n = (layout.recent_from - layout.baseline_from) as usize;
+        let mut recent = Totals::default();
+        let mut baseline = Totals::default();
+        for b in &series[..recent_n.min(RING)] {
+            recent.add(b);
+        }
+        for b in &series[recent_n.min(RING)..(recent_n + baseline_n).min(RING)] {
+            baseline.add(b);
+        }
         let span = |start: Timestamp, end: Timestamp| -> f64 {
             let s = start.0.max(first_seen.0);
             (end.0.saturating_sub(s).max(0)) as f64 / DAY_MS as f64
@@ -251,7 +280,40 @@ impl WindowView {
             baseline,
             recent_days: span(layout.recent_start, layout.now).max(1.0 / 24.0),
             baseline_days: span(layout.baseline_start, layout.recent_start),
+            series,
+            lived,
+            first_seen,
         }
+    }
+
+    /// The same windows split differently: `recent` buckets of recent window and
+    /// `baseline` before it (without reading the ring again).
+    pub fn resplit(&self, recent: u32, baseline: u32) -> WindowView {
+        let layout = Layout::at(self.layout.now, self.layout.width_ms, recent, baseline);
+        WindowView::from_series(self.series, self.lived, layout, self.first_seen)
+    }
+
+    /// Mean and variance of `of` over the baseline buckets the customer existed in;
+    /// `None` with fewer than `min_buckets` of them or a zero mean.
+    pub fn baseline_moments(
+        &self,
+        min_buckets: usize,
+        of: impl Fn(&Bucket) -> f64,
+    ) -> Option<(f64, f64)> {
+        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
+        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
+        if to < from + min_buckets {
+            return None;
+        }
+        let (mut sum, mut sum_sq) = (0.0, 0.0);
+        for b in &self.series[from..to] {
+            let v = of(b);
+            sum += v;
+            sum_sq += v * v;
+        }
+        let n = (to - from) as f64;
+        let mean = sum / n;
+        (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
     }
 
     /// Net order value over recent window and baseline together (trailing revenue).

@@ -6,16 +6,18 @@
 //! carries it (see [`super::drop_z`]): a buyer who orders twice a quarter cannot show a
 //! significant monthly drop, and is left to `inactivity`.
 
-use super::{dispersion, drop_z, moments, num, severity, two_sample, Input, Reading};
+use super::{
+    dispersion, drop_z, num, severity, two_sample, Input, Reading, MIN_DISPERSION_BUCKETS,
+};
 use crate::config::ConsumptionDropConfig;
-use crate::engine::window::{Layout, WindowView, RING};
+use crate::engine::window::{WindowView, RING};
 
 /// `detail` when the value drop was the larger.
 pub const BY_VALUE: u8 = 1;
 
 /// Evaluates the signal.
 pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
-    let short = over(input.window, input, cfg);
+    let short = over(input.window, input, cfg, 0.0);
     // A second, longer horizon (twice the recent window against as much baseline as the
     // ring still holds) gives sparse buyers enough expected orders for a slowdown to
     // become significant; the stronger reading counts.
@@ -24,14 +26,10 @@ pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
     if recent <= l.current - l.recent_from + 1 {
         return short;
     }
-    let c = input.customer;
-    let layout = Layout::at(
-        l.now,
-        l.width_ms,
-        recent as u32,
-        RING as u32 - recent as u32,
-    );
-    let long = over(&WindowView::read(&c.ring, layout, c.first_seen), input, cfg);
+    let long_view = input
+        .window
+        .resplit(recent as u32, RING as u32 - recent as u32);
+    let long = over(&long_view, input, cfg, short.severity);
     if long.severity > short.severity {
         long
     } else {
@@ -39,7 +37,9 @@ pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
     }
 }
 
-fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
+/// The reading over one split of the windows; [`Reading::NONE`] when it cannot beat
+/// `to_beat` (a severity), which saves the variance computations.
+fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat: f64) -> Reading {
     if w.baseline_days < cfg.min_baseline_days || w.baseline.orders == 0 {
         return Reading::NONE;
     }
@@ -47,35 +47,48 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Readi
     let expected_orders = f64::from(w.baseline.orders) * scale;
     let expected_value = w.baseline.value.max(0.0) * scale;
     let count_drop = (1.0 - f64::from(w.recent.orders) / expected_orders).clamp(0.0, 1.0);
-    let c = input.customer;
-    let z_count = drop_z(
-        count_drop,
-        expected_orders,
-        two_sample(
-            dispersion(w, &c.ring, c.first_seen, |b| b.orders),
-            w.recent_days,
-            w.baseline_days,
-        ),
-        cfg.min_drop,
-        cfg.significance,
-    );
+    let value_drop = if expected_value > 0.0 {
+        (1.0 - w.recent.value.max(0.0) / expected_value).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    // z never exceeds drop / min_drop: if that cannot beat what we have, stop here.
+    if count_drop.max(value_drop) == 0.0
+        || severity(count_drop.max(value_drop) / cfg.min_drop) <= to_beat
+    {
+        return Reading::NONE;
+    }
+    let z_count = if count_drop > 0.0 {
+        drop_z(
+            count_drop,
+            expected_orders,
+            two_sample(dispersion(w, |b| b.orders), w.recent_days, w.baseline_days),
+            cfg.min_drop,
+            cfg.significance,
+        )
+    } else {
+        0.0
+    };
     // Value is noisier than count (basket sizes vary too): its evidence is judged by
     // the customer's own weekly value variance, never below that of a regular buyer
     // with a typical basket.
-    let (value_drop, z_value) = if expected_value > 0.0 {
-        let drop = (1.0 - w.recent.value.max(0.0) / expected_value).clamp(0.0, 1.0);
+    let z_value = if value_drop > 0.0 {
         let order_value = w.baseline.value.max(0.0) / f64::from(w.baseline.orders);
-        let d = moments(w, &c.ring, c.first_seen, |b| f64::from(b.value))
+        let d = w
+            .baseline_moments(MIN_DISPERSION_BUCKETS, |b| f64::from(b.value))
             .map_or(1.5 * order_value, |(m, v)| v / m)
             .clamp(0.5 * order_value, 4.0 * order_value)
             .max(f64::MIN_POSITIVE);
         let d = two_sample(d, w.recent_days, w.baseline_days);
-        (
-            drop,
-            drop_z(drop, expected_value, d, cfg.min_drop, cfg.significance),
+        drop_z(
+            value_drop,
+            expected_value,
+            d,
+            cfg.min_drop,
+            cfg.significance,
         )
     } else {
-        (0.0, 0.0)
+        0.0
     };
     let by_value = z_value > z_count;
     let (drop, z) = if by_value {

@@ -14,9 +14,20 @@ pub fn evaluate(input: &Input<'_>, cfg: &EngagementDeclineConfig) -> Reading {
     let expected = f64::from(w.baseline.engagement) * w.recent_days / w.baseline_days
         * input.population.engagement_factor;
     let drop = (1.0 - f64::from(w.recent.engagement) / expected).clamp(0.0, 1.0);
-    let c = input.customer;
+    if drop == 0.0 {
+        return Reading {
+            severity: 0.0,
+            observed: f64::from(w.recent.engagement),
+            baseline: expected,
+            threshold: expected * (1.0 - cfg.min_drop),
+            window_days: w.recent_days,
+            extra: 0.0,
+            detail: 0,
+            due: None,
+        };
+    }
     let d = two_sample(
-        dispersion(w, &c.ring, c.first_seen, |b| b.engagement),
+        dispersion(w, |b| b.engagement),
         w.recent_days,
         w.baseline_days,
     );

@@ -217,43 +217,17 @@ pub(crate) fn two_sample(dispersion: f64, recent_days: f64, baseline_days: f64) 
 }
 
 /// Fewest baseline buckets from which a customer's own dispersion is trusted.
-const MIN_DISPERSION_BUCKETS: usize = 6;
+pub(crate) const MIN_DISPERSION_BUCKETS: usize = 6;
 
-/// Mean and variance of a per-bucket quantity over the baseline buckets the customer
-/// existed in; `None` until there are enough of them to say.
-pub(crate) fn moments(
-    w: &WindowView,
-    ring: &crate::engine::window::Ring,
-    first_seen: Timestamp,
-    of: impl Fn(&crate::engine::window::Bucket) -> f64,
-) -> Option<(f64, f64)> {
-    let l = &w.layout;
-    let first = crate::engine::window::bucket_of(first_seen, l.width_ms).max(l.baseline_from);
-    if ((l.recent_from - first) as usize) < MIN_DISPERSION_BUCKETS {
-        return None;
-    }
-    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
-    for b in first..l.recent_from {
-        let v = of(&ring.get(b));
-        n += 1.0;
-        sum += v;
-        sum_sq += v * v;
-    }
-    let mean = sum / n;
-    (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
-}
-
-/// The customer's own dispersion (variance / mean) of a per-bucket count: regular
-/// customers (low dispersion) show a drop sooner, erratic ones later. 1 (Poisson) until
-/// there is enough history; clamped to 0.5..=4 so that a short history never makes a
-/// drop look certain.
+/// The customer's own dispersion (variance / mean) of a per-bucket count over their
+/// baseline: regular customers (low dispersion) show a drop sooner, erratic ones later.
+/// 1 (Poisson) until there is enough history; clamped to 0.5..=4 so that a short history
+/// never makes a drop look certain.
 pub(crate) fn dispersion(
     w: &WindowView,
-    ring: &crate::engine::window::Ring,
-    first_seen: Timestamp,
     count: impl Fn(&crate::engine::window::Bucket) -> u16,
 ) -> f64 {
-    moments(w, ring, first_seen, |b| f64::from(count(b)))
+    w.baseline_moments(MIN_DISPERSION_BUCKETS, |b| f64::from(count(b)))
         .map_or(1.0, |(m, v)| (v / m).clamp(0.5, 4.0))
 }
 
@@ -399,11 +373,8 @@ mod tests {
             );
         }
         let v = view(&regular, 112.0);
-        assert_eq!(
-            dispersion(&v, &regular.ring, regular.first_seen, |b| b.orders),
-            0.5
-        );
+        assert_eq!(dispersion(&v, |b| b.orders), 0.5);
         let v = view(&erratic, 112.0);
-        assert!(dispersion(&v, &erratic.ring, erratic.first_seen, |b| b.orders) > 2.0);
+        assert!(dispersion(&v, |b| b.orders) > 2.0);
     }
 }
