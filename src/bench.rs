@@ -57,6 +57,8 @@ pub struct Results {
     pub state_bytes_per_customer: f64,
     /// Resident memory growth per customer while the engine filled up.
     pub rss_bytes_per_customer: f64,
+    /// Deadline-queue entries per customer at the end.
+    pub deadline_entries_per_customer: f64,
     /// `size_of::<Customer>()`.
     pub customer_record_bytes: usize,
 }
@@ -130,6 +132,7 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
     let rss_after = rss_bytes();
     let customers = engine.customers() as u64;
     let state_bytes = engine.state_bytes();
+    let queued = engine.queued_deadlines();
     drop(engine);
 
     // 2. decode only, keeping the events (they borrow `buf`)
@@ -179,6 +182,7 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
         alerts,
         state_bytes_per_customer: per_customer(state_bytes as f64),
         rss_bytes_per_customer: per_customer(rss_after.saturating_sub(rss_before) as f64),
+        deadline_entries_per_customer: per_customer(queued as f64),
         customer_record_bytes: std::mem::size_of::<crate::engine::state::Customer>(),
     }
 }
@@ -192,7 +196,7 @@ impl Results {
              \x20 apply only     : {:>12.0} events/s overall, {:>12.0} events/s steady (pre-decoded)\n\
              \x20 decode only    : {:>12.0} events/s\n\
              \x20 alerts         : {}\n\
-             \x20 memory         : {:.0} bytes/customer resident, {:.0} bytes/customer accounted ({} per record)",
+             \x20 memory         : {:.0} bytes/customer resident, {:.0} bytes/customer accounted ({} per record, {:.2} deadline entries per customer)",
             self.events,
             self.customers,
             self.days,
@@ -205,7 +209,8 @@ impl Results {
             self.alerts,
             self.rss_bytes_per_customer,
             self.state_bytes_per_customer,
-            self.customer_record_bytes
+            self.customer_record_bytes,
+            self.deadline_entries_per_customer
         )
     }
 }

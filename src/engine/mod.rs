@@ -158,6 +158,11 @@ impl Engine {
                 .sum::<usize>()
     }
 
+    /// Entries in the deadline queue (live and stale).
+    pub fn queued_deadlines(&self) -> usize {
+        self.deadlines.len()
+    }
+
     /// Reserves room for `n` more customers.
     pub fn reserve(&mut self, n: usize) {
         self.customers.reserve_exact(n);
