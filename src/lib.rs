@@ -16,7 +16,8 @@
 //! - [`decode`]: JSON and protobuf into events, with a stable reason for every rejection.
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`engine`]: the pure core (no async, no Kafka, no clock): per-customer windows,
-//!   deadline queue, population baseline, value tiers, score, alert lifecycle.
+//!   customer index, deadline queue, population baseline, value tiers, score, alert
+//!   lifecycle.
 //! - [`signals`]: the seven health signals, one module each.
 //! - [`alert`]: alerts and health records, JSON and protobuf.
 //! - [`replay`]: the engine over a file of events, as `churnsignal replay` runs it.

@@ -257,3 +257,72 @@ proptest! {
         prop_assert_eq!(state_of(&events), state_of(&permuted));
     }
 }
+
+// ---------------------------------------------------------------- hostile input
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(512)))]
+
+    /// No byte string makes decoding panic: it is an event or a reason.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let limits = churnsignal::decode::Limits::default();
+        let _ = churnsignal::decode::decode_json(&bytes, &limits);
+        let _ = churnsignal::decode::decode_protobuf(&bytes, &limits);
+    }
+
+    /// JSON objects with contract field names and values of any type and size decode
+    /// to an event or to a reason, never a panic, and valid ones are applied safely.
+    #[test]
+    fn decoding_arbitrary_contract_shaped_json_never_panics(
+        fields in prop::collection::vec((
+            prop::sample::select(vec![
+                "event_id", "customer_id", "type", "occurred_at", "schema_version", "order_id",
+                "amount", "currency", "discount_pct", "items", "ticket_id", "priority",
+                "category", "requested_discount_pct", "csat", "score", "user_id",
+            ]),
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| if v.is_finite() { v.to_string() } else { "1e999".into() }),
+                "[a-z._]{0,20}".prop_map(|s| format!("{s:?}")),
+                prop::sample::select(vec![
+                    "\"order.placed\"", "\"engagement.nps\"", "\"ticket.opened\"",
+                    "\"2026-03-01T10:15:00Z\"", "\"9999-99-99T99:99:99Z\"", "null", "[]", "{}", "true",
+                ]).prop_map(String::from),
+            ],
+        ), 0..12),
+    ) {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let json = format!("{{{}}}", body.join(","));
+        if let Ok(e) = churnsignal::decode::decode_json(json.as_bytes(), &churnsignal::decode::Limits::default()) {
+            let mut engine = Engine::new(Config::default());
+            engine.apply(&e);
+            engine.finish();
+            let _ = engine.snapshot();
+        }
+    }
+}
+
+/// Valid but extreme instants (year 1 and year 9999, in either order) are handled
+/// without overflow: bucket numbers saturate, the watermark only moves forward.
+#[test]
+fn extreme_instants_do_not_overflow() {
+    let limits = churnsignal::decode::Limits::default();
+    let lines = [
+        r#"{"event_id":"a","customer_id":"c","type":"order.placed","occurred_at":"9999-12-31T23:59:59Z","order_id":"o","amount":1e300}"#,
+        r#"{"event_id":"b","customer_id":"c","type":"order.placed","occurred_at":"0001-01-01T00:00:00Z","order_id":"p","amount":5}"#,
+        r#"{"event_id":"c","customer_id":"c","type":"engagement.nps","occurred_at":"0001-01-01T00:00:00+23:59","score":0}"#,
+        r#"{"event_id":"d","customer_id":"d","type":"ticket.opened","occurred_at":"9999-12-31T23:59:59.999Z","ticket_id":"t"}"#,
+    ];
+    for order in [[0, 1, 2, 3], [1, 2, 0, 3], [3, 2, 1, 0]] {
+        let mut engine = Engine::new(Config::default());
+        for i in order {
+            let e = churnsignal::decode::decode_json(lines[i].as_bytes(), &limits).unwrap();
+            engine.apply(&e);
+        }
+        engine.finish();
+        let records = engine.snapshot();
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.health_score <= 100));
+    }
+}
