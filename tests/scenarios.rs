@@ -5,7 +5,7 @@ use churnsignal::engine::lifecycle::Status;
 use churnsignal::engine::score::Play;
 use churnsignal::event::{Category, Priority};
 
-use crate::scenario::{at, Scenario};
+use crate::scenario::Scenario;
 
 fn weekly(s: &mut Scenario, customer: &str, from: u32, to: u32, amount: f64) {
     for d in (from..to).step_by(7) {
@@ -514,5 +514,4 @@ fn late_events_within_the_ring_are_applied_and_counted_or_dropped_by_policy() {
             "{policy:?}"
         );
     }
-    let _ = at(0.0);
 }

@@ -236,3 +236,19 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod long_values {
+    use super::*;
+
+    #[test]
+    fn rejection_messages_never_carry_a_long_value() {
+        let line = format!(
+            r#"{{"event_id":"e","customer_id":"a","type":"order.placed","occurred_at":"2026-03-01T10:15:00Z","order_id":"o","amount":"{}"}}"#,
+            "9".repeat(5_000)
+        );
+        let e = decode_json(line.as_bytes(), &Limits::default()).unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+        assert!(e.message.len() <= 300, "{} bytes", e.message.len());
+    }
+}

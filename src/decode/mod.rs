@@ -85,12 +85,22 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// Longest rejection message, bytes: it travels in a dead-letter header and must
+/// never repeat a large part of the payload.
+pub const MAX_MESSAGE_BYTES: usize = 300;
+
 impl DecodeError {
     pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
-        DecodeError {
-            reason,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
         }
+        DecodeError { reason, message }
     }
 }
 

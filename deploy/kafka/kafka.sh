@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A local, single-node Apache Kafka (KRaft, broker+controller) on 127.0.0.1 for tests and
+# benchmarks. The jars come from Maven Central through deploy/kafka/pom.xml and are cached.
+#
+#   deploy/kafka/kafka.sh install          resolve the jars into the cache (idempotent)
+#   deploy/kafka/kafka.sh start [PORT]     format a fresh data dir, start, wait for the port
+#   deploy/kafka/kafka.sh stop             stop the broker started by `start`, remove its data
+#   deploy/kafka/kafka.sh status           exit 0 if it is running
+#   deploy/kafka/kafka.sh bootstrap        print host:port
+#
+# Environment: CHURNSIGNAL_KAFKA_CACHE (jar cache, default ~/.cache/churnsignal/kafka),
+# CHURNSIGNAL_KAFKA_STATE (pid, port, data and log of the running broker; default
+# ${TMPDIR:-/tmp}/churnsignal-kafka), CHURNSIGNAL_KAFKA_HEAP (default 512m),
+# CHURNSIGNAL_KAFKA_AUTO_CREATE (auto.create.topics.enable; default false: tests create
+# their topics with the partition counts they need).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
+cache="${CHURNSIGNAL_KAFKA_CACHE:-$HOME/.cache/churnsignal/kafka}/$version"
+state="${CHURNSIGNAL_KAFKA_STATE:-${TMPDIR:-/tmp}/churnsignal-kafka}"
+heap="${CHURNSIGNAL_KAFKA_HEAP:-512m}"
+
+die() { echo "kafka.sh: $*" >&2; exit 1; }
+
+install() {
+  if [ -f "$cache/.complete" ]; then return 0; fi
+  command -v mvn >/dev/null || die "maven (mvn) is required to resolve the broker's jars"
+  command -v java >/dev/null || die "java (17+) is required to run the broker"
+  mkdir -p "$cache"
+  echo "kafka.sh: resolving Apache Kafka $version from Maven Central into $cache" >&2
+  (cd "$here" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$cache/lib") || die "maven could not resolve the jars"
+  cat > "$cache/log4j2.properties" <<'LOG'
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+LOG
+  touch "$cache/.complete"
+}
+
+running() {
+  [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() {
+  local port=$1 deadline=$((SECONDS + 90))
+  while [ $SECONDS -lt $deadline ]; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    running || { tail -n 30 "$state/logs/server.log" "$state/stdout.log" >&2 2>/dev/null; die "broker exited during start"; }
+    sleep 0.3
+  done
+  die "broker did not open 127.0.0.1:$port within 90 s (log: $state/logs/server.log)"
+}
+
+start() {
+  install
+  if running; then echo "127.0.0.1:$(cat "$state/port")"; return 0; fi
+  local port="${1:-$(free_port)}" cport
+  cport="$(free_port)"
+  rm -rf "$state" && mkdir -p "$state/data" "$state/logs"
+  cat > "$state/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$state/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=${CHURNSIGNAL_KAFKA_AUTO_CREATE:-false}
+PROPS
+  local cp="$cache/lib/*" java_opts=(-Xms"$heap" -Xmx"$heap" -XX:+UseG1GC
+    -Dlog4j2.configurationFile="$cache/log4j2.properties" -Dkafka.logs.dir="$state/logs")
+  local cluster_id
+  cluster_id="$(java -cp "$cp" "${java_opts[@]}" kafka.tools.StorageTool random-uuid)"
+  java -cp "$cp" "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+    -c "$state/server.properties" > "$state/format.log" 2>&1 || { cat "$state/format.log" >&2; die "storage format failed"; }
+  nohup java -cp "$cp" "${java_opts[@]}" kafka.Kafka "$state/server.properties" \
+    > "$state/stdout.log" 2>&1 &
+  echo $! > "$state/pid"
+  echo "$port" > "$state/port"
+  wait_port "$port"
+  echo "127.0.0.1:$port"
+}
+
+stop() {
+  if running; then
+    local pid deadline=$((SECONDS + 30))
+    pid="$(cat "$state/pid")"
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) shift; start "$@" ;;
+  stop) stop ;;
+  status) running ;;
+  bootstrap) running && echo "127.0.0.1:$(cat "$state/port")" ;;
+  *) die "usage: $0 install|start [PORT]|stop|status|bootstrap" ;;
+esac
