@@ -21,6 +21,7 @@
 //! - [`signals`]: the seven health signals, one module each.
 //! - [`alert`]: alerts and health records, JSON and protobuf.
 //! - [`replay`]: the engine over a file of events, as `churnsignal replay` runs it.
+//! - [`kafka`]: the Kafka shell's pure parts (commit positions), tested without a broker.
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`]: `churnsignal bench engine`.
 #![deny(missing_docs)]
@@ -32,6 +33,7 @@ pub mod decode;
 pub mod engine;
 pub mod event;
 pub mod generate;
+pub mod kafka;
 pub mod replay;
 pub mod signals;
 pub mod time;

@@ -8,6 +8,7 @@
 mod json;
 mod protobuf;
 mod validate;
+pub mod wire;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -41,11 +42,13 @@ pub enum Reason {
     Oversized,
     /// `schema_version` is not one this build understands.
     UnsupportedVersion,
+    /// The Confluent schema-registry framing is missing or names another message type.
+    BadFraming,
 }
 
 impl Reason {
     /// Every reason, for metrics pre-registration and documentation.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::BadJson,
         Reason::BadProtobuf,
         Reason::MissingField,
@@ -56,6 +59,7 @@ impl Reason {
         Reason::FutureTimestamp,
         Reason::Oversized,
         Reason::UnsupportedVersion,
+        Reason::BadFraming,
     ];
 
     /// The stable code used in dead-letter headers, metric labels and reports.
@@ -71,6 +75,7 @@ impl Reason {
             Reason::FutureTimestamp => "future_timestamp",
             Reason::Oversized => "oversized",
             Reason::UnsupportedVersion => "unsupported_version",
+            Reason::BadFraming => "bad_framing",
         }
     }
 }
