@@ -34,10 +34,6 @@ use window::{Added, Delta, Layout, WindowView};
 
 pub use window::RING;
 
-/// Window-driven severity from which a customer is re-evaluated at bucket boundaries
-/// even without an open episode (below it, rolling windows cannot plausibly fire before
-/// the next event or an absence deadline does).
-const WATCH_SEVERITY: f64 = 0.1;
 /// The population cadence a customer with few orders is blended with: a generous one
 /// (most customers order at least this often), since little evidence about a customer
 /// must not make the engine quicker to call them inactive.
@@ -546,18 +542,14 @@ impl Engine {
                 due = due.min(d);
             }
         }
-        let window_driven = [
-            SignalKind::ConsumptionDrop,
-            SignalKind::DiscountPressure,
-            SignalKind::SupportTension,
-            SignalKind::EngagementDecline,
-        ];
-        let warm = window_driven
-            .iter()
-            .any(|k| ev.readings[*k as usize].severity >= WATCH_SEVERITY);
-        if (c.episode.open || warm) && !c.ring.empty_from(ev.view.layout.baseline_from) {
-            // Windows change when a bucket rolls; spread customers over the first
-            // seventh of the bucket so a boundary is not a burst.
+        if !c.ring.empty_from(ev.view.layout.baseline_from) {
+            // Every customer with activity in their windows is looked at once per
+            // bucket, so window signals are noticed within a bucket of changing even
+            // when no event of theirs is evaluated (see `skip_benign_evaluations`).
+            // Windows change when a bucket rolls: look again early in the next bucket,
+            // when the recent window has just shed its oldest week (a step change shows
+            // most clearly then), spreading customers over the first seventh of the
+            // bucket so a boundary is not a burst.
             let jitter = i64::from(fingerprint(&c.id)) % (width / 7).max(1);
             due = due.min(Timestamp(
                 (i64::from(ev.view.layout.current) + 1) * width + jitter,
