@@ -21,7 +21,8 @@
 //! - [`signals`]: the seven health signals, one module each.
 //! - [`alert`]: alerts and health records, JSON and protobuf.
 //! - [`replay`]: the engine over a file of events, as `churnsignal replay` runs it.
-//! - [`kafka`]: the Kafka shell's pure parts (commit positions), tested without a broker.
+//! - [`kafka`]: the Kafka shell's pure parts (commit positions, the records it produces),
+//!   tested without a broker.
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`]: `churnsignal bench engine`.
 #![deny(missing_docs)]

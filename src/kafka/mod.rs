@@ -3,3 +3,4 @@
 //! their loop build on these.
 
 pub mod offsets;
+pub mod records;
