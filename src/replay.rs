@@ -16,6 +16,8 @@ use crate::time::Timestamp;
 
 /// How many invalid lines are kept as examples.
 pub const EXAMPLES: usize = 5;
+/// Lines decoded and applied together.
+const BATCH: usize = 1024;
 
 /// Options of a replay.
 #[derive(Debug, Clone, Default)]
@@ -107,40 +109,52 @@ pub fn run(
     };
     let mut report = Report::default();
     let mut pending = Vec::new();
-    for (line_index, line) in input.split(b'\n').enumerate() {
-        let line_no = line_index as u64 + 1;
-        let mut line = line.map_err(ReplayError::Read)?;
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        report.lines += 1;
-        match decode_json(&line, &limits) {
-            Ok(e) => {
-                if opts.as_of.is_some_and(|a| e.occurred_at > a) {
-                    report.after_as_of += 1;
-                    continue;
-                }
-                engine.apply_into(&e, &mut pending);
-                write_alerts(&mut pending, alerts, &mut report)?;
+    // Lines are decoded and applied in batches, as the live consumer applies a poll's
+    // messages: the same engine path (`apply_batch`), in the same order.
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut lines = input.split(b'\n').enumerate();
+    loop {
+        batch.clear();
+        for (line_index, line) in lines.by_ref() {
+            let mut line = line.map_err(ReplayError::Read)?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
             }
-            Err(err) => {
-                report.invalid += 1;
-                *report
-                    .invalid_by_reason
-                    .entry(err.reason.code())
-                    .or_default() += 1;
-                if report.examples.len() < EXAMPLES {
-                    report.examples.push(Invalid {
-                        line: line_no,
-                        reason: err.reason.code(),
-                        message: err.message,
-                    });
-                }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            batch.push((line_index as u64 + 1, line));
+            if batch.len() == BATCH {
+                break;
             }
         }
+        if batch.is_empty() {
+            break;
+        }
+        report.lines += batch.len() as u64;
+        let mut events = Vec::with_capacity(batch.len());
+        for (line_no, line) in &batch {
+            match decode_json(line, &limits) {
+                Ok(e) if opts.as_of.is_some_and(|a| e.occurred_at > a) => report.after_as_of += 1,
+                Ok(e) => events.push(e),
+                Err(err) => {
+                    report.invalid += 1;
+                    *report
+                        .invalid_by_reason
+                        .entry(err.reason.code())
+                        .or_default() += 1;
+                    if report.examples.len() < EXAMPLES {
+                        report.examples.push(Invalid {
+                            line: *line_no,
+                            reason: err.reason.code(),
+                            message: err.message,
+                        });
+                    }
+                }
+            }
+        }
+        engine.apply_batch(&events, &mut pending);
+        write_alerts(&mut pending, alerts, &mut report)?;
     }
     let end = match (opts.as_of, engine.max_event_time()) {
         (Some(a), _) => Some(a),
