@@ -24,7 +24,7 @@
 //! - [`kafka`]: the Kafka shell's pure parts (commit positions, the records it produces),
 //!   tested without a broker.
 //! - [`generate`]: a deterministic generator of realistic event histories.
-//! - [`bench`]: `churnsignal bench engine`.
+//! - [`bench`](mod@bench): `churnsignal bench engine`.
 #![deny(missing_docs)]
 
 pub mod alert;

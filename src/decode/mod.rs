@@ -1,7 +1,7 @@
 //! Decoding and validation of contract-v1 events.
 //!
 //! JSON and protobuf are first read into one [`RawEvent`] (every field optional, strings
-//! borrowed), then a single [`validate`] turns it into a domain [`Event`] or a
+//! borrowed), then a single [`validate`] turns it into a domain [`Event`](crate::event::Event) or a
 //! [`DecodeError`] with a stable, machine-readable [`Reason`]. The same reasons are used
 //! as dead-letter headers and metric labels, so their codes never change.
 

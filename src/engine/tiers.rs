@@ -4,7 +4,7 @@
 //! sixteenth of an octave each); a customer's tier is decided by how many customers sit in
 //! higher bins. The histogram changes by one decrement and one increment per update;
 //! the cumulative counts are rebuilt once 1/64 of the customers moved (at most every
-//! [`REBUILD_EVERY`] updates, and on demand), so a lookup is O(1). A customer's revenue is re-registered whenever it is evaluated.
+//! `REBUILD_EVERY` updates, and on demand), so a lookup is O(1). A customer's revenue is re-registered whenever it is evaluated.
 
 /// Tier names of the alert contract's `value_tier`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,7 +3,7 @@
 //!
 //! Expected = baseline rate × recent-window duration × population factor. The larger of
 //! the value drop and the count drop counts, but only as far as the count evidence
-//! carries it (see [`super::drop_z`]): a buyer who orders twice a quarter cannot show a
+//! carries it (see `drop_z` in the signals module): a buyer who orders twice a quarter cannot show a
 //! significant monthly drop, and is left to `inactivity`.
 
 use super::{
