@@ -156,49 +156,37 @@ mod tests {
 
     #[test]
     fn every_encoding_decodes_to_the_same_event() {
-        let l = Limits::default();
         let pb = encode_protobuf(&event());
-        assert_eq!(
-            decode_message(JSON.as_bytes(), Encoding::Json, None, &l).unwrap(),
-            event()
-        );
-        assert_eq!(
-            decode_message(&pb, Encoding::Protobuf, None, &l).unwrap(),
-            event()
-        );
-        // both encodings of the message-index path [0]
-        assert_eq!(
-            decode_message(&framed(&[0]), Encoding::ConfluentProtobuf, None, &l).unwrap(),
-            event()
-        );
-        assert_eq!(
-            decode_message(&framed(&[2, 0]), Encoding::ConfluentProtobuf, None, &l).unwrap(),
-            event()
-        );
+        // (bytes, topic encoding, content-type header)
+        let cases: [(&[u8], Encoding, Option<&str>); 7] = [
+            (JSON.as_bytes(), Encoding::Json, None),
+            (&pb, Encoding::Protobuf, None),
+            // both encodings of the message-index path [0]
+            (&framed(&[0]), Encoding::ConfluentProtobuf, None),
+            (&framed(&[2, 0]), Encoding::ConfluentProtobuf, None),
+            // auto follows the first byte...
+            (JSON.as_bytes(), Encoding::Auto, None),
+            (&pb, Encoding::Auto, None),
+            (&framed(&[0]), Encoding::Auto, None),
+        ];
+        for (bytes, encoding, content_type) in cases {
+            let decoded = decode_message(bytes, encoding, content_type, &Limits::default());
+            assert_eq!(decoded.unwrap(), event(), "{encoding:?}");
+        }
         assert_eq!(strip_confluent_protobuf(&framed(&[0])).unwrap().0, 300);
     }
 
     #[test]
-    fn auto_follows_the_header_then_the_first_byte() {
-        let l = Limits::default();
+    fn the_content_type_header_wins() {
         let pb = encode_protobuf(&event());
-        assert_eq!(
-            decode_message(JSON.as_bytes(), Encoding::Auto, None, &l).unwrap(),
-            event()
+        // ...and the header wins, also over the topic's configured encoding
+        let decoded = decode_message(
+            &pb,
+            Encoding::Json,
+            Some("application/x-protobuf"),
+            &Limits::default(),
         );
-        assert_eq!(
-            decode_message(&pb, Encoding::Auto, None, &l).unwrap(),
-            event()
-        );
-        assert_eq!(
-            decode_message(&framed(&[0]), Encoding::Auto, None, &l).unwrap(),
-            event()
-        );
-        // the header wins, also over the topic's configured encoding
-        assert_eq!(
-            decode_message(&pb, Encoding::Json, Some("application/x-protobuf"), &l).unwrap(),
-            event()
-        );
+        assert_eq!(decoded.unwrap(), event());
         assert_eq!(
             Encoding::from_content_type("application/json; charset=utf-8"),
             Some(Encoding::Json)

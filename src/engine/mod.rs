@@ -181,18 +181,16 @@ impl Engine {
         }
     }
 
-    fn find(&self, id: &str) -> Option<usize> {
+    fn find(&self, hash: u64, id: &str) -> Option<usize> {
         let customers = &self.customers;
         self.index
-            .find(index::hash(id), |i| customers[i as usize].id == id)
+            .find(hash, |i| customers[i as usize].id == id)
             .map(|i| i as usize)
     }
 
-    fn find_or_insert(&mut self, id: &str) -> usize {
-        let hash = index::hash(id);
-        let customers = &self.customers;
-        if let Some(i) = self.index.find(hash, |i| customers[i as usize].id == id) {
-            return i as usize;
+    fn find_or_insert(&mut self, hash: u64, id: &str) -> usize {
+        if let Some(i) = self.find(hash, id) {
+            return i;
         }
         let idx = self.customers.len();
         self.customers.push(Customer::new(id));
@@ -205,8 +203,13 @@ impl Engine {
 
     /// Applies one event; alert changes go to `out`.
     pub fn apply_into(&mut self, e: &Event<'_>, out: &mut Vec<Alert>) -> Outcome {
+        self.apply_hashed(e, index::hash(&e.customer_id), out)
+    }
+
+    /// [`Engine::apply_into`] with the customer id's hash already computed.
+    fn apply_hashed(&mut self, e: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Outcome {
         let t = e.occurred_at;
-        let idx = self.find_or_insert(&e.customer_id);
+        let idx = self.find_or_insert(hash, &e.customer_id);
         let fp = fingerprint(&e.event_id);
         if self.customers[idx].dedup.seen(fp) {
             self.stats.duplicates += 1;
@@ -240,16 +243,10 @@ impl Engine {
         {
             self.stats.skipped_evaluations += 1;
             if matches!(e.kind, EventKind::OrderPlaced { .. }) {
-                // revenue changed: keep the value tiers current
-                let width = self.cfg.engine.bucket_ms();
-                let current = window::bucket_of(now, width);
-                let revenue = c
-                    .ring
-                    .totals(current - RING as i32 + 1, current)
-                    .value
-                    .max(0.0);
-                let bin = self.tiers.update(c.value_bin, revenue);
-                self.customers[idx].value_bin = bin;
+                // revenue changed: keep the value tiers current (the same span an
+                // evaluation registers, without evaluating)
+                let revenue = window::trailing_revenue(&c.ring, &self.layout_at(now));
+                self.register_revenue(idx, revenue);
             }
         } else {
             self.evaluate_and_transition(idx, now, Some(&e.event_id), out);
@@ -282,8 +279,8 @@ impl Engine {
                 }
             }
             // 3. the work, in order
-            for e in chunk {
-                self.apply_into(e, out);
+            for (e, h) in chunk.iter().zip(hashes) {
+                self.apply_hashed(e, h, out);
             }
         }
     }
@@ -504,9 +501,20 @@ impl Engine {
         v
     }
 
-    fn evaluate(&mut self, idx: usize, now: Timestamp) -> Evaluation {
+    fn layout_at(&self, now: Timestamp) -> Layout {
         let e = &self.cfg.engine;
-        let layout = Layout::at(now, e.bucket_ms(), e.recent_buckets, e.baseline_buckets);
+        Layout::at(now, e.bucket_ms(), e.recent_buckets, e.baseline_buckets)
+    }
+
+    /// Counts a customer's trailing revenue in the value tiers; returns their bin.
+    fn register_revenue(&mut self, idx: usize, revenue: f64) -> u16 {
+        let bin = self.tiers.update(self.customers[idx].value_bin, revenue);
+        self.customers[idx].value_bin = bin;
+        bin
+    }
+
+    fn evaluate(&mut self, idx: usize, now: Timestamp) -> Evaluation {
+        let layout = self.layout_at(now);
         let view = WindowView::read(
             &self.customers[idx].ring,
             layout,
@@ -523,8 +531,7 @@ impl Engine {
             },
             &self.cfg.signals,
         );
-        let bin = self.tiers.update(c.value_bin, view.trailing_revenue());
-        self.customers[idx].value_bin = bin;
+        let bin = self.register_revenue(idx, view.trailing_revenue());
         let t = &self.cfg.value_tiers;
         let tier = self
             .tiers
@@ -701,7 +708,7 @@ impl Engine {
     /// The health record of one customer at the current stream time (`None` if this
     /// engine does not know the customer). Reading a record changes no alert state.
     pub fn health_record(&mut self, customer_id: &str) -> Option<HealthRecord> {
-        let idx = self.find(customer_id)?;
+        let idx = self.find(index::hash(customer_id), customer_id)?;
         self.tiers.refresh();
         Some(self.record_of(idx))
     }

@@ -70,6 +70,12 @@ impl Tiers {
     pub fn insert(&mut self) {
         self.counts[0] += 1;
         self.total += 1;
+        self.changed();
+    }
+
+    /// Small populations rebuild on every change, large ones once a fraction of their
+    /// customers moved (at most every [`REBUILD_EVERY`] changes).
+    fn changed(&mut self) {
         self.dirty += 1;
         if self.dirty >= (self.total / 64).clamp(1, REBUILD_EVERY) {
             self.rebuild();
@@ -82,12 +88,7 @@ impl Tiers {
         if new != old {
             self.counts[old as usize] -= 1;
             self.counts[new as usize] += 1;
-            self.dirty += 1;
-            // Small populations rebuild on every change, large ones once a fraction of
-            // their customers moved (at most every REBUILD_EVERY changes).
-            if self.dirty >= (self.total / 64).clamp(1, REBUILD_EVERY) {
-                self.rebuild();
-            }
+            self.changed();
         }
         new
     }
@@ -96,7 +97,7 @@ impl Tiers {
     pub fn remove(&mut self, bin: u16) {
         self.counts[bin as usize] -= 1;
         self.total -= 1;
-        self.dirty += 1;
+        self.changed();
     }
 
     /// Recomputes the cumulative counts now.

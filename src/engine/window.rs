@@ -221,6 +221,14 @@ impl Layout {
     }
 }
 
+/// Net order value over the recent window and baseline of `layout` (trailing revenue),
+/// read straight from the ring.
+pub fn trailing_revenue(ring: &Ring, layout: &Layout) -> f64 {
+    ring.totals(layout.baseline_from, layout.current)
+        .value
+        .max(0.0)
+}
+
 /// A customer's windows at an instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowView {
@@ -316,7 +324,8 @@ impl WindowView {
         (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
     }
 
-    /// Net order value over recent window and baseline together (trailing revenue).
+    /// Net order value over recent window and baseline together (trailing revenue); the
+    /// same as [`trailing_revenue`] of the ring at this layout.
     pub fn trailing_revenue(&self) -> f64 {
         (self.recent.value + self.baseline.value).max(0.0)
     }
@@ -375,6 +384,23 @@ mod tests {
         assert_eq!(v.baseline.orders, 12);
         assert!((v.recent_days - 22.0).abs() < 1e-9);
         assert!((v.baseline_days - 84.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn trailing_revenue_is_the_same_read_either_way() {
+        let mut r = Ring::default();
+        for w in 0..20 {
+            r.add(day(w * 7 + 1), W, &order(10.0 + w as f32));
+        }
+        // a configuration narrower than the ring: recent 2 + baseline 6 buckets, so at
+        // day 140 (bucket 20) buckets 13..=20, whose orders are weeks 13..=19
+        let l = Layout::at(day(140), W, 2, 6);
+        let v = WindowView::read(&r, l, day(1));
+        assert_eq!(v.trailing_revenue(), trailing_revenue(&r, &l));
+        assert_eq!(
+            v.trailing_revenue(),
+            (13..20).map(|w| 10.0 + w as f64).sum::<f64>()
+        );
     }
 
     #[test]
