@@ -37,6 +37,7 @@ pub mod generate;
 pub mod kafka;
 pub mod replay;
 pub mod signals;
+pub mod telemetry;
 pub mod time;
 
 /// Generated protobuf types (`proto/churnsignal/v1`).

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use churnsignal::config::Config;
+use churnsignal::config::{Config, LogFormat};
 use churnsignal::time::Timestamp;
 use churnsignal::{bench, generate, replay};
 
@@ -22,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the live service: consume the input topics, alert, dead-letter, serve HTTP.
+    Run {
+        /// Configuration file (defaults built in; CHURNSIGNAL__* environment overrides apply).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Replay contract events (JSON Lines) through the engine: alerts out, optional snapshot.
     Replay {
         /// Events file, or `-` for standard input.
@@ -40,6 +46,18 @@ enum Command {
         /// advances to it, and the snapshot is taken then.
         #[arg(long)]
         as_of: Option<String>,
+    },
+    /// Create the configured topics that do not exist yet (inputs co-partitioned).
+    CreateTopics {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Partitions of every topic.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 3)]
+        replication_factor: i32,
     },
     /// Validate a configuration file (and the environment overrides).
     CheckConfig {
@@ -117,8 +135,52 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(cfg: &churnsignal::config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match cfg.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let cfg = load_config(config.as_deref())?;
+            init_logging(&cfg.log);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(churnsignal::kafka::run(cfg, termination()))?;
+            tracing::info!(
+                events = report.events,
+                dead_letters = report.dead_letters,
+                alerts = report.alerts,
+                "stopped"
+            );
+            Ok(())
+        }
         Command::Replay {
             input,
             config,
@@ -161,6 +223,30 @@ fn run(cli: Cli) -> Result<()> {
                 snap_out.as_mut().map(|w| w as &mut dyn Write),
             )?;
             eprintln!("{}", report.render());
+            Ok(())
+        }
+        Command::CreateTopics {
+            config,
+            partitions,
+            replication_factor,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let created = rt
+                .block_on(churnsignal::kafka::topics::create(
+                    &cfg.kafka,
+                    partitions,
+                    replication_factor,
+                ))
+                .map_err(anyhow::Error::msg)?;
+            for t in &created {
+                println!("created {t}");
+            }
+            if created.is_empty() {
+                println!("all topics exist");
+            }
             Ok(())
         }
         Command::CheckConfig { file } => {

@@ -5,6 +5,8 @@
 #   deploy/kafka/kafka.sh install          resolve the jars into the cache (idempotent)
 #   deploy/kafka/kafka.sh start [PORT]     format a fresh data dir, start, wait for the port
 #   deploy/kafka/kafka.sh stop             stop the broker started by `start`, remove its data
+#   deploy/kafka/kafka.sh halt             stop it but keep its data (a broker outage)
+#   deploy/kafka/kafka.sh resume           start it again on its data and port
 #   deploy/kafka/kafka.sh status           exit 0 if it is running
 #   deploy/kafka/kafka.sh bootstrap        print host:port
 #
@@ -12,7 +14,8 @@
 # CHURNSIGNAL_KAFKA_STATE (pid, port, data and log of the running broker; default
 # ${TMPDIR:-/tmp}/churnsignal-kafka), CHURNSIGNAL_KAFKA_HEAP (default 512m),
 # CHURNSIGNAL_KAFKA_AUTO_CREATE (auto.create.topics.enable; default false: tests create
-# their topics with the partition counts they need).
+# their topics with the partition counts they need), CHURNSIGNAL_KAFKA_OWNER_PID (stop
+# the broker and remove its data when this process ends).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -30,7 +33,7 @@ install() {
   mkdir -p "$cache"
   echo "kafka.sh: resolving Apache Kafka $version from Maven Central into $cache" >&2
   (cd "$here" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
-      -DoutputDirectory="$cache/lib") || die "maven could not resolve the jars"
+      -DoutputDirectory="$cache/lib" >&2) || die "maven could not resolve the jars"
   cat > "$cache/log4j2.properties" <<'LOG'
 status = warn
 appender.file.type = File
@@ -64,6 +67,10 @@ wait_port() {
   die "broker did not open 127.0.0.1:$port within 90 s (log: $state/logs/server.log)"
 }
 
+cp="$cache/lib/*"
+java_opts=(-Xms"$heap" -Xmx"$heap" -XX:+UseG1GC
+  -Dlog4j2.configurationFile="$cache/log4j2.properties" -Dkafka.logs.dir="$state/logs")
+
 start() {
   install
   if running; then echo "127.0.0.1:$(cat "$state/port")"; return 0; fi
@@ -91,18 +98,57 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=${CHURNSIGNAL_KAFKA_AUTO_CREATE:-false}
 PROPS
-  local cp="$cache/lib/*" java_opts=(-Xms"$heap" -Xmx"$heap" -XX:+UseG1GC
-    -Dlog4j2.configurationFile="$cache/log4j2.properties" -Dkafka.logs.dir="$state/logs")
   local cluster_id
   cluster_id="$(java -cp "$cp" "${java_opts[@]}" kafka.tools.StorageTool random-uuid)"
   java -cp "$cp" "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
     -c "$state/server.properties" > "$state/format.log" 2>&1 || { cat "$state/format.log" >&2; die "storage format failed"; }
-  nohup java -cp "$cp" "${java_opts[@]}" kafka.Kafka "$state/server.properties" \
-    > "$state/stdout.log" 2>&1 &
-  echo $! > "$state/pid"
   echo "$port" > "$state/port"
-  wait_port "$port"
+  launch
   echo "127.0.0.1:$port"
+}
+
+# Starts the broker on the formatted data dir and waits for its port. With
+# CHURNSIGNAL_KAFKA_OWNER_PID set, a watchdog stops the broker (and removes its data)
+# when that process ends, so a test run that started it never leaves it behind.
+launch() {
+  nohup java -cp "$cp" "${java_opts[@]}" kafka.Kafka "$state/server.properties" \
+    >> "$state/stdout.log" 2>&1 &
+  local pid=$!
+  echo "$pid" > "$state/pid"
+  local owner="${CHURNSIGNAL_KAFKA_OWNER_PID:-}"
+  if [ -n "$owner" ] && [ ! -f "$state/watchdog" ]; then
+    touch "$state/watchdog"
+    local dir="$state"
+    nohup setsid bash -c '
+      owner=$1; dir=$2
+      while kill -0 "$owner" 2>/dev/null && [ -d "$dir" ]; do sleep 1; done
+      if [ -f "$dir/pid" ]; then
+        p=$(cat "$dir/pid"); kill "$p" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$p" 2>/dev/null
+      fi
+      rm -rf "$dir"' _ "$owner" "$dir" >/dev/null 2>&1 < /dev/null &
+  fi
+  wait_port "$(cat "$state/port")"
+}
+
+# Stops the broker but keeps its data, for `resume` (a broker restart).
+halt() {
+  running || die "no broker running in $state"
+  local pid deadline=$((SECONDS + 30))
+  pid="$(cat "$state/pid")"
+  kill "$pid"
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$state/pid"
+}
+
+resume() {
+  install
+  [ -f "$state/server.properties" ] || die "nothing to resume in $state"
+  running && die "the broker in $state is running"
+  launch
+  echo "127.0.0.1:$(cat "$state/port")"
 }
 
 stop() {
@@ -120,7 +166,9 @@ case "${1:-}" in
   install) install ;;
   start) shift; start "$@" ;;
   stop) stop ;;
+  halt) halt ;;
+  resume) resume ;;
   status) running ;;
   bootstrap) running && echo "127.0.0.1:$(cat "$state/port")" ;;
-  *) die "usage: $0 install|start [PORT]|stop|status|bootstrap" ;;
+  *) die "usage: $0 install|start [PORT]|stop|halt|resume|status|bootstrap" ;;
 esac

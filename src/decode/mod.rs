@@ -44,11 +44,16 @@ pub enum Reason {
     UnsupportedVersion,
     /// The Confluent schema-registry framing is missing or names another message type.
     BadFraming,
+    /// A valid event on the topic of another family (an `order.*` on the engagement topic).
+    WrongTopic,
+    /// The Kafka message key is absent or differs from `customer_id` (events are keyed
+    /// by customer, so that a customer's events meet in one partition).
+    KeyMismatch,
 }
 
 impl Reason {
     /// Every reason, for metrics pre-registration and documentation.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::BadJson,
         Reason::BadProtobuf,
         Reason::MissingField,
@@ -60,6 +65,8 @@ impl Reason {
         Reason::Oversized,
         Reason::UnsupportedVersion,
         Reason::BadFraming,
+        Reason::WrongTopic,
+        Reason::KeyMismatch,
     ];
 
     /// The stable code used in dead-letter headers, metric labels and reports.
@@ -76,6 +83,8 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::UnsupportedVersion => "unsupported_version",
             Reason::BadFraming => "bad_framing",
+            Reason::WrongTopic => "wrong_topic",
+            Reason::KeyMismatch => "key_mismatch",
         }
     }
 }
@@ -95,7 +104,8 @@ pub struct DecodeError {
 pub const MAX_MESSAGE_BYTES: usize = 300;
 
 impl DecodeError {
-    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
+    /// A rejection; the message is capped at [`MAX_MESSAGE_BYTES`].
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         let mut message = message.into();
         if message.len() > MAX_MESSAGE_BYTES {
             let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();

@@ -1,6 +1,12 @@
-//! The Kafka shell's pure parts: what it decides without talking to a broker, kept here
-//! so that it is tested exhaustively without one. The rdkafka consumer, producer and
-//! their loop build on these.
+//! The Kafka shell around the pure engine: clients, the live service, and what it
+//! decides without a broker (commit positions, record layouts), kept apart so that it
+//! is tested exhaustively without one.
 
+pub mod client;
 pub mod offsets;
 pub mod records;
+pub mod runtime;
+pub mod topics;
+mod worker;
+
+pub use runtime::{run, Report, RunError, Service, StartOptions, Status};

@@ -14,6 +14,12 @@ use serde::Deserialize;
 
 use crate::time::{DAY_MS, SECOND_MS};
 
+mod kafka;
+pub use kafka::{
+    is_secret, EncodingConfig, HttpConfig, InputTopic, KafkaConfig, LogConfig, LogFormat,
+    OffsetReset, Properties, TopicsConfig, OWNED_PROPERTIES,
+};
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CHURNSIGNAL__";
 
@@ -82,6 +88,12 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// The seven signals.
     pub signals: SignalsConfig,
+    /// The live service's Kafka clients and topics.
+    pub kafka: KafkaConfig,
+    /// The HTTP server (metrics, health, customer API).
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
 }
 
 /// `[input]`
@@ -745,6 +757,8 @@ impl Config {
             1.0,
             3650.0,
         )?;
+        self.kafka.validate()?;
+        self.http.validate()?;
         Ok(())
     }
 }

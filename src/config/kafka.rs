@@ -1,0 +1,522 @@
+//! `[kafka]`, `[http]` and `[log]`: the live service's settings, validated like the
+//! engine's. librdkafka properties can be passed through (TLS, SASL, tuning), except
+//! the ones churnsignal must own to keep its delivery guarantees; secrets among them
+//! are never printed, not even by `Debug`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::{check_range, invalid, ConfigError};
+use crate::decode::wire::Encoding;
+use crate::event::Family;
+use crate::kafka::records::AlertFormat;
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// `client.id` of the consumer and the producer.
+    pub client_id: String,
+    /// Topic names.
+    pub topics: TopicsConfig,
+    /// How each input topic's messages are encoded.
+    pub encoding: EncodingConfig,
+    /// `json` or `protobuf`.
+    pub alerts_format: AlertFormat,
+    /// Where a partition without a committed offset starts.
+    pub auto_offset_reset: OffsetReset,
+    /// librdkafka `partitioner` of the alert and dead-letter producer.
+    pub partitioner: String,
+    /// Worker threads running partition engines; 0 = one per core.
+    pub workers: usize,
+    /// How often acknowledged progress is committed, ms.
+    pub commit_interval_ms: u64,
+    /// Events handed to one worker and not yet processed, at most.
+    pub worker_queue_events: usize,
+    /// After this long without events, a partition's stream time runs on the wall clock.
+    pub idle_timeout_secs: u64,
+    /// `/readyz` is true while the consumer lag of every partition is at most this.
+    pub ready_max_lag: i64,
+    /// Longest wait for broker metadata at start, seconds.
+    pub startup_timeout_secs: u64,
+    /// Longest graceful shutdown, seconds.
+    pub shutdown_timeout_secs: u64,
+    /// librdkafka properties for the consumer and the producer (TLS, SASL, ...).
+    pub properties: Properties,
+    /// librdkafka properties for the consumer only.
+    pub consumer_properties: Properties,
+    /// librdkafka properties for the producer only.
+    pub producer_properties: Properties,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "churnsignal".into(),
+            client_id: "churnsignal".into(),
+            topics: TopicsConfig::default(),
+            encoding: EncodingConfig::default(),
+            alerts_format: AlertFormat::Json,
+            auto_offset_reset: OffsetReset::Earliest,
+            partitioner: "murmur2_random".into(),
+            workers: 0,
+            commit_interval_ms: 1000,
+            worker_queue_events: 20_000,
+            idle_timeout_secs: 300,
+            ready_max_lag: 10_000,
+            startup_timeout_secs: 30,
+            shutdown_timeout_secs: 20,
+            properties: Properties::default(),
+            consumer_properties: Properties::default(),
+            producer_properties: Properties::default(),
+        }
+    }
+}
+
+/// `[kafka.topics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Orders.
+    pub orders: String,
+    /// Support tickets.
+    pub support_tickets: String,
+    /// Engagement.
+    pub engagement: String,
+    /// Alerts out.
+    pub alerts: String,
+    /// Invalid input out.
+    pub dead_letters: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            orders: "orders".into(),
+            support_tickets: "support-tickets".into(),
+            engagement: "engagement".into(),
+            alerts: "churn-alerts".into(),
+            dead_letters: "churn-dead-letters".into(),
+        }
+    }
+}
+
+/// One input topic: its name, the event families it carries and its encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputTopic {
+    /// Topic name.
+    pub name: String,
+    /// Families accepted on it (several when topics are configured with one name).
+    pub families: Vec<Family>,
+    /// Its messages' encoding.
+    pub encoding: Encoding,
+}
+
+impl KafkaConfig {
+    /// The distinct input topics, in configuration order. Families configured with the
+    /// same topic name share it (all events on one topic is a valid setup).
+    pub fn input_topics(&self) -> Vec<InputTopic> {
+        let t = &self.topics;
+        let e = &self.encoding;
+        let mut out: Vec<InputTopic> = Vec::new();
+        for (name, family, encoding) in [
+            (&t.orders, Family::Orders, e.orders),
+            (
+                &t.support_tickets,
+                Family::SupportTickets,
+                e.support_tickets,
+            ),
+            (&t.engagement, Family::Engagement, e.engagement),
+        ] {
+            match out.iter_mut().find(|i| &i.name == name) {
+                Some(i) => i.families.push(family),
+                None => out.push(InputTopic {
+                    name: name.clone(),
+                    families: vec![family],
+                    encoding,
+                }),
+            }
+        }
+        out
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("kafka.brokers", &self.brokers),
+            ("kafka.group_id", &self.group_id),
+            ("kafka.client_id", &self.client_id),
+            ("kafka.partitioner", &self.partitioner),
+            ("kafka.topics.orders", &self.topics.orders),
+            ("kafka.topics.support_tickets", &self.topics.support_tickets),
+            ("kafka.topics.engagement", &self.topics.engagement),
+            ("kafka.topics.alerts", &self.topics.alerts),
+            ("kafka.topics.dead_letters", &self.topics.dead_letters),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(key, "\"\"", "a non-empty string"));
+            }
+        }
+        let inputs = self.input_topics();
+        for out in [&self.topics.alerts, &self.topics.dead_letters] {
+            if inputs.iter().any(|i| &i.name == out) {
+                return Err(invalid(
+                    "kafka.topics",
+                    format!("\"{out}\""),
+                    "output topics (alerts, dead_letters) distinct from the input topics",
+                ));
+            }
+        }
+        for i in &inputs {
+            if i.families.len() > 1 {
+                let enc = |f: Family| match f {
+                    Family::Orders => self.encoding.orders,
+                    Family::SupportTickets => self.encoding.support_tickets,
+                    Family::Engagement => self.encoding.engagement,
+                };
+                if i.families.iter().any(|f| enc(*f) != i.encoding) {
+                    return Err(invalid(
+                        "kafka.encoding",
+                        format!("different encodings for the shared topic \"{}\"", i.name),
+                        "one encoding per topic",
+                    ));
+                }
+            }
+        }
+        check_range("kafka.workers", self.workers as f64, 0.0, 256.0)?;
+        check_range(
+            "kafka.commit_interval_ms",
+            self.commit_interval_ms as f64,
+            10.0,
+            600_000.0,
+        )?;
+        check_range(
+            "kafka.worker_queue_events",
+            self.worker_queue_events as f64,
+            100.0,
+            10_000_000.0,
+        )?;
+        check_range(
+            "kafka.idle_timeout_secs",
+            self.idle_timeout_secs as f64,
+            1.0,
+            30.0 * 86_400.0,
+        )?;
+        check_range("kafka.ready_max_lag", self.ready_max_lag as f64, 0.0, 1e12)?;
+        check_range(
+            "kafka.startup_timeout_secs",
+            self.startup_timeout_secs as f64,
+            1.0,
+            3600.0,
+        )?;
+        check_range(
+            "kafka.shutdown_timeout_secs",
+            self.shutdown_timeout_secs as f64,
+            1.0,
+            600.0,
+        )?;
+        for (section, props) in [
+            ("kafka.properties", &self.properties),
+            ("kafka.consumer_properties", &self.consumer_properties),
+            ("kafka.producer_properties", &self.producer_properties),
+        ] {
+            props.validate(section)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    /// From the oldest retained message.
+    Earliest,
+    /// From new messages only.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// `[kafka.encoding]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncodingConfig {
+    /// Orders topic.
+    pub orders: Encoding,
+    /// Support-tickets topic.
+    pub support_tickets: Encoding,
+    /// Engagement topic.
+    pub engagement: Encoding,
+}
+
+impl Default for EncodingConfig {
+    fn default() -> Self {
+        EncodingConfig {
+            orders: Encoding::Json,
+            support_tickets: Encoding::Json,
+            engagement: Encoding::Json,
+        }
+    }
+}
+
+/// librdkafka properties that churnsignal sets itself, with the option to use instead.
+pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+    ("group.id", "kafka.group_id"),
+    ("client.id", "kafka.client_id"),
+    ("auto.offset.reset", "kafka.auto_offset_reset"),
+    ("partitioner", "kafka.partitioner"),
+    (
+        "enable.auto.commit",
+        "nothing: offsets are committed after the alerts they caused are acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "nothing: offsets are committed after the alerts they caused are acknowledged",
+    ),
+    (
+        "enable.idempotence",
+        "nothing: the producer is always idempotent",
+    ),
+    ("acks", "nothing: alerts are always produced with acks=all"),
+    (
+        "request.required.acks",
+        "nothing: alerts are always produced with acks=all",
+    ),
+    (
+        "message.timeout.ms",
+        "nothing: alerts are retried until delivered or shutdown",
+    ),
+    (
+        "delivery.timeout.ms",
+        "nothing: alerts are retried until delivered or shutdown",
+    ),
+    (
+        "partition.assignment.strategy",
+        "nothing: co-partitioned topics need the range assignor",
+    ),
+    ("group.protocol", "nothing: the classic protocol is used"),
+    ("transactional.id", "nothing: not supported yet"),
+    ("isolation.level", "nothing: read_committed is always used"),
+    (
+        "statistics.interval.ms",
+        "nothing: churnsignal reads lag from statistics every 2 s",
+    ),
+    ("enable.partition.eof", "nothing"),
+];
+
+/// Is this property's value a secret (never printed)?
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+        || k == "ssl.key"
+}
+
+/// A table of librdkafka properties. Values may be strings, numbers or booleans.
+/// `Debug` prints secret values (passwords, keys) as `<redacted>`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub BTreeMap<String, toml::Value>);
+
+impl Properties {
+    /// (key, value as librdkafka reads it) pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, String)> {
+        self.0.iter().map(|(k, v)| {
+            let s = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.as_str(), s)
+        })
+    }
+
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        for (k, v) in &self.0 {
+            let key = format!("{section}.\"{k}\"");
+            if !matches!(
+                v,
+                toml::Value::String(_)
+                    | toml::Value::Integer(_)
+                    | toml::Value::Float(_)
+                    | toml::Value::Boolean(_)
+            ) {
+                let shown = if is_secret(k) {
+                    "<redacted>".to_owned()
+                } else {
+                    v.to_string()
+                };
+                return Err(invalid(&key, shown, "a string, number or boolean"));
+            }
+            if let Some((_, instead)) = OWNED_PROPERTIES.iter().find(|(o, _)| o == k) {
+                return Err(invalid(
+                    &key,
+                    "(set)",
+                    format!("not this property: churnsignal owns it; use {instead}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in self.pairs() {
+            if is_secret(k) {
+                m.entry(&k, &"<redacted>");
+            } else {
+                m.entry(&k, &v);
+            }
+        }
+        m.finish()
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of `/metrics`, `/healthz`, `/readyz` and `/customers/{id}`;
+    /// port 0 picks a free one; empty disables the server.
+    pub listen: String,
+    /// `/healthz` fails when a loop has not reported for this long, seconds.
+    pub liveness_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8080".into(),
+            liveness_timeout_secs: 30,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("\"{}\"", self.listen),
+                "an address like \"0.0.0.0:8080\" (port 0: any free port), or \"\" to disable",
+            ));
+        }
+        check_range(
+            "http.liveness_timeout_secs",
+            self.liveness_timeout_secs as f64,
+            1.0,
+            3600.0,
+        )
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `churnsignal=debug,librdkafka=warn`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn owned_properties_are_refused_with_the_option_to_use() {
+        let err = Config::from_toml("[kafka.properties]\n\"group.id\" = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("kafka.properties.\"group.id\"") && msg.contains("kafka.group_id"),
+            "{msg}"
+        );
+        let err = Config::from_toml("[kafka.producer_properties]\nacks = 1\n").unwrap_err();
+        assert!(err.to_string().contains("acks=all"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_errors() {
+        let c = Config::from_toml(
+            "[kafka.properties]\n\"security.protocol\" = \"sasl_ssl\"\n\"sasl.password\" = \"hunter2-secret\"\n\"ssl.key.password\" = \"pem-pass\"\n",
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("pem-pass"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("sasl_ssl") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
+        let err = Config::from_toml("[kafka.properties]\n\"sasl.password\" = [\"hunter2\"]\n")
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn families_sharing_one_topic_make_one_input() {
+        let c = Config::from_toml(
+            "[kafka.topics]\norders = \"events\"\nsupport_tickets = \"events\"\nengagement = \"eng\"\n",
+        )
+        .unwrap();
+        let inputs = c.kafka.input_topics();
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(inputs[0].name, "events");
+        assert_eq!(inputs[0].families.len(), 2);
+        let err = Config::from_toml("[kafka.topics]\nalerts = \"orders\"\n").unwrap_err();
+        assert!(err.to_string().contains("kafka.topics"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let err = Config::from_toml("[http]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(err.to_string().contains("http.listen"), "{err}");
+    }
+}

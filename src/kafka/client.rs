@@ -1,0 +1,109 @@
+//! librdkafka client configurations, built from the validated config by pure functions
+//! (tested without a broker). churnsignal owns the properties its guarantees rest on;
+//! the user's pass-through properties come first and cannot override them (validation
+//! refuses them), so the values set last here are the ones in force.
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::ClientConfig;
+
+use crate::config::{is_secret, KafkaConfig};
+
+/// How often librdkafka reports statistics (consumer lag), ms.
+pub const STATS_INTERVAL_MS: u32 = 2000;
+
+fn base(cfg: &KafkaConfig, specific: &crate::config::Properties) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in cfg.properties.pairs().chain(specific.pairs()) {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", &cfg.client_id)
+        .set_log_level(RDKafkaLogLevel::Info);
+    c
+}
+
+/// The input consumer: manual commits of acknowledged progress, the range assignor (it
+/// gives one instance the same partition numbers of co-partitioned topics), and
+/// `read_committed` so that transactional producers' aborted events are never seen.
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, &cfg.consumer_properties);
+    c.set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", cfg.auto_offset_reset.as_str())
+        .set("partition.assignment.strategy", "range")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
+    c
+}
+
+/// The alert and dead-letter producer: idempotent, `acks=all`, retried until delivered
+/// (a record is only given up at shutdown, and then its input offset is not committed).
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, &cfg.producer_properties);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("partitioner", &cfg.partitioner);
+    c
+}
+
+/// The properties of a client config as `key=value` lines, secrets redacted: the only
+/// way churnsignal prints a client config (rdkafka's own `Debug` shows secrets).
+pub fn describe(c: &ClientConfig) -> String {
+    let mut pairs: Vec<(&String, &String)> = c.config_map().iter().collect();
+    pairs.sort();
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            if is_secret(k) {
+                format!("{k}=<redacted>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg(extra: &str) -> KafkaConfig {
+        Config::from_toml(extra).unwrap().kafka
+    }
+
+    #[test]
+    fn the_guarantees_are_set_and_pass_through_applies() {
+        let k = cfg("[kafka]\nbrokers = \"b1:9092,b2:9092\"\ngroup_id = \"g\"\n[kafka.properties]\n\"security.protocol\" = \"ssl\"\n[kafka.producer_properties]\n\"linger.ms\" = 20\n[kafka.consumer_properties]\n\"fetch.max.bytes\" = 1048576\n");
+        let c = consumer_config(&k);
+        let p = producer_config(&k);
+        assert_eq!(c.get("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1048576"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("security.protocol"), Some("ssl"));
+        assert_eq!(p.get("group.id"), None);
+    }
+
+    #[test]
+    fn describe_redacts_secrets() {
+        let k = cfg(
+            "[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"p4ss-w0rd\"\n",
+        );
+        let d = describe(&consumer_config(&k));
+        assert!(d.contains("sasl.username=svc"), "{d}");
+        assert!(d.contains("sasl.password=<redacted>"), "{d}");
+        assert!(!d.contains("p4ss-w0rd"), "{d}");
+    }
+}

@@ -1,0 +1,1110 @@
+//! The live service: one consumer group member reading the input topics, partition
+//! engines on worker threads, an idempotent producer for alerts and dead letters, and
+//! commits of acknowledged progress.
+//!
+//! Threads:
+//! - the poll thread owns the consumer: it polls, hands messages to the worker that owns
+//!   their partition in batches, pauses the consumer while a worker's queue is full
+//!   (back-pressure instead of unbounded buffers), commits acknowledged progress every
+//!   `commit_interval_ms`, and runs the rebalance callbacks;
+//! - `workers` threads each run the engines of their partitions ([`super::worker`]);
+//! - librdkafka's producer thread calls [`ProducerCtx::delivery`], which acknowledges
+//!   the input offset of each delivered record in its partition's commit tracker;
+//! - the HTTP thread serves metrics, health and the customer API.
+//!
+//! Delivery is at-least-once: an input offset is committed only after every record it
+//! and everything before it on its partition caused is acknowledged
+//! ([`super::offsets`]). After a crash, what was not committed is read and processed
+//! again. Records are retried until delivered (no message timeout); when the broker is
+//! unreachable the producer queue fills, workers wait, their queues fill, and the
+//! consumer pauses, so memory stays bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+
+use super::client::{consumer_config, describe, producer_config};
+use super::offsets::PartitionProgress;
+use super::worker::{Assigned, InMsg, Work, Worker};
+use crate::config::{Config, InputTopic};
+use crate::telemetry::{self, http};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A Kafka client could not be created (bad librdkafka property, ...).
+    #[error("kafka client: {0}")]
+    Client(String),
+    /// Broker metadata could not be read in time.
+    #[error("cannot read metadata of topic {topic} from {brokers}: {message}")]
+    Metadata {
+        /// Topic.
+        topic: String,
+        /// Brokers.
+        brokers: String,
+        /// Why.
+        message: String,
+    },
+    /// A configured topic does not exist.
+    #[error("topic {topic} ({role}) does not exist; create it first")]
+    MissingTopic {
+        /// Topic.
+        topic: String,
+        /// Its role (orders, alerts, ...).
+        role: &'static str,
+    },
+    /// The input topics have different partition counts.
+    #[error("input topics are not co-partitioned (a customer's events must meet in one partition number on every topic): {0}")]
+    NotCoPartitioned(String),
+    /// The HTTP server could not bind.
+    #[error("http server on {listen}: {message}")]
+    Http {
+        /// Address.
+        listen: String,
+        /// Why.
+        message: String,
+    },
+    /// A failure while running (a record refused for good, ...).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RunError {
+    /// Stable code, for logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::Client(_) => "kafka_client",
+            RunError::Metadata { .. } => "metadata",
+            RunError::MissingTopic { .. } => "missing_topic",
+            RunError::NotCoPartitioned(_) => "not_co_partitioned",
+            RunError::Http { .. } => "http",
+            RunError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the service did, observable while it runs (the demo, benchmarks and tests
+/// read it; the HTTP probes decide from it).
+#[derive(Debug)]
+pub struct Status {
+    start: Instant,
+    beats: Vec<AtomicU64>,
+    /// Input topic-partitions assigned.
+    pub assigned: AtomicUsize,
+    /// Largest consumer lag over assigned partitions; -1 while unknown.
+    pub max_lag: AtomicI64,
+    /// Set when the consumer left the group (MAXPOLL) until the next assignment.
+    pub left_group: AtomicBool,
+    /// Set at shutdown: readiness goes false.
+    pub stopping: AtomicBool,
+    /// Input messages processed (valid and invalid).
+    pub events: AtomicU64,
+    /// Of which dead-lettered.
+    pub dead_letters: AtomicU64,
+    /// Alerts handed to the producer.
+    pub alerts_sent: AtomicU64,
+    /// Records (alerts and dead letters) acknowledged by the broker.
+    pub acked: AtomicU64,
+    /// Offset commits that succeeded.
+    pub commits: AtomicU64,
+    /// Events handed to workers and not yet processed.
+    pub queued: AtomicI64,
+    /// Highest `queued` seen.
+    pub max_queued: AtomicI64,
+    /// Highest producer in-flight count seen.
+    pub max_producer_in_flight: AtomicI64,
+    abandon_after: Mutex<Option<Instant>>,
+    failure: Mutex<Option<String>>,
+    /// Event-to-alert latencies in microseconds, when recording is on (benchmarks).
+    pub latencies_us: Option<Mutex<Vec<u64>>>,
+}
+
+impl Status {
+    fn new(workers: usize, record_latencies: bool) -> Status {
+        Status {
+            start: Instant::now(),
+            beats: (0..=workers).map(|_| AtomicU64::new(0)).collect(),
+            assigned: AtomicUsize::new(0),
+            max_lag: AtomicI64::new(-1),
+            left_group: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            events: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            alerts_sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            queued: AtomicI64::new(0),
+            max_queued: AtomicI64::new(0),
+            max_producer_in_flight: AtomicI64::new(0),
+            abandon_after: Mutex::new(None),
+            failure: Mutex::new(None),
+            latencies_us: record_latencies.then(|| Mutex::new(Vec::new())),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Loop `i` (0 = poll loop, 1.. = workers) is alive.
+    pub(crate) fn beat(&self, i: usize) {
+        self.beats[i].store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn enqueued(&self, n: i64) {
+        let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        self.max_queued.fetch_max(q, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dequeued(&self, n: i64) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn processed(&self, alerts: usize) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        self.alerts_sent.fetch_add(alerts as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timer_alerts(&self, alerts: usize) {
+        self.alerts_sent.fetch_add(alerts as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a failure that stops the service.
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!(error = %why, "stopping");
+        let mut f = self.failure.lock().expect("failure lock");
+        if f.is_none() {
+            *f = Some(why);
+        }
+    }
+
+    /// The failure that stopped the service, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
+    /// True once shutdown is past the point where pending sends are given up.
+    pub(crate) fn abandon_sends(&self) -> bool {
+        self.failure().is_some()
+            || self
+                .abandon_after
+                .lock()
+                .expect("abandon lock")
+                .is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// Liveness: every loop reported within `timeout`.
+    pub fn live(&self, timeout: Duration) -> Result<(), String> {
+        let now = self.now_ms();
+        for (i, b) in self.beats.iter().enumerate() {
+            let last = b.load(Ordering::Relaxed);
+            if last == 0 {
+                continue; // not started yet
+            }
+            if now.saturating_sub(last) > timeout.as_millis() as u64 {
+                let name = if i == 0 {
+                    "consumer loop".to_owned()
+                } else {
+                    format!("worker {}", i - 1)
+                };
+                return Err(format!(
+                    "{name} has not reported for {} ms",
+                    now.saturating_sub(last)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Readiness: running, partitions assigned, in the group, lag known and small.
+    pub fn ready(&self, max_lag: i64) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if let Some(f) = self.failure() {
+            return Err(format!("failed: {f}"));
+        }
+        if self.left_group.load(Ordering::Relaxed) {
+            return Err("left the consumer group (poll loop stalled)".into());
+        }
+        if self.assigned.load(Ordering::Relaxed) == 0 {
+            return Err("no partitions assigned".into());
+        }
+        let lag = self.max_lag.load(Ordering::Relaxed);
+        if lag < 0 {
+            return Err("consumer lag not known yet".into());
+        }
+        if lag > max_lag {
+            return Err(format!("catching up: lag {lag} > {max_lag}"));
+        }
+        Ok(())
+    }
+}
+
+/// Delivery bookkeeping of one produced record.
+pub(crate) struct Delivery {
+    pub progress: Option<Arc<Mutex<PartitionProgress>>>,
+    pub offset: i64,
+    pub input_ts_ms: i64,
+    pub alert: bool,
+}
+
+/// The producer's context: acknowledges delivered records, routes logs.
+pub(crate) struct ProducerCtx {
+    status: Arc<Status>,
+}
+
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
+        match result {
+            Ok(_) => {
+                if let Some(p) = &d.progress {
+                    if let Err(e) = p.lock().expect("progress lock").acked(d.offset) {
+                        tracing::error!(error = %e, "offset tracking");
+                    }
+                }
+                self.status.acked.fetch_add(1, Ordering::Relaxed);
+                if d.alert && d.input_ts_ms > 0 {
+                    let now = super::worker::wall_now().0;
+                    let ms = (now - d.input_ts_ms).max(0);
+                    telemetry::event_to_alert_latency(ms as f64 / 1000.0);
+                    if let Some(l) = &self.status.latencies_us {
+                        l.lock().expect("latency lock").push(ms as u64 * 1000);
+                    }
+                }
+            }
+            Err((e, msg)) => {
+                let code = e
+                    .rdkafka_error_code()
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|| "unknown".into());
+                telemetry::produce_error(code);
+                if !self.status.stopping.load(Ordering::Relaxed) {
+                    self.status.fail(format!(
+                        "the broker refused a record for {}: {e}; its input offset is not committed",
+                        msg.topic()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => {
+            tracing::error!(target: "librdkafka", facility = fac, "{msg}")
+        }
+        Warning => tracing::warn!(target: "librdkafka", facility = fac, "{msg}"),
+        Notice | Info => tracing::info!(target: "librdkafka", facility = fac, "{msg}"),
+        Debug => tracing::debug!(target: "librdkafka", facility = fac, "{msg}"),
+    }
+}
+
+fn client_error(error: KafkaError, reason: &str) {
+    let code = error
+        .rdkafka_error_code()
+        .map(|c| format!("{c:?}"))
+        .unwrap_or_else(|| "unknown".into());
+    tracing::warn!(target: "librdkafka", code = %code, "{reason}");
+    telemetry::kafka_error(code);
+}
+
+struct Tracked {
+    progress: Arc<Mutex<PartitionProgress>>,
+    /// Last offset the group acknowledged as committed.
+    committed: i64,
+}
+
+/// State shared by the poll thread, the consumer callbacks and the HTTP probe.
+struct Shared {
+    cfg: Arc<Config>,
+    inputs: Arc<Vec<InputTopic>>,
+    status: Arc<Status>,
+    workers: Mutex<Vec<SyncSender<Work>>>,
+    tracked: Mutex<BTreeMap<(usize, i32), Tracked>>,
+    epoch: AtomicU64,
+    producer: ThreadedProducer<ProducerCtx>,
+}
+
+impl Shared {
+    fn topic_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|t| t.name == name)
+    }
+
+    fn worker_of(&self, partition: i32, n: usize) -> usize {
+        partition.unsigned_abs() as usize % n
+    }
+
+    /// Sends to a worker, waiting at most `timeout` for room.
+    fn send_to(&self, w: usize, mut work: Work, timeout: Duration) -> bool {
+        let Some(tx) = self.workers.lock().expect("workers lock").get(w).cloned() else {
+            return false;
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tx.try_send(work) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    work = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+
+    fn worker_count(&self) -> usize {
+        self.workers.lock().expect("workers lock").len()
+    }
+
+    /// New partitions: trackers, then each worker learns its share (all workers are
+    /// told, so that parked engines not coming back are dropped).
+    fn assign(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
+        telemetry::rebalance("assign");
+        self.status.left_group.store(false, Ordering::Relaxed);
+        let committed = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map_err(|e| tracing::warn!(error = %e, "reading committed offsets"))
+            .ok();
+        let committed_of = |topic: &str, p: i32| -> Option<i64> {
+            let c = committed.as_ref()?.find_partition(topic, p)?;
+            match c.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }
+        };
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let n = self.worker_count().max(1);
+        let mut per_worker: Vec<Vec<Assigned>> = (0..n).map(|_| Vec::new()).collect();
+        let mut tracked = self.tracked.lock().expect("tracked lock");
+        for e in tpl.elements() {
+            let Some(t) = self.topic_index(e.topic()) else {
+                continue;
+            };
+            let progress = Arc::new(Mutex::new(PartitionProgress::default()));
+            tracked.insert(
+                (t, e.partition()),
+                Tracked {
+                    progress: progress.clone(),
+                    committed: -1,
+                },
+            );
+            per_worker[self.worker_of(e.partition(), n)].push(Assigned {
+                topic: t,
+                partition: e.partition(),
+                progress,
+                committed: committed_of(e.topic(), e.partition()),
+            });
+        }
+        self.status.assigned.store(tracked.len(), Ordering::Relaxed);
+        telemetry::assigned_partitions(tracked.len());
+        drop(tracked);
+        tracing::info!(partitions = tpl.count(), "partitions assigned");
+        for (w, list) in per_worker.into_iter().enumerate() {
+            if !self.send_to(w, Work::Assign(epoch, list), Duration::from_secs(30)) {
+                tracing::warn!(worker = w, "worker did not take its assignment");
+            }
+        }
+    }
+
+    /// Partitions going away: workers finish what they hold of them, the producer
+    /// delivers, and their acknowledged progress is committed before the group moves them.
+    fn revoke(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
+        telemetry::rebalance("revoke");
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.status.stopping.load(Ordering::SeqCst) {
+            // Leaving at shutdown: the drain and final commit already ran.
+            return;
+        }
+        let gone: Vec<(usize, i32)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .collect();
+        let wait = Duration::from_secs(self.cfg.kafka.shutdown_timeout_secs.min(10));
+        let n = self.worker_count();
+        let mut replies = Vec::new();
+        for w in 0..n {
+            let (tx, rx) = sync_channel(1);
+            let mine: Vec<(usize, i32)> = gone
+                .iter()
+                .copied()
+                .filter(|(_, p)| self.worker_of(*p, n) == w)
+                .collect();
+            if self.send_to(w, Work::Revoke(mine, tx), wait) {
+                replies.push(rx);
+            }
+        }
+        for rx in replies {
+            let _ = rx.recv_timeout(wait);
+        }
+        if let Err(e) = self.producer.flush(wait) {
+            tracing::warn!(error = %e, "flush before revocation");
+        }
+        let set: BTreeSet<(usize, i32)> = gone.iter().copied().collect();
+        self.commit(consumer, Some(&set), CommitMode::Sync);
+        let mut tracked = self.tracked.lock().expect("tracked lock");
+        for k in &gone {
+            tracked.remove(k);
+        }
+        self.status.assigned.store(tracked.len(), Ordering::Relaxed);
+        telemetry::assigned_partitions(tracked.len());
+        tracing::info!(partitions = gone.len(), "partitions revoked");
+    }
+
+    /// Commits the acknowledged progress of tracked partitions (of `only`, if given)
+    /// that moved since the last successful commit.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<ConsumerCtx>,
+        only: Option<&BTreeSet<(usize, i32)>>,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let tracked = self.tracked.lock().expect("tracked lock");
+            for ((t, p), tr) in tracked.iter() {
+                if only.is_some_and(|o| !o.contains(&(*t, *p))) {
+                    continue;
+                }
+                let Some(o) = tr.progress.lock().expect("progress lock").committable() else {
+                    continue;
+                };
+                if o > tr.committed {
+                    let _ = tpl.add_partition_offset(&self.inputs[*t].name, *p, Offset::Offset(o));
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Sync) => self.committed(Ok(()), &tpl),
+            Ok(()) => {} // the callback reports
+            Err(e) => self.committed(Err(e), &tpl),
+        }
+    }
+
+    fn committed(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                telemetry::commit(true);
+                self.status.commits.fetch_add(1, Ordering::Relaxed);
+                let mut tracked = self.tracked.lock().expect("tracked lock");
+                for e in offsets.elements() {
+                    let Some(t) = self.topic_index(e.topic()) else {
+                        continue;
+                    };
+                    if let (Some(tr), Offset::Offset(o)) =
+                        (tracked.get_mut(&(t, e.partition())), e.offset())
+                    {
+                        tr.committed = tr.committed.max(o);
+                    }
+                }
+            }
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                telemetry::commit(false);
+                tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
+            }
+        }
+    }
+
+    fn lag(&self, stats: &Statistics) {
+        let mut max: Option<i64> = None;
+        for t in self.inputs.iter() {
+            let Some(ts) = stats.topics.get(&t.name) else {
+                continue;
+            };
+            for (p, ps) in &ts.partitions {
+                if *p < 0 || !ps.desired {
+                    continue;
+                }
+                let lag = if ps.consumer_lag >= 0 {
+                    Some(ps.consumer_lag)
+                } else if ps.hi_offset >= 0 {
+                    let from = [ps.app_offset, ps.committed_offset, ps.lo_offset]
+                        .into_iter()
+                        .find(|o| *o >= 0);
+                    from.map(|f| (ps.hi_offset - f).max(0))
+                } else {
+                    None
+                };
+                match lag {
+                    Some(l) => {
+                        telemetry::consumer_lag(&t.name, *p, l);
+                        max = Some(max.map_or(l, |m: i64| m.max(l)));
+                    }
+                    None => max = Some(i64::MAX),
+                }
+            }
+        }
+        let v = match max {
+            Some(i64::MAX) | None => -1,
+            Some(m) => m,
+        };
+        self.status.max_lag.store(v, Ordering::Relaxed);
+    }
+}
+
+/// The consumer's context: rebalances, commits, statistics, logs.
+pub(crate) struct ConsumerCtx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.shared.lag(&statistics);
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.shared.revoke(consumer, tpl),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                telemetry::rebalance("error");
+                tracing::warn!(error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.assign(consumer, tpl);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.committed(result, offsets);
+    }
+}
+
+/// A running service. Stop it with [`Service::stop`].
+pub struct Service {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    poll: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    http: Option<http::Server>,
+}
+
+/// Totals at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Input messages processed.
+    pub events: u64,
+    /// Of which dead-lettered.
+    pub dead_letters: u64,
+    /// Alerts produced.
+    pub alerts: u64,
+    /// Records acknowledged by the broker.
+    pub acked: u64,
+}
+
+/// Options for [`Service::start`] that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Keep every event-to-alert latency in [`Status::latencies_us`] (benchmarks).
+    pub record_latencies: bool,
+}
+
+const BATCH: usize = 512;
+
+impl Service {
+    /// Checks the topics, joins the group and starts processing.
+    pub fn start(cfg: Config, opts: StartOptions) -> Result<Service, RunError> {
+        let cfg = Arc::new(cfg);
+        let k = &cfg.kafka;
+        let workers = if k.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            k.workers
+        };
+        let inputs = Arc::new(k.input_topics());
+        let status = Arc::new(Status::new(workers, opts.record_latencies));
+        let metrics = telemetry::install();
+        let pcfg = producer_config(k);
+        tracing::debug!(config = %describe(&pcfg), "producer");
+        let producer: ThreadedProducer<ProducerCtx> = pcfg
+            .create_with_context(ProducerCtx {
+                status: status.clone(),
+            })
+            .map_err(|e| RunError::Client(e.to_string()))?;
+        let per_worker = (k.worker_queue_events / BATCH).max(1);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = sync_channel::<Work>(per_worker);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            inputs: inputs.clone(),
+            status: status.clone(),
+            workers: Mutex::new(senders),
+            tracked: Mutex::new(BTreeMap::new()),
+            epoch: AtomicU64::new(0),
+            producer: producer.clone(),
+        });
+        let ccfg = consumer_config(k);
+        tracing::debug!(config = %describe(&ccfg), "consumer");
+        let consumer: BaseConsumer<ConsumerCtx> = ccfg
+            .create_with_context(ConsumerCtx {
+                shared: shared.clone(),
+            })
+            .map_err(|e| RunError::Client(e.to_string()))?;
+        check_topics(&consumer, &cfg)?;
+        let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| RunError::Client(e.to_string()))?;
+
+        let http = if cfg.http.listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = cfg.http.listen.parse().map_err(|e| RunError::Http {
+                listen: cfg.http.listen.clone(),
+                message: format!("{e}"),
+            })?;
+            let probe = Arc::new(Probe {
+                shared: shared.clone(),
+            });
+            Some(
+                http::serve(addr, probe, metrics).map_err(|e| RunError::Http {
+                    listen: cfg.http.listen.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        };
+
+        let mut worker_threads = Vec::new();
+        for (id, rx) in receivers.into_iter().enumerate() {
+            let w = Worker::new(
+                id,
+                cfg.clone(),
+                inputs.clone(),
+                producer.clone(),
+                status.clone(),
+            );
+            worker_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("churnsignal-worker-{id}"))
+                    .spawn(move || w.run(rx))
+                    .map_err(|e| RunError::Failed(e.to_string()))?,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let poll = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("churnsignal-consumer".into())
+                .spawn(move || poll_loop(consumer, shared, stop))
+                .map_err(|e| RunError::Failed(e.to_string()))?
+        };
+        tracing::info!(
+            brokers = %k.brokers,
+            group = %k.group_id,
+            topics = ?names,
+            workers,
+            http = ?http.as_ref().map(|h| h.addr()),
+            "churnsignal running"
+        );
+        Ok(Service {
+            shared,
+            stop,
+            poll: Some(poll),
+            workers: worker_threads,
+            http,
+        })
+    }
+
+    /// What the service has done so far.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.shared.status
+    }
+
+    /// The HTTP server's address, if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr())
+    }
+
+    /// Readiness as `/readyz` answers it.
+    pub fn ready(&self) -> Result<(), String> {
+        self.shared
+            .status
+            .ready(self.shared.cfg.kafka.ready_max_lag)
+    }
+
+    /// Graceful shutdown: readiness goes false, queued work drains, the producer
+    /// delivers, acknowledged progress is committed, the consumer leaves the group.
+    /// Bounded by `kafka.shutdown_timeout_secs` also when the broker is unreachable.
+    pub fn stop(mut self) -> Result<Report, RunError> {
+        let s = &self.shared.status;
+        s.stopping.store(true, Ordering::SeqCst);
+        telemetry::ready(false);
+        let total = Duration::from_secs(self.shared.cfg.kafka.shutdown_timeout_secs);
+        let deadline = Instant::now() + total;
+        // Sends still waiting for room in the producer queue give up at 60% of the
+        // budget, leaving time to flush, commit and close.
+        *s.abandon_after.lock().expect("abandon lock") = Some(Instant::now() + total * 6 / 10);
+        self.stop.store(true, Ordering::SeqCst);
+        let poll = self.poll.take().expect("poll thread");
+        while !poll.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if poll.is_finished() {
+            let _ = poll.join();
+            for w in self.workers.drain(..) {
+                let _ = w.join();
+            }
+        } else {
+            tracing::warn!("shutdown deadline reached; leaving without the consumer's goodbye");
+        }
+        if let Some(h) = self.http.take() {
+            h.stop();
+        }
+        let report = Report {
+            events: s.events.load(Ordering::Relaxed),
+            dead_letters: s.dead_letters.load(Ordering::Relaxed),
+            alerts: s.alerts_sent.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
+        };
+        match s.failure() {
+            Some(f) => Err(RunError::Failed(f)),
+            None => Ok(report),
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves or the service fails; then stops gracefully.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Report, RunError> {
+    let service = tokio::task::spawn_blocking(move || Service::start(cfg, StartOptions::default()))
+        .await
+        .map_err(|e| RunError::Failed(e.to_string()))??;
+    let status = service.status().clone();
+    let failed = async move {
+        loop {
+            if status.failure().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested"),
+        _ = failed => {}
+    }
+    tokio::task::spawn_blocking(move || service.stop())
+        .await
+        .map_err(|e| RunError::Failed(e.to_string()))?
+}
+
+struct Probe {
+    shared: Arc<Shared>,
+}
+
+impl http::Probe for Probe {
+    fn live(&self) -> Result<(), String> {
+        self.shared.status.live(Duration::from_secs(
+            self.shared.cfg.http.liveness_timeout_secs,
+        ))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let r = self
+            .shared
+            .status
+            .ready(self.shared.cfg.kafka.ready_max_lag);
+        telemetry::ready(r.is_ok());
+        r
+    }
+
+    fn customer(&self, id: &str) -> http::Lookup {
+        let n = self.shared.worker_count();
+        if n == 0 || self.shared.status.stopping.load(Ordering::Relaxed) {
+            return http::Lookup::Unavailable("shutting down".into());
+        }
+        let mut replies = Vec::new();
+        for w in 0..n {
+            let (tx, rx) = sync_channel(1);
+            if self
+                .shared
+                .send_to(w, Work::Query(id.to_owned(), tx), Duration::from_secs(5))
+            {
+                replies.push(rx);
+            }
+        }
+        if replies.len() < n {
+            return http::Lookup::Unavailable("a worker is busy; try again".into());
+        }
+        for rx in replies {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Some(rec)) => return http::Lookup::Found(rec.to_json()),
+                Ok(None) => {}
+                Err(_) => return http::Lookup::Unavailable("a worker is busy; try again".into()),
+            }
+        }
+        http::Lookup::NotOwned
+    }
+}
+
+/// Every configured topic must exist, and the inputs must have one partition count.
+fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<(), RunError> {
+    let k = &cfg.kafka;
+    let timeout = Duration::from_secs(k.startup_timeout_secs);
+    let t = &k.topics;
+    let mut counts: Vec<(&'static str, &str, usize)> = Vec::new();
+    for (role, name) in [
+        ("orders", &t.orders),
+        ("support_tickets", &t.support_tickets),
+        ("engagement", &t.engagement),
+        ("alerts", &t.alerts),
+        ("dead_letters", &t.dead_letters),
+    ] {
+        let md = consumer
+            .fetch_metadata(Some(name), timeout)
+            .map_err(|e| RunError::Metadata {
+                topic: name.clone(),
+                brokers: k.brokers.clone(),
+                message: e.to_string(),
+            })?;
+        let Some(mt) = md.topics().iter().find(|x| x.name() == name) else {
+            return Err(RunError::MissingTopic {
+                topic: name.clone(),
+                role,
+            });
+        };
+        if mt.error().is_some() || mt.partitions().is_empty() {
+            return Err(RunError::MissingTopic {
+                topic: name.clone(),
+                role,
+            });
+        }
+        counts.push((role, name, mt.partitions().len()));
+    }
+    let inputs = &counts[..3];
+    if inputs.iter().any(|(_, _, n)| *n != inputs[0].2) {
+        let list = inputs
+            .iter()
+            .map(|(role, name, n)| format!("{name} ({role}) has {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(RunError::NotCoPartitioned(format!(
+            "{list} partitions; give them the same partition count"
+        )));
+    }
+    Ok(())
+}
+
+/// The poll thread's loop.
+fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let status = shared.status.clone();
+    let n = shared.worker_count();
+    let mut batches: Vec<Vec<InMsg>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+    let mut paused = false;
+    let commit_every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
+    let mut last_commit = Instant::now();
+    let mut last_flush = Instant::now();
+    while !stop.load(Ordering::SeqCst) && status.failure().is_none() {
+        status.beat(0);
+        let holding = batches.iter().any(|b| !b.is_empty());
+        let wait = if paused {
+            Duration::from_millis(20)
+        } else if holding {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        let mut idle = true;
+        match consumer.poll(wait) {
+            Some(Ok(m)) => {
+                idle = false;
+                if let Some(t) = shared.topic_index(m.topic()) {
+                    let w = shared.worker_of(m.partition(), n);
+                    batches[w].push(InMsg {
+                        topic: t,
+                        epoch: shared.epoch.load(Ordering::SeqCst),
+                        msg: m.detach(),
+                    });
+                }
+            }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
+                telemetry::max_poll_exceeded();
+                status.left_group.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "the consumer left its group: the poll loop stalled past max.poll.interval.ms"
+                );
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consume error");
+            }
+            None => {}
+        }
+        // Hand over full batches at once, the rest when polling goes quiet or every 5 ms.
+        let flush_all = idle || last_flush.elapsed() >= Duration::from_millis(5);
+        let mut blocked = false;
+        for (w, b) in batches.iter_mut().enumerate() {
+            if b.is_empty() || (b.len() < BATCH && !flush_all) {
+                continue;
+            }
+            let len = b.len() as i64;
+            let batch = std::mem::replace(b, Vec::with_capacity(BATCH));
+            let tx = shared.workers.lock().expect("workers lock")[w].clone();
+            match tx.try_send(Work::Batch(batch)) {
+                Ok(()) => status.enqueued(len),
+                Err(TrySendError::Full(Work::Batch(back)))
+                | Err(TrySendError::Disconnected(Work::Batch(back))) => {
+                    *b = back;
+                    blocked = true;
+                }
+                Err(_) => unreachable!("a batch was sent"),
+            }
+        }
+        if flush_all {
+            last_flush = Instant::now();
+        }
+        if blocked != paused {
+            if let Ok(a) = consumer.assignment() {
+                let r = if blocked {
+                    consumer.pause(&a)
+                } else {
+                    consumer.resume(&a)
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "pause/resume");
+                }
+            }
+            paused = blocked;
+            telemetry::backpressure(paused);
+        }
+        let inflight = shared.producer.in_flight_count() as i64;
+        status
+            .max_producer_in_flight
+            .fetch_max(inflight, Ordering::Relaxed);
+        if last_commit.elapsed() >= commit_every {
+            last_commit = Instant::now();
+            shared.commit(&consumer, None, CommitMode::Async);
+        }
+    }
+    shutdown(consumer, &shared, batches);
+}
+
+/// Drains what was consumed, delivers, commits, leaves the group.
+fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<Vec<InMsg>>) {
+    let cfg = &shared.cfg.kafka;
+    let start = Instant::now();
+    let budget = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let left = || budget.saturating_sub(start.elapsed());
+    if let Ok(a) = consumer.assignment() {
+        let _ = consumer.pause(&a);
+    }
+    let failed = shared.status.failure().is_some();
+    if !failed {
+        // In-flight work drains: what was polled is processed, then the workers reply.
+        for (w, b) in batches.into_iter().enumerate() {
+            if !b.is_empty() {
+                let len = b.len() as i64;
+                if shared.send_to(w, Work::Batch(b), left() / 2) {
+                    shared.status.enqueued(len);
+                }
+            }
+        }
+        let mut replies = Vec::new();
+        for w in 0..shared.worker_count() {
+            let (tx, rx) = sync_channel(1);
+            if shared.send_to(w, Work::Drain(tx), left() / 2) {
+                replies.push(rx);
+            }
+        }
+        for rx in replies {
+            let _ = rx.recv_timeout(left() / 2);
+        }
+        if let Err(e) = shared.producer.flush(left() / 2) {
+            tracing::warn!(error = %e, "records not delivered at shutdown; their input offsets stay uncommitted");
+        }
+    }
+    // Workers end when their channels close.
+    shared.workers.lock().expect("workers lock").clear();
+    shared.commit(&consumer, None, CommitMode::Async);
+    let commits = shared.status.commits.load(Ordering::Relaxed);
+    let wait_until = Instant::now() + left() / 2;
+    while Instant::now() < wait_until && shared.status.commits.load(Ordering::Relaxed) == commits {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if !has_uncommitted(shared) {
+            break;
+        }
+    }
+    shared.tracked.lock().expect("tracked lock").clear();
+    shared.status.assigned.store(0, Ordering::Relaxed);
+    telemetry::assigned_partitions(0);
+    tracing::info!(
+        events = shared.status.events.load(Ordering::Relaxed),
+        alerts = shared.status.alerts_sent.load(Ordering::Relaxed),
+        "consumer closing"
+    );
+    drop(consumer);
+}
+
+fn has_uncommitted(shared: &Shared) -> bool {
+    shared
+        .tracked
+        .lock()
+        .expect("tracked lock")
+        .values()
+        .any(|tr| {
+            tr.progress
+                .lock()
+                .expect("progress lock")
+                .committable()
+                .is_some_and(|o| o > tr.committed)
+        })
+}

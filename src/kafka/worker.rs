@@ -1,0 +1,524 @@
+//! Worker threads: each owns the partition engines of the partitions that hash to it
+//! (partition number modulo the worker count), so a customer's events, which share a
+//! partition, always meet in one engine on one thread. A worker decodes, validates,
+//! applies, and hands alerts and dead letters to the producer, registering each input
+//! offset's outputs with its partition's commit tracker *before* producing them.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::Counter;
+use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::Message;
+
+use super::offsets::PartitionProgress;
+use super::records::{alert_record, dead_letter_record, OutRecord, Source};
+use super::runtime::{Delivery, ProducerCtx, Status};
+use crate::alert::{Alert, HealthRecord};
+use crate::config::{Config, InputTopic};
+use crate::decode::wire::decode_message;
+use crate::decode::{DecodeError, Limits, Reason};
+use crate::engine::{Engine, Outcome};
+use crate::event::Event;
+use crate::telemetry;
+use crate::time::Timestamp;
+
+/// One consumed input message.
+pub(crate) struct InMsg {
+    /// Index into the input topics.
+    pub topic: usize,
+    /// Rebalance epoch at which it was polled; stale ones are dropped.
+    pub epoch: u64,
+    /// The message (key, payload, headers, offset, timestamp).
+    pub msg: OwnedMessage,
+}
+
+/// A topic-partition handed to a worker.
+pub(crate) struct Assigned {
+    pub topic: usize,
+    pub partition: i32,
+    pub progress: Arc<Mutex<PartitionProgress>>,
+    /// The group's committed offset (`None`: nothing committed).
+    pub committed: Option<i64>,
+}
+
+/// What a worker is asked to do, in order.
+pub(crate) enum Work {
+    /// Process these messages.
+    Batch(Vec<InMsg>),
+    /// These topic-partitions are now ours (possibly none: then parked engines go).
+    Assign(u64, Vec<Assigned>),
+    /// These topic-partitions are no longer ours; reply when done.
+    Revoke(Vec<(usize, i32)>, SyncSender<()>),
+    /// A customer's health record.
+    Query(String, SyncSender<Option<HealthRecord>>),
+    /// Everything before this is processed; reply.
+    Drain(SyncSender<()>),
+}
+
+/// A partition engine: one engine for partition `p` of every input topic.
+struct PartitionEngine {
+    engine: Engine,
+    /// Per input topic of this partition: tracker, epoch, and the next offset to apply.
+    inputs: BTreeMap<usize, Input>,
+    last_event: Instant,
+}
+
+struct Input {
+    progress: Arc<Mutex<PartitionProgress>>,
+    epoch: u64,
+    next: Option<i64>,
+}
+
+pub(crate) struct Worker {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub inputs: Arc<Vec<InputTopic>>,
+    pub producer: ThreadedProducer<ProducerCtx>,
+    pub status: Arc<Status>,
+    engines: BTreeMap<i32, PartitionEngine>,
+    /// Revoked engines, kept until the next assignment says whether they come back.
+    parked: BTreeMap<i32, PartitionEngine>,
+    consumed: BTreeMap<(usize, &'static str), Counter>,
+    dead: BTreeMap<(usize, &'static str), Counter>,
+    late: Counter,
+    duplicate: Counter,
+    queue_full: Counter,
+    alerts: Vec<Alert>,
+    out: Vec<OutRecord>,
+    last_gauges: Instant,
+}
+
+/// How long a worker blocks for work before it looks at idle partitions.
+const TICK: Duration = Duration::from_millis(200);
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        inputs: Arc<Vec<InputTopic>>,
+        producer: ThreadedProducer<ProducerCtx>,
+        status: Arc<Status>,
+    ) -> Worker {
+        Worker {
+            id,
+            cfg,
+            inputs,
+            producer,
+            status,
+            engines: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            consumed: BTreeMap::new(),
+            dead: BTreeMap::new(),
+            late: telemetry::late_events(),
+            duplicate: telemetry::duplicate_events(),
+            queue_full: telemetry::producer_queue_full(),
+            alerts: Vec::new(),
+            out: Vec::new(),
+            last_gauges: Instant::now(),
+        }
+    }
+
+    /// Runs until the channel closes or the service stops for good.
+    pub fn run(mut self, rx: Receiver<Work>) {
+        loop {
+            self.status.beat(1 + self.id);
+            match rx.recv_timeout(TICK) {
+                Ok(work) => self.handle(work),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.tick();
+        }
+        for p in self.engines.keys() {
+            telemetry::partition_state(*p, 0, 0, None);
+        }
+    }
+
+    fn handle(&mut self, work: Work) {
+        match work {
+            Work::Batch(msgs) => {
+                let n = msgs.len() as i64;
+                let now = wall_now();
+                for m in msgs {
+                    self.process(m, now);
+                }
+                self.status.dequeued(n);
+            }
+            Work::Assign(epoch, list) => self.assign(epoch, list),
+            Work::Revoke(list, reply) => {
+                for (topic, partition) in list {
+                    let Some(pe) = self.engines.get_mut(&partition) else {
+                        continue;
+                    };
+                    pe.inputs.remove(&topic);
+                    if pe.inputs.is_empty() {
+                        let pe = self.engines.remove(&partition).expect("present");
+                        self.parked.insert(partition, pe);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Work::Query(id, reply) => {
+                let found = self
+                    .engines
+                    .values_mut()
+                    .find_map(|pe| pe.engine.health_record(&id));
+                let _ = reply.send(found);
+            }
+            Work::Drain(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Takes the new assignment. A parked engine comes back only if the group's
+    /// committed offsets are not past what it already applied (nobody else moved the
+    /// partition on meanwhile); it then skips what it already applied. Otherwise the
+    /// partition starts with an empty engine from the committed offset.
+    fn assign(&mut self, epoch: u64, list: Vec<Assigned>) {
+        for a in list {
+            if !self.engines.contains_key(&a.partition) {
+                let pe = match self.parked.remove(&a.partition) {
+                    Some(pe) => pe,
+                    None => PartitionEngine {
+                        engine: Engine::new(self.cfg.as_ref().clone()),
+                        inputs: BTreeMap::new(),
+                        last_event: Instant::now(),
+                    },
+                };
+                self.engines.insert(a.partition, pe);
+            }
+            let pe = self.engines.get_mut(&a.partition).expect("inserted");
+            let next = pe.inputs.get(&a.topic).and_then(|i| i.next);
+            let stale = matches!((a.committed, next), (Some(c), Some(n)) if c > n);
+            if stale {
+                tracing::info!(
+                    partition = a.partition,
+                    topic = %self.inputs[a.topic].name,
+                    "the group moved past this instance's state of the partition; starting it afresh"
+                );
+                pe.engine = Engine::new(self.cfg.as_ref().clone());
+                for i in pe.inputs.values_mut() {
+                    i.next = None;
+                }
+            }
+            pe.inputs.insert(
+                a.topic,
+                Input {
+                    progress: a.progress,
+                    epoch,
+                    next: if stale { None } else { next },
+                },
+            );
+        }
+        // Parked engines that did not come back belong to someone else now.
+        for (p, _) in std::mem::take(&mut self.parked) {
+            telemetry::partition_state(p, 0, 0, None);
+        }
+    }
+
+    fn process(&mut self, m: InMsg, now: Timestamp) {
+        let partition = m.msg.partition();
+        let offset = m.msg.offset();
+        let Some(pe) = self.engines.get_mut(&partition) else {
+            return; // revoked meanwhile: the new owner reads it again
+        };
+        let Some(input) = pe.inputs.get_mut(&m.topic) else {
+            return;
+        };
+        if input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
+            return; // polled before a rebalance, or already applied before it
+        }
+        input.next = Some(offset + 1);
+        let progress = input.progress.clone();
+        pe.last_event = Instant::now();
+        let topic = &self.inputs[m.topic];
+        let limits = Limits {
+            max_event_bytes: self.cfg.input.max_event_bytes,
+            max_clock_skew_ms: self.cfg.input.max_clock_skew_secs as i64 * 1000,
+            now: Some(now),
+        };
+        let payload = m.msg.payload().unwrap_or(&[]);
+        let headers = m.msg.headers();
+        let content_type = headers.and_then(content_type);
+        let decoded = decode_message(payload, topic.encoding, content_type, &limits)
+            .and_then(|e| check_placement(e, topic, m.msg.key()));
+        self.out.clear();
+        match decoded {
+            Ok(event) => {
+                let ty = event_label(&event);
+                self.consumed
+                    .entry((m.topic, ty))
+                    .or_insert_with(|| telemetry::events_consumed(&topic.name, ty))
+                    .increment(1);
+                self.alerts.clear();
+                match pe.engine.apply_into(&event, &mut self.alerts) {
+                    Outcome::Duplicate => self.duplicate.increment(1),
+                    Outcome::AppliedLate | Outcome::DroppedLate => self.late.increment(1),
+                    _ => {}
+                }
+                for a in &mut self.alerts {
+                    a.emitted_at = now;
+                    count_alert(a);
+                    self.out.push(alert_record(a, self.cfg.kafka.alerts_format));
+                }
+            }
+            Err(e) => {
+                let reason = e.reason.code();
+                self.consumed
+                    .entry((m.topic, "invalid"))
+                    .or_insert_with(|| telemetry::events_consumed(&topic.name, "invalid"))
+                    .increment(1);
+                self.dead
+                    .entry((m.topic, reason))
+                    .or_insert_with(|| telemetry::dead_letters(&topic.name, reason))
+                    .increment(1);
+                let original: Vec<(String, Vec<u8>)> = headers
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or(&[]).to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.out.push(dead_letter_record(
+                    Source {
+                        topic: &topic.name,
+                        partition,
+                        offset,
+                    },
+                    m.msg.key(),
+                    payload,
+                    &original,
+                    &e,
+                ));
+                self.status.dead_lettered();
+            }
+        }
+        let n_alerts = if self.out.first().is_some_and(is_dead_letter) {
+            0
+        } else {
+            self.out.len()
+        };
+        if let Err(e) = progress
+            .lock()
+            .expect("progress lock")
+            .processed(offset, self.out.len() as u32)
+        {
+            tracing::error!(error = %e, "offset tracking");
+        }
+        self.status.processed(n_alerts);
+        let ts = m.msg.timestamp().to_millis().unwrap_or(-1);
+        for rec in std::mem::take(&mut self.out) {
+            let dead = is_dead_letter(&rec);
+            let delivery = Delivery {
+                progress: Some(progress.clone()),
+                offset,
+                input_ts_ms: ts,
+                alert: !dead,
+            };
+            let cfg = self.cfg.clone();
+            let topic = if dead {
+                &cfg.kafka.topics.dead_letters
+            } else {
+                &cfg.kafka.topics.alerts
+            };
+            self.produce(topic, rec, delivery);
+        }
+    }
+
+    /// Sends one record, waiting while the producer queue is full (back-pressure). At
+    /// shutdown past the deadline the record is abandoned: its input offset is then
+    /// never committed, so it is produced again after restart.
+    fn produce(&mut self, topic: &str, rec: OutRecord, delivery: Delivery) {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(delivery))
+            .payload(&rec.payload)
+            .headers(headers);
+        if let Some(k) = &rec.key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((e, back)) => {
+                    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+                    if !matches!(
+                        e,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        self.status.fail(format!("cannot produce to {topic}: {e}"));
+                        return;
+                    }
+                    if self.status.abandon_sends() {
+                        return;
+                    }
+                    self.queue_full.increment(1);
+                    self.status.beat(1 + self.id);
+                    std::thread::sleep(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+
+    /// Idle partitions: after `idle_timeout_secs` without events, stream time runs on
+    /// with the wall clock from the latest event time, so silence-driven signals fire
+    /// even when a partition's input stops. Also refreshes the size gauges.
+    fn tick(&mut self) {
+        let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
+        let lateness = self.cfg.engine.allowed_lateness_secs as i64 * 1000;
+        let now = wall_now();
+        let fmt = self.cfg.kafka.alerts_format;
+        let mut out: Vec<OutRecord> = Vec::new();
+        for pe in self.engines.values_mut() {
+            let quiet = pe.last_event.elapsed();
+            if quiet < idle {
+                continue;
+            }
+            let Some(max) = pe.engine.max_event_time() else {
+                continue;
+            };
+            let target = Timestamp(max.0 + quiet.as_millis() as i64 - lateness);
+            if pe.engine.stream_time().is_some_and(|s| target <= s) {
+                continue;
+            }
+            telemetry::idle_advance();
+            self.alerts.clear();
+            pe.engine.advance_to_into(target, &mut self.alerts);
+            for a in &mut self.alerts {
+                a.emitted_at = now;
+                count_alert(a);
+                out.push(alert_record(a, fmt));
+            }
+        }
+        // Alerts of the passing of time follow no input offset: nothing to hold back.
+        self.status.timer_alerts(out.len());
+        let topic = self.cfg.kafka.topics.alerts.clone();
+        for rec in out {
+            let d = Delivery {
+                progress: None,
+                offset: -1,
+                input_ts_ms: -1,
+                alert: true,
+            };
+            self.produce(&topic, rec, d);
+        }
+        if self.last_gauges.elapsed() >= Duration::from_secs(2) {
+            self.last_gauges = Instant::now();
+            for (p, pe) in &self.engines {
+                telemetry::partition_state(
+                    *p,
+                    pe.engine.customers(),
+                    pe.engine.state_bytes(),
+                    pe.engine.stream_time().map(|t| t.0),
+                );
+            }
+        }
+    }
+}
+
+fn is_dead_letter(r: &OutRecord) -> bool {
+    r.headers
+        .iter()
+        .any(|(k, _)| k == super::records::dead_letter_headers::REASON)
+}
+
+fn count_alert(a: &Alert) {
+    let signal = a.signals.first().map_or("none", |s| s.signal.name());
+    telemetry::alert(a.status.as_str(), signal, a.risk.as_str(), a.value_tier);
+}
+
+/// The event's metric label: its contract type, with every engagement kind but NPS
+/// folded into `engagement.activity` (kinds are open-ended; labels must stay bounded).
+fn event_label(e: &Event<'_>) -> &'static str {
+    match e.kind.type_name() {
+        "engagement" => "engagement.activity",
+        t => t,
+    }
+}
+
+fn content_type(h: &OwnedHeaders) -> Option<&str> {
+    h.iter()
+        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// An event must sit on a topic of its family, keyed by its customer.
+fn check_placement<'a>(
+    e: Event<'a>,
+    topic: &InputTopic,
+    key: Option<&[u8]>,
+) -> Result<Event<'a>, DecodeError> {
+    let family = e.kind.family();
+    if !topic.families.contains(&family) {
+        return Err(DecodeError::new(
+            Reason::WrongTopic,
+            format!(
+                "a {} event on topic {}, which carries {:?} events",
+                e.kind.type_name(),
+                topic.name,
+                topic.families
+            ),
+        ));
+    }
+    match key {
+        Some(k) if k == e.customer_id.as_bytes() => Ok(e),
+        Some(_) => Err(DecodeError::new(
+            Reason::KeyMismatch,
+            "the message key differs from customer_id; events are keyed by customer_id",
+        )),
+        None => Err(DecodeError::new(
+            Reason::KeyMismatch,
+            "the message has no key; events are keyed by customer_id",
+        )),
+    }
+}
+
+pub(crate) fn wall_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_json;
+    use crate::event::Family;
+
+    fn topic(families: Vec<Family>) -> InputTopic {
+        InputTopic {
+            name: "t".into(),
+            families,
+            encoding: crate::decode::wire::Encoding::Json,
+        }
+    }
+
+    #[test]
+    fn events_must_sit_on_their_familys_topic_keyed_by_customer() {
+        let json = br#"{"event_id":"e","customer_id":"acme","type":"order.placed","occurred_at":"2026-03-01T10:15:00Z","order_id":"o","amount":5}"#;
+        let e = || decode_json(json, &Limits::default()).unwrap();
+        assert!(check_placement(e(), &topic(vec![Family::Orders]), Some(b"acme")).is_ok());
+        let wrong = check_placement(e(), &topic(vec![Family::Engagement]), Some(b"acme"));
+        assert_eq!(wrong.unwrap_err().reason, Reason::WrongTopic);
+        let shared = topic(vec![Family::Engagement, Family::Orders]);
+        assert!(check_placement(e(), &shared, Some(b"acme")).is_ok());
+        let other = check_placement(e(), &shared, Some(b"globex"));
+        assert_eq!(other.unwrap_err().reason, Reason::KeyMismatch);
+        let none = check_placement(e(), &shared, None);
+        assert_eq!(none.unwrap_err().reason, Reason::KeyMismatch);
+    }
+}

@@ -1,0 +1,265 @@
+//! Telemetry: the one place that names metrics, and the HTTP server that exposes them
+//! with the health endpoints and the customer API.
+//!
+//! Names follow Prometheus conventions: `churnsignal_` prefix, base units in the name
+//! (`_seconds`, `_bytes`), `_total` on counters. Labels are bounded sets (topic,
+//! partition, event type, reason code, status, signal, risk, value tier); never a
+//! customer id. Call sites use the small functions below, not strings.
+
+pub mod http;
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram, Counter};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names (stable: the Grafana dashboard and the alert rules use them).
+pub mod names {
+    /// Input messages consumed, by topic and event type (`invalid` for dead letters).
+    pub const EVENTS_CONSUMED: &str = "churnsignal_events_consumed_total";
+    /// Invalid messages sent to the dead-letter topic, by topic and reason.
+    pub const DEAD_LETTERS: &str = "churnsignal_dead_letters_total";
+    /// Alerts produced, by status, top signal, risk and value tier.
+    pub const ALERTS: &str = "churnsignal_alerts_total";
+    /// From the input message's Kafka timestamp to the acknowledgement of the alert it caused.
+    pub const EVENT_TO_ALERT_LATENCY: &str = "churnsignal_event_to_alert_latency_seconds";
+    /// Consumer lag per input partition, messages.
+    pub const CONSUMER_LAG: &str = "churnsignal_consumer_lag_messages";
+    /// Customers held in memory, per partition.
+    pub const CUSTOMERS_TRACKED: &str = "churnsignal_customers_tracked";
+    /// Engine state size, per partition, bytes.
+    pub const STATE_BYTES: &str = "churnsignal_state_bytes";
+    /// Stream time (watermark) per partition, seconds since the epoch.
+    pub const WATERMARK: &str = "churnsignal_watermark_seconds";
+    /// Events older than the watermark.
+    pub const LATE_EVENTS: &str = "churnsignal_late_events_total";
+    /// Re-sent events (same event id) ignored.
+    pub const DUPLICATE_EVENTS: &str = "churnsignal_duplicate_events_total";
+    /// Partition assignments and revocations, by kind.
+    pub const REBALANCES: &str = "churnsignal_rebalances_total";
+    /// Input partitions assigned to this instance.
+    pub const ASSIGNED_PARTITIONS: &str = "churnsignal_assigned_partitions";
+    /// Offset commits, by result (`ok`, `failed`).
+    pub const COMMITS: &str = "churnsignal_commits_total";
+    /// Offset commits that failed.
+    pub const COMMIT_FAILURES: &str = "churnsignal_commit_failures_total";
+    /// Times the consumer left its group because the poll loop stalled (MAXPOLL).
+    pub const MAX_POLL_EXCEEDED: &str = "churnsignal_consumer_max_poll_exceeded_total";
+    /// Records (alerts, dead letters) the broker refused for good, by error code.
+    pub const PRODUCE_ERRORS: &str = "churnsignal_produce_errors_total";
+    /// Client errors reported by librdkafka, by error code.
+    pub const KAFKA_ERRORS: &str = "churnsignal_kafka_errors_total";
+    /// 1 while the consumer is paused because workers or the producer are behind.
+    pub const BACKPRESSURE: &str = "churnsignal_backpressure_active";
+    /// Times a worker waited for room in the producer queue.
+    pub const PRODUCER_QUEUE_FULL: &str = "churnsignal_producer_queue_full_total";
+    /// Times an idle partition's stream time was advanced by the wall clock.
+    pub const IDLE_ADVANCES: &str = "churnsignal_idle_advances_total";
+    /// 1 when `/readyz` answers ready.
+    pub const READY: &str = "churnsignal_ready";
+
+    /// Every name, for documentation and the dashboard consistency test.
+    pub const ALL: [&str; 21] = [
+        EVENTS_CONSUMED,
+        DEAD_LETTERS,
+        ALERTS,
+        EVENT_TO_ALERT_LATENCY,
+        CONSUMER_LAG,
+        CUSTOMERS_TRACKED,
+        STATE_BYTES,
+        WATERMARK,
+        LATE_EVENTS,
+        DUPLICATE_EVENTS,
+        REBALANCES,
+        ASSIGNED_PARTITIONS,
+        COMMITS,
+        COMMIT_FAILURES,
+        MAX_POLL_EXCEEDED,
+        PRODUCE_ERRORS,
+        KAFKA_ERRORS,
+        BACKPRESSURE,
+        PRODUCER_QUEUE_FULL,
+        IDLE_ADVANCES,
+        READY,
+    ];
+}
+
+/// Buckets of the event-to-alert latency histogram, seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::EVENT_TO_ALERT_LATENCY.into()),
+                    &LATENCY_BUCKETS,
+                )
+                .expect("static, non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness, an embedding
+            // application); the handle then renders nothing, which is all we can do.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use names::*;
+    describe_counter!(
+        EVENTS_CONSUMED,
+        "Input messages consumed, by topic and event type"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Invalid messages dead-lettered, by topic and reason"
+    );
+    describe_counter!(
+        ALERTS,
+        "Alerts produced, by status, top signal, risk and value tier"
+    );
+    describe_histogram!(
+        EVENT_TO_ALERT_LATENCY,
+        Unit::Seconds,
+        "Input message timestamp to alert acknowledgement"
+    );
+    describe_gauge!(CONSUMER_LAG, "Consumer lag per input partition, messages");
+    describe_gauge!(CUSTOMERS_TRACKED, "Customers held in memory, per partition");
+    describe_gauge!(STATE_BYTES, Unit::Bytes, "Engine state size, per partition");
+    describe_gauge!(
+        WATERMARK,
+        Unit::Seconds,
+        "Stream time per partition (unix seconds)"
+    );
+    describe_counter!(LATE_EVENTS, "Events older than the watermark");
+    describe_counter!(DUPLICATE_EVENTS, "Re-sent events ignored");
+    describe_counter!(REBALANCES, "Partition assignments and revocations");
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Input partitions assigned to this instance"
+    );
+    describe_counter!(COMMITS, "Offset commits, by result");
+    describe_counter!(COMMIT_FAILURES, "Offset commits that failed");
+    describe_counter!(
+        MAX_POLL_EXCEEDED,
+        "Consumer left its group: poll loop stalled"
+    );
+    describe_counter!(PRODUCE_ERRORS, "Records refused for good, by error code");
+    describe_counter!(KAFKA_ERRORS, "librdkafka client errors, by code");
+    describe_gauge!(
+        BACKPRESSURE,
+        "1 while the consumer is paused by back-pressure"
+    );
+    describe_counter!(PRODUCER_QUEUE_FULL, "Waits for room in the producer queue");
+    describe_counter!(IDLE_ADVANCES, "Idle partitions advanced by the wall clock");
+    describe_gauge!(READY, "1 when ready");
+}
+
+/// Counter of consumed events of one topic and type.
+pub fn events_consumed(topic: &str, event_type: &'static str) -> Counter {
+    counter!(names::EVENTS_CONSUMED, "topic" => topic.to_owned(), "type" => event_type)
+}
+
+/// Counter of dead letters of one topic and reason.
+pub fn dead_letters(topic: &str, reason: &'static str) -> Counter {
+    counter!(names::DEAD_LETTERS, "topic" => topic.to_owned(), "reason" => reason)
+}
+
+/// Counts one produced alert.
+pub fn alert(status: &'static str, signal: &'static str, risk: &'static str, tier: &str) {
+    counter!(names::ALERTS, "status" => status, "signal" => signal, "risk" => risk,
+        "value_tier" => tier.to_owned())
+    .increment(1);
+}
+
+/// Records one event-to-alert latency.
+pub fn event_to_alert_latency(seconds: f64) {
+    histogram!(names::EVENT_TO_ALERT_LATENCY).record(seconds);
+}
+
+/// Sets one partition's consumer lag.
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(names::CONSUMER_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(lag as f64);
+}
+
+/// Sets one partition engine's size.
+pub fn partition_state(partition: i32, customers: usize, bytes: usize, watermark_ms: Option<i64>) {
+    let p = partition.to_string();
+    gauge!(names::CUSTOMERS_TRACKED, "partition" => p.clone()).set(customers as f64);
+    gauge!(names::STATE_BYTES, "partition" => p.clone()).set(bytes as f64);
+    if let Some(ms) = watermark_ms {
+        gauge!(names::WATERMARK, "partition" => p).set(ms as f64 / 1000.0);
+    }
+}
+
+/// Late and duplicate event counters.
+pub fn late_events() -> Counter {
+    counter!(names::LATE_EVENTS)
+}
+
+/// Duplicate event counter.
+pub fn duplicate_events() -> Counter {
+    counter!(names::DUPLICATE_EVENTS)
+}
+
+/// Counts a rebalance event (`assign`, `revoke`, `error`).
+pub fn rebalance(kind: &'static str) {
+    counter!(names::REBALANCES, "kind" => kind).increment(1);
+}
+
+/// Sets the number of assigned input partitions.
+pub fn assigned_partitions(n: usize) {
+    gauge!(names::ASSIGNED_PARTITIONS).set(n as f64);
+}
+
+/// Counts a commit result.
+pub fn commit(ok: bool) {
+    counter!(names::COMMITS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+    if !ok {
+        counter!(names::COMMIT_FAILURES).increment(1);
+    }
+}
+
+/// Counts a MAXPOLL departure from the group.
+pub fn max_poll_exceeded() {
+    counter!(names::MAX_POLL_EXCEEDED).increment(1);
+}
+
+/// Counts a record the broker refused for good.
+pub fn produce_error(code: String) {
+    counter!(names::PRODUCE_ERRORS, "code" => code).increment(1);
+}
+
+/// Counts a librdkafka client error.
+pub fn kafka_error(code: String) {
+    counter!(names::KAFKA_ERRORS, "code" => code).increment(1);
+}
+
+/// Sets the back-pressure flag.
+pub fn backpressure(active: bool) {
+    gauge!(names::BACKPRESSURE).set(if active { 1.0 } else { 0.0 });
+}
+
+/// Counts a wait for room in the producer queue.
+pub fn producer_queue_full() -> Counter {
+    counter!(names::PRODUCER_QUEUE_FULL)
+}
+
+/// Counts an idle advance.
+pub fn idle_advance() {
+    counter!(names::IDLE_ADVANCES).increment(1);
+}
+
+/// Sets the readiness gauge.
+pub fn ready(ready: bool) {
+    gauge!(names::READY).set(if ready { 1.0 } else { 0.0 });
+}

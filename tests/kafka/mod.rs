@@ -1,0 +1,4 @@
+//! The Kafka runtime: against a real broker, and fault injection on librdkafka's mock cluster.
+
+mod live;
+mod support;

@@ -1,0 +1,405 @@
+//! Test support for the real-broker and mock-cluster tests: a broker started through
+//! `deploy/kafka/kafka.sh` (or the one `CHURNSIGNAL_TEST_KAFKA` names), fresh topics
+//! per test, producing, reading back, committed offsets, and a tiny HTTP client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use churnsignal::config::Config;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kafka/kafka.sh")
+}
+
+/// A broker started by the script in its own state directory.
+pub struct Broker {
+    pub bootstrap: String,
+    state: PathBuf,
+    owned: bool,
+}
+
+impl Broker {
+    fn start(name: &str) -> Broker {
+        let state =
+            std::env::temp_dir().join(format!("churnsignal-test-{name}-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .env("CHURNSIGNAL_KAFKA_STATE", &state)
+            .env(
+                "CHURNSIGNAL_KAFKA_OWNER_PID",
+                std::process::id().to_string(),
+            )
+            .output()
+            .expect("run deploy/kafka/kafka.sh");
+        assert!(
+            out.status.success(),
+            "deploy/kafka/kafka.sh start failed (java 17+ and maven are needed):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bootstrap = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned();
+        Broker {
+            bootstrap,
+            state,
+            owned: true,
+        }
+    }
+
+    /// A broker of this test alone (for tests that stop it). Stopped on drop.
+    pub fn dedicated(name: &str) -> Broker {
+        Broker::start(name)
+    }
+
+    fn run(&self, verb: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(verb)
+            .env("CHURNSIGNAL_KAFKA_STATE", &self.state)
+            .env(
+                "CHURNSIGNAL_KAFKA_OWNER_PID",
+                std::process::id().to_string(),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the broker, keeping its data.
+    pub fn halt(&self) {
+        self.run("halt");
+    }
+
+    /// Starts it again on its data and port.
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = Command::new("bash")
+                .arg(script())
+                .arg("stop")
+                .env("CHURNSIGNAL_KAFKA_STATE", &self.state)
+                .output();
+        }
+    }
+}
+
+/// The broker shared by the tests that do not stop it: `CHURNSIGNAL_TEST_KAFKA` if
+/// set, else one started for this test process (stopped when the process ends).
+pub fn shared_bootstrap() -> &'static str {
+    static SHARED: OnceLock<Broker> = OnceLock::new();
+    &SHARED
+        .get_or_init(|| match std::env::var("CHURNSIGNAL_TEST_KAFKA") {
+            Ok(b) if !b.is_empty() => Broker {
+                bootstrap: b,
+                state: PathBuf::new(),
+                owned: false,
+            },
+            _ => {
+                let mut b = Broker::start("shared");
+                // Statics are not dropped: the script's owner-pid watchdog stops it.
+                b.owned = false;
+                b
+            }
+        })
+        .bootstrap
+}
+
+/// A name no other test uses.
+pub fn unique(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A configuration with fresh topic names and group, HTTP on a free port.
+pub fn config(bootstrap: &str, test: &str) -> Config {
+    let mut c = Config::default();
+    let p = unique(test);
+    c.kafka.brokers = bootstrap.to_owned();
+    c.kafka.group_id = format!("{p}-group");
+    c.kafka.topics.orders = format!("{p}-orders");
+    c.kafka.topics.support_tickets = format!("{p}-tickets");
+    c.kafka.topics.engagement = format!("{p}-engagement");
+    c.kafka.topics.alerts = format!("{p}-alerts");
+    c.kafka.topics.dead_letters = format!("{p}-dead");
+    c.kafka.commit_interval_ms = 100;
+    c.kafka.workers = 2;
+    c.http.listen = "127.0.0.1:0".into();
+    c
+}
+
+/// Creates topics with the given partition counts.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap();
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// Creates the five topics of `c`, every one with `partitions`.
+pub fn create_all(c: &Config, partitions: i32) {
+    let t = &c.kafka.topics;
+    let mut names: Vec<&str> = vec![&t.orders, &t.support_tickets, &t.engagement];
+    names.dedup();
+    names.sort();
+    names.dedup();
+    names.push(&t.alerts);
+    names.push(&t.dead_letters);
+    let list: Vec<(&str, i32)> = names.into_iter().map(|n| (n, partitions)).collect();
+    create_topics(&c.kafka.brokers, &list);
+}
+
+/// A record to produce.
+pub struct Rec {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Rec {
+    pub fn new(topic: &str, key: &str, value: impl Into<Vec<u8>>) -> Rec {
+        Rec {
+            topic: topic.to_owned(),
+            key: Some(key.as_bytes().to_vec()),
+            value: value.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A plain producer (murmur2 partitioner, as Java producers).
+pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+/// Produces the records in order and waits for all to be acknowledged.
+pub fn produce(bootstrap: &str, recs: &[Rec]) {
+    let p = producer(bootstrap);
+    for r in recs {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec = BaseRecord::to(&r.topic).payload(&r.value).headers(h);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        let mut rec = rec;
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Reads `topic` from the beginning until `want` messages arrived or `timeout` passed.
+pub fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// Reads until nothing more arrives for `quiet` (at most `timeout`).
+pub fn read_until_quiet(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < deadline && last.elapsed() < quiet {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// The group's committed offsets of `topic`'s partitions `0..partitions`.
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A header's value as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Waits until `f` holds, or panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET `path`: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// An alert's JSON without `emitted_at` (wall clock), for comparing with replay.
+pub fn without_emitted_at(json: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(json).expect("alert JSON");
+    v.as_object_mut().unwrap().remove("emitted_at");
+    v
+}
+
+/// A generated history as records on the topics of `c` (by family, keyed by customer),
+/// in event-time order, with the JSON lines replay reads.
+pub fn history(c: &Config, spec: churnsignal::generate::Spec) -> (Vec<Rec>, Vec<u8>) {
+    use churnsignal::event::Family;
+    let mut recs = Vec::new();
+    let mut lines = Vec::new();
+    for g in churnsignal::generate::History::new(spec) {
+        let mut json = Vec::new();
+        g.write_json(&mut json).unwrap();
+        lines.extend_from_slice(&json);
+        json.pop(); // the newline
+        let e = g.to_event();
+        let topic = match e.kind.family() {
+            Family::Orders => &c.kafka.topics.orders,
+            Family::SupportTickets => &c.kafka.topics.support_tickets,
+            Family::Engagement => &c.kafka.topics.engagement,
+        };
+        recs.push(Rec::new(topic, &e.customer_id, json));
+    }
+    (recs, lines)
+}
+
+/// The alerts replay writes for these JSON lines, without `emitted_at`.
+pub fn replay_alerts(c: &Config, lines: &[u8]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    churnsignal::replay::run(
+        lines,
+        c,
+        &churnsignal::replay::Options::default(),
+        &mut out,
+        None,
+    )
+    .unwrap();
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(without_emitted_at)
+        .collect()
+}
