@@ -371,9 +371,11 @@ impl Worker {
         }
     }
 
-    /// Idle partitions: after `idle_timeout_secs` without events, stream time runs on
-    /// with the wall clock from the latest event time, so silence-driven signals fire
-    /// even when a partition's input stops. Also refreshes the size gauges.
+    /// Idle partitions: after `idle_timeout_secs` without events, the wall clock stands
+    /// in for event time (stream time = now minus the allowed lateness, as a watermark
+    /// would be if events were flowing), so silence-driven signals fire even when a
+    /// partition's input stops. Events arriving later with older times are late and
+    /// handled as `engine.late_events` says. Also refreshes the size gauges.
     fn tick(&mut self) {
         let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
         let lateness = self.cfg.engine.allowed_lateness_secs as i64 * 1000;
@@ -381,14 +383,10 @@ impl Worker {
         let fmt = self.cfg.kafka.alerts_format;
         let mut out: Vec<OutRecord> = Vec::new();
         for pe in self.engines.values_mut() {
-            let quiet = pe.last_event.elapsed();
-            if quiet < idle {
+            if pe.last_event.elapsed() < idle || pe.engine.max_event_time().is_none() {
                 continue;
             }
-            let Some(max) = pe.engine.max_event_time() else {
-                continue;
-            };
-            let target = Timestamp(max.0 + quiet.as_millis() as i64 - lateness);
+            let target = Timestamp(now.0 - lateness);
             if pe.engine.stream_time().is_some_and(|s| target <= s) {
                 continue;
             }

@@ -510,3 +510,38 @@ fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
+
+#[test]
+fn an_idle_partition_lets_the_wall_clock_stand_in_so_silence_alerts() {
+    let b = shared_bootstrap();
+    let mut cfg = config(b, "idle");
+    cfg.kafka.idle_timeout_secs = 1;
+    create_all(&cfg, 1);
+    let t = &cfg.kafka.topics;
+    // Weekly orders from January to March 2026, then nothing: months of silence by
+    // the wall clock, but no later event would ever move event time on.
+    let recs: Vec<Rec> = (0..10)
+        .map(|w| {
+            let day = 5 + 7 * w;
+            let json = format!(
+                r#"{{"event_id":"w{w}","customer_id":"quiet","type":"order.placed","occurred_at":"{}","order_id":"o{w}","amount":100}}"#,
+                churnsignal::time::Timestamp(1_767_225_600_000 + day * 86_400_000)
+            );
+            Rec::new(&t.orders, "quiet", json)
+        })
+        .collect();
+    produce(b, &recs);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    let alerts = read(b, &t.alerts, 1, WAIT);
+    service.stop().unwrap();
+    assert_eq!(alerts.len(), 1, "the silence is noticed");
+    let a: serde_json::Value = serde_json::from_slice(alerts[0].payload().unwrap()).unwrap();
+    assert_eq!(a["customer_id"], "quiet");
+    let signals: Vec<&str> = a["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["signal"].as_str().unwrap())
+        .collect();
+    assert!(signals.contains(&"inactivity"), "{signals:?}");
+}

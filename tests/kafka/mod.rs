@@ -1,4 +1,5 @@
 //! The Kafka runtime: against a real broker, and fault injection on librdkafka's mock cluster.
 
+mod faults;
 mod live;
 mod support;

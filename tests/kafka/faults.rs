@@ -1,0 +1,146 @@
+//! Faults a real broker cannot easily produce, on librdkafka's in-process mock cluster:
+//! refused and failing produce requests, a slow broker.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use churnsignal::config::Config;
+use churnsignal::kafka::{RunError, Service, StartOptions};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use super::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn mock_setup(
+    test: &str,
+    partitions: i32,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Config,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    let cfg = config(&mock.bootstrap_servers(), test);
+    let t = &cfg.kafka.topics;
+    for name in [
+        &t.orders,
+        &t.support_tickets,
+        &t.engagement,
+        &t.alerts,
+        &t.dead_letters,
+    ] {
+        mock.create_topic(name, partitions, 1).unwrap();
+    }
+    (mock, cfg)
+}
+
+fn valid(i: u32) -> Vec<u8> {
+    format!(r#"{{"event_id":"e{i}","customer_id":"acme","type":"order.placed","occurred_at":"2026-03-01T10:00:00Z","order_id":"o{i}","amount":10}}"#).into_bytes()
+}
+
+#[test]
+fn no_offset_is_committed_ahead_of_a_record_the_broker_refused() {
+    let (mock, cfg) = mock_setup("refused", 1);
+    let t = cfg.kafka.topics.clone();
+    // 50 valid events, one poison (its dead letter is the only record produced), 50 more.
+    let mut recs: Vec<Rec> = (0..50)
+        .map(|i| Rec::new(&t.orders, "acme", valid(i)))
+        .collect();
+    recs.push(Rec::new(&t.orders, "acme", &b"{poison"[..]));
+    recs.extend((51..101).map(|i| Rec::new(&t.orders, "acme", valid(i))));
+    produce(&mock.bootstrap_servers(), &recs);
+    // From now on every produce request is refused for good.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+    );
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the refusal is noticed", WAIT, || {
+        service.status().failure().is_some()
+    });
+    let err = service.stop().err().expect("the run fails");
+    assert!(matches!(err, RunError::Failed(_)), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+    let c = committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 1)[0];
+    // Everything before the poison is committed; the poison, whose dead letter was
+    // never acknowledged, and all after it are not.
+    assert_eq!(c, Some(50));
+}
+
+#[test]
+fn failing_produce_requests_are_retried_until_every_record_is_delivered() {
+    let (mock, cfg) = mock_setup("retried", 1);
+    let t = cfg.kafka.topics.clone();
+    let recs: Vec<Rec> = (0..40)
+        .map(|i| Rec::new(&t.orders, "acme", format!("{{bad {i}")))
+        .collect();
+    produce(&mock.bootstrap_servers(), &recs);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("every dead letter acknowledged", WAIT, || {
+        service.status().acked.load(Ordering::Relaxed) == 40
+    });
+    wait_for("every offset committed", WAIT, || {
+        committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 1) == vec![Some(40)]
+    });
+    service.stop().unwrap();
+    let dead = read(
+        &mock.bootstrap_servers(),
+        &t.dead_letters,
+        41,
+        Duration::from_secs(5),
+    );
+    assert_eq!(dead.len(), 40, "each exactly once (idempotent producer)");
+}
+
+#[test]
+fn a_slow_broker_pauses_the_consumer_and_memory_stays_bounded() {
+    let (mock, mut cfg) = mock_setup("slow", 2);
+    cfg.kafka.worker_queue_events = 1000;
+    cfg.kafka.producer_properties.0.insert(
+        "queue.buffering.max.messages".into(),
+        toml::Value::Integer(200),
+    );
+    let t = cfg.kafka.topics.clone();
+    let n = 6000;
+    let recs: Vec<Rec> = (0..n)
+        .map(|i| Rec::new(&t.orders, &format!("c{}", i % 50), format!("{{bad {i}")))
+        .collect();
+    produce(&mock.bootstrap_servers(), &recs);
+    mock.broker_round_trip_time(1, Duration::from_millis(200))
+        .unwrap();
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    let s = service.status().clone();
+    wait_for(
+        "every dead letter acknowledged",
+        Duration::from_secs(120),
+        || s.acked.load(Ordering::Relaxed) == n as u64,
+    );
+    service.stop().unwrap();
+    let workers = cfg.kafka.workers as i64;
+    let queued = s.max_queued.load(Ordering::Relaxed);
+    let in_flight = s.max_producer_in_flight.load(Ordering::Relaxed);
+    eprintln!("slow broker: at most {queued} events queued to workers, {in_flight} records in the producer");
+    assert!(
+        queued <= workers * (1000 + 512),
+        "{queued} events queued: more than the workers' queues hold"
+    );
+    assert!(
+        in_flight <= 200,
+        "{in_flight} records in flight: more than the producer queue holds"
+    );
+    assert!(
+        queued < n as i64 / 2,
+        "the consumer was held back, not buffered ahead"
+    );
+}
