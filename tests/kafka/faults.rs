@@ -59,7 +59,7 @@ fn no_offset_is_committed_ahead_of_a_record_the_broker_refused() {
     wait_for("the refusal is noticed", WAIT, || {
         service.status().failure().is_some()
     });
-    let err = service.stop().err().expect("the run fails");
+    let err = service.stop().expect_err("the run fails");
     assert!(matches!(err, RunError::Failed(_)), "{err}");
     assert!(err.to_string().contains("refused"), "{err}");
     let c = committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 1)[0];
