@@ -31,6 +31,7 @@ pub mod alert;
 pub mod bench;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod generate;

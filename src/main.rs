@@ -28,6 +28,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Zero-setup demo: the live service on an in-process Kafka, fed a generated history.
+    Demo {
+        /// Customers.
+        #[arg(long, default_value_t = 300)]
+        customers: u32,
+        /// Days of history.
+        #[arg(long, default_value_t = 180)]
+        days: u32,
+        /// Simulated days per second.
+        #[arg(long, default_value_t = 12.0)]
+        speed: f64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Replay contract events (JSON Lines) through the engine: alerts out, optional snapshot.
     Replay {
         /// Events file, or `-` for standard input.
@@ -223,6 +238,29 @@ fn run(cli: Cli) -> Result<()> {
                 snap_out.as_mut().map(|w| w as &mut dyn Write),
             )?;
             eprintln!("{}", report.render());
+            Ok(())
+        }
+        Command::Demo {
+            customers,
+            days,
+            speed,
+            seed,
+        } => {
+            if !(speed > 0.0) {
+                bail!("--speed must be greater than 0 (simulated days per second), got {speed}");
+            }
+            let log = churnsignal::config::LogConfig {
+                level: "warn".into(),
+                ..Default::default()
+            };
+            init_logging(&log);
+            let opts = churnsignal::demo::Options {
+                customers,
+                days,
+                speed,
+                seed,
+            };
+            churnsignal::demo::run(&opts, &mut io::stdout()).map_err(anyhow::Error::msg)?;
             Ok(())
         }
         Command::CreateTopics {
