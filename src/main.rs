@@ -246,7 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             speed,
             seed,
         } => {
-            if !(speed > 0.0) {
+            if speed.is_nan() || speed <= 0.0 {
                 bail!("--speed must be greater than 0 (simulated days per second), got {speed}");
             }
             let log = churnsignal::config::LogConfig {
