@@ -106,6 +106,36 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The live service end to end on a real broker, against a bare consumer; latency.
+    Kafka {
+        /// Bootstrap servers (start a local broker with deploy/kafka/kafka.sh start).
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Customers in the generated history.
+        #[arg(long, default_value_t = 20_000)]
+        customers: u32,
+        /// Days of history.
+        #[arg(long, default_value_t = 120)]
+        days: u32,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// Offered load of the latency phase, events/s.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// Length of the latency phase, seconds.
+        #[arg(long, default_value_t = 20)]
+        latency_secs: u32,
+        /// Generator seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Configuration file (engine and service settings; topics and group are fresh).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The engine alone: decode + apply, apply alone, memory per customer.
     Engine {
         /// Distinct customers.
@@ -329,6 +359,43 @@ fn run(cli: Cli) -> Result<()> {
                 g.write_json(&mut out)?;
             }
             out.flush()?;
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Kafka {
+                    brokers,
+                    customers,
+                    days,
+                    partitions,
+                    rate,
+                    latency_secs,
+                    seed,
+                    config,
+                    json,
+                },
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let log = churnsignal::config::LogConfig {
+                level: "warn".into(),
+                ..cfg.log.clone()
+            };
+            init_logging(&log);
+            let opts = bench::kafka::Options {
+                brokers,
+                customers,
+                days,
+                partitions,
+                rate,
+                latency_secs,
+                seed,
+            };
+            let r = bench::kafka::run(&opts, &cfg).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}", r.render());
+            }
             Ok(())
         }
         Command::Bench {

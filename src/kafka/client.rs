@@ -8,11 +8,26 @@ use rdkafka::ClientConfig;
 
 use crate::config::{is_secret, KafkaConfig};
 
+/// Consumer defaults that differ from librdkafka's (a user's properties override them).
+///
+/// `fetch.queue.backoff.ms`: librdkafka (2.x) stops fetching for this long whenever its
+/// local queue is above `queued.min.messages`. Its default, 1000 ms, starves a consumer
+/// that hands messages to worker threads instead of dropping them: measured with
+/// `bench kafka`, 170k events/s at 1000 ms, 670-810k/s at 20 ms, same machine and data.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20")];
+
 /// How often librdkafka reports statistics (consumer lag), ms.
 pub const STATS_INTERVAL_MS: u32 = 2000;
 
-fn base(cfg: &KafkaConfig, specific: &crate::config::Properties) -> ClientConfig {
+fn base(
+    cfg: &KafkaConfig,
+    specific: &crate::config::Properties,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     for (k, v) in cfg.properties.pairs().chain(specific.pairs()) {
         c.set(k, v);
     }
@@ -26,7 +41,7 @@ fn base(cfg: &KafkaConfig, specific: &crate::config::Properties) -> ClientConfig
 /// gives one instance the same partition numbers of co-partitioned topics), and
 /// `read_committed` so that transactional producers' aborted events are never seen.
 pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = base(cfg, &cfg.consumer_properties);
+    let mut c = base(cfg, &cfg.consumer_properties, CONSUMER_DEFAULTS);
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -41,7 +56,7 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
 /// The alert and dead-letter producer: idempotent, `acks=all`, retried until delivered
 /// (a record is only given up at shutdown, and then its input offset is not committed).
 pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = base(cfg, &cfg.producer_properties);
+    let mut c = base(cfg, &cfg.producer_properties, &[]);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "0")
@@ -94,6 +109,17 @@ mod tests {
         assert_eq!(p.get("linger.ms"), Some("20"));
         assert_eq!(p.get("security.protocol"), Some("ssl"));
         assert_eq!(p.get("group.id"), None);
+        assert_eq!(
+            c.get("fetch.queue.backoff.ms"),
+            Some("20"),
+            "churnsignal's default"
+        );
+        let k = cfg("[kafka.consumer_properties]\n\"fetch.queue.backoff.ms\" = 100\n");
+        assert_eq!(
+            consumer_config(&k).get("fetch.queue.backoff.ms"),
+            Some("100"),
+            "a user's property overrides churnsignal's defaults"
+        );
     }
 
     #[test]

@@ -654,6 +654,23 @@ pub struct StartOptions {
 
 const BATCH: usize = 512;
 
+/// How long the poll loop waits for room in a worker queue before it pauses the consumer.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, pause: bool) {
+    if let Ok(a) = consumer.assignment() {
+        let r = if pause {
+            consumer.pause(&a)
+        } else {
+            consumer.resume(&a)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "pause/resume");
+        }
+    }
+    telemetry::backpressure(pause);
+}
+
 impl Service {
     /// Checks the topics, joins the group and starts processing.
     pub fn start(cfg: Config, opts: StartOptions) -> Result<Service, RunError> {
@@ -950,44 +967,54 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
     let status = shared.status.clone();
     let n = shared.worker_count();
     let mut batches: Vec<Vec<InMsg>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+    let senders: Vec<SyncSender<Work>> = shared.workers.lock().expect("workers lock").clone();
     let mut paused = false;
+    let mut blocked_since: Option<Instant> = None;
     let commit_every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_flush = Instant::now();
     while !stop.load(Ordering::SeqCst) && status.failure().is_none() {
         status.beat(0);
-        let holding = batches.iter().any(|b| !b.is_empty());
-        let wait = if paused {
-            Duration::from_millis(20)
-        } else if holding {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(100)
-        };
+        // A full worker queue first makes the loop wait without polling: the workers
+        // usually catch up within moments. Only when it stays full for PAUSE_AFTER (a
+        // slow or unreachable broker) is the consumer paused, so that it goes on
+        // serving the group (heartbeats, rebalances) through a long stall. Pausing
+        // drops librdkafka's prefetched messages, so it is kept for long stalls.
+        let waiting = blocked_since.is_some() && !paused;
         let mut idle = true;
-        match consumer.poll(wait) {
-            Some(Ok(m)) => {
-                idle = false;
-                if let Some(t) = shared.topic_index(m.topic()) {
-                    let w = shared.worker_of(m.partition(), n);
-                    batches[w].push(InMsg {
-                        topic: t,
-                        epoch: shared.epoch.load(Ordering::SeqCst),
-                        msg: m.detach(),
-                    });
+        if waiting {
+            std::thread::sleep(Duration::from_micros(500));
+        } else {
+            let holding = batches.iter().any(|b| !b.is_empty());
+            let wait = if paused {
+                Duration::from_millis(20)
+            } else if holding {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    idle = false;
+                    if let Some(t) = shared.topic_index(m.topic()) {
+                        let w = shared.worker_of(m.partition(), n);
+                        batches[w].push(InMsg {
+                            topic: t,
+                            epoch: shared.epoch.load(Ordering::SeqCst),
+                            msg: m.detach(),
+                        });
+                    }
                 }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
+                    telemetry::max_poll_exceeded();
+                    status.left_group.store(true, Ordering::Relaxed);
+                    tracing::warn!("the consumer left its group: the poll loop stalled past max.poll.interval.ms");
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error");
+                }
+                None => {}
             }
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
-                telemetry::max_poll_exceeded();
-                status.left_group.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    "the consumer left its group: the poll loop stalled past max.poll.interval.ms"
-                );
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "consume error");
-            }
-            None => {}
         }
         // Hand over full batches at once, the rest when polling goes quiet or every 5 ms.
         let flush_all = idle || last_flush.elapsed() >= Duration::from_millis(5);
@@ -998,8 +1025,7 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             }
             let len = b.len() as i64;
             let batch = std::mem::replace(b, Vec::with_capacity(BATCH));
-            let tx = shared.workers.lock().expect("workers lock")[w].clone();
-            match tx.try_send(Work::Batch(batch)) {
+            match senders[w].try_send(Work::Batch(batch)) {
                 Ok(()) => status.enqueued(len),
                 Err(TrySendError::Full(Work::Batch(back)))
                 | Err(TrySendError::Disconnected(Work::Batch(back))) => {
@@ -1012,19 +1038,18 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
         if flush_all {
             last_flush = Instant::now();
         }
-        if blocked != paused {
-            if let Ok(a) = consumer.assignment() {
-                let r = if blocked {
-                    consumer.pause(&a)
-                } else {
-                    consumer.resume(&a)
-                };
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "pause/resume");
-                }
+        if blocked {
+            let since = *blocked_since.get_or_insert_with(Instant::now);
+            if !paused && since.elapsed() >= PAUSE_AFTER {
+                set_paused(&consumer, true);
+                paused = true;
             }
-            paused = blocked;
-            telemetry::backpressure(paused);
+        } else {
+            blocked_since = None;
+            if paused {
+                set_paused(&consumer, false);
+                paused = false;
+            }
         }
         let inflight = shared.producer.in_flight_count() as i64;
         status

@@ -1,10 +1,13 @@
-//! `churnsignal bench engine`: the engine alone, on a generated history.
+//! `churnsignal bench engine`: the engine alone, on a generated history
+//! (`churnsignal bench kafka`, the service end to end, is in [`kafka`]).
 //!
 //! Three measurements on the same events, one thread (so the rates are per core):
 //! decode + apply (JSON bytes in, alerts out), apply alone (events decoded beforehand,
 //! borrowing the same bytes), and decode alone. Memory per customer is given two ways:
 //! the engine's own accounting of its state, and the growth of the process's resident
 //! memory while the engine filled up.
+
+pub mod kafka;
 
 use std::time::Instant;
 

@@ -1,0 +1,357 @@
+//! `churnsignal bench kafka`: the live service end to end against a real broker.
+//!
+//! 1. A generated history is produced into fresh topics.
+//! 2. A bare rdkafka consumer, configured as the service's, reads it all and does
+//!    nothing else (the ceiling).
+//! 3. `run` (the same `Service` as `churnsignal run`) processes the same messages:
+//!    decode, engines, alerts produced and acknowledged, offsets committed.
+//!    Both rates are taken from the first message to the last, so the group join is
+//!    not counted; their ratio is the cost of churnsignal's work over reading alone.
+//! 4. With the service caught up, a continuation of the history is offered at a fixed
+//!    rate, and event-to-alert latency (input message timestamp to alert
+//!    acknowledgement) is recorded for every alert.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::event::Family;
+use crate::generate::{History, Spec};
+use crate::kafka::{Service, StartOptions};
+use crate::time::{Timestamp, DAY_MS};
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bootstrap servers of the broker to use.
+    pub brokers: String,
+    /// Customers in the history.
+    pub customers: u32,
+    /// Days of history.
+    pub days: u32,
+    /// Partitions of each topic.
+    pub partitions: i32,
+    /// Offered load of the latency phase, events/s.
+    pub rate: u32,
+    /// Length of the latency phase, seconds.
+    pub latency_secs: u32,
+    /// Generator seed.
+    pub seed: u64,
+}
+
+/// Results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Events in the throughput phase.
+    pub events: u64,
+    /// Mean JSON message size, bytes.
+    pub mean_event_bytes: f64,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Worker threads of the service.
+    pub workers: usize,
+    /// Producing the history, events/s.
+    pub produce_rate: f64,
+    /// Bare consumer, events/s.
+    pub bare_consumer_rate: f64,
+    /// `run`, events/s (alerts acknowledged, offsets committed).
+    pub run_rate: f64,
+    /// run / bare.
+    pub ratio: f64,
+    /// CPU time of this process (all threads) while `run` processed the history, seconds.
+    pub run_cpu_secs: f64,
+    /// Events per CPU-second of `run` (the per-core rate; the broker's CPU not included).
+    pub run_events_per_cpu_sec: f64,
+    /// Alerts in the throughput phase.
+    pub alerts: u64,
+    /// Offered load of the latency phase, events/s.
+    pub offered_rate: u32,
+    /// Events actually offered per second.
+    pub achieved_rate: f64,
+    /// Alerts measured in the latency phase.
+    pub latency_samples: usize,
+    /// Event-to-alert latency percentiles, ms: p50, p90, p99, max.
+    pub latency_ms: [f64; 4],
+}
+
+impl Report {
+    /// Human rendering.
+    pub fn render(&self) -> String {
+        format!(
+            "bench kafka: {} events ({:.0} B mean JSON), {} partitions per topic, {} workers\n\
+             produce the history:        {:>10.0} events/s\n\
+             bare consumer (read only):  {:>10.0} events/s\n\
+             churnsignal run:            {:>10.0} events/s  ({} alerts produced and acknowledged)\n\
+             run per CPU-second:         {:>10.0} events  ({:.2} CPU-s of this process)\n\
+             run / bare consumer:        {:>10.2}\n\
+             latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
+             event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.events,
+            self.mean_event_bytes,
+            self.partitions,
+            self.workers,
+            self.produce_rate,
+            self.bare_consumer_rate,
+            self.run_rate,
+            self.alerts,
+            self.run_events_per_cpu_sec,
+            self.run_cpu_secs,
+            self.ratio,
+            self.offered_rate,
+            self.achieved_rate,
+            self.latency_samples,
+            self.latency_ms[0],
+            self.latency_ms[1],
+            self.latency_ms[2],
+            self.latency_ms[3],
+        )
+    }
+}
+
+fn topic_of(cfg: &Config, f: Family) -> &str {
+    let t = &cfg.kafka.topics;
+    match f {
+        Family::Orders => &t.orders,
+        Family::SupportTickets => &t.support_tickets,
+        Family::Engagement => &t.engagement,
+    }
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &[u8]) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(value);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn producer(
+    brokers: &str,
+    linger_ms: u32,
+) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", linger_ms.to_string())
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .map_err(|e| format!("producer: {e}"))
+}
+
+/// Runs the benchmark.
+pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
+    let mut cfg = base.clone();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let p = format!("bench-{stamp}");
+    cfg.kafka.brokers = opts.brokers.clone();
+    cfg.kafka.group_id = format!("{p}-run");
+    cfg.kafka.topics.orders = format!("{p}-orders");
+    cfg.kafka.topics.support_tickets = format!("{p}-tickets");
+    cfg.kafka.topics.engagement = format!("{p}-engagement");
+    cfg.kafka.topics.alerts = format!("{p}-alerts");
+    cfg.kafka.topics.dead_letters = format!("{p}-dead");
+    cfg.http.listen = String::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(crate::kafka::topics::create(&cfg.kafka, opts.partitions, 1))?;
+
+    // 1. The history.
+    let spec = Spec {
+        customers: opts.customers,
+        days: opts.days,
+        seed: opts.seed,
+        ..Spec::default()
+    };
+    let prod = producer(&opts.brokers, 10)?;
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut buf = Vec::with_capacity(512);
+    for g in History::new(spec.clone()) {
+        buf.clear();
+        g.write_json(&mut buf).map_err(|e| e.to_string())?;
+        buf.pop();
+        let e = g.to_event();
+        send(&prod, topic_of(&cfg, e.kind.family()), &e.customer_id, &buf);
+        n += 1;
+        bytes += buf.len() as u64;
+    }
+    prod.flush(Duration::from_secs(120))
+        .map_err(|e| format!("flush: {e}"))?;
+    let produce_rate = n as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("bench kafka: produced {n} events at {produce_rate:.0}/s");
+
+    // 2. A bare consumer.
+    // The service's own consumer configuration, in its own group: the difference is
+    // only what churnsignal does with the messages.
+    let mut bc = crate::kafka::client::consumer_config(&cfg.kafka);
+    bc.set("group.id", format!("{p}-bare"));
+    let bare: BaseConsumer = bc.create().map_err(|e| format!("consumer: {e}"))?;
+    let inputs: Vec<String> = cfg
+        .kafka
+        .input_topics()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    bare.subscribe(&names).map_err(|e| e.to_string())?;
+    let mut got = 0u64;
+    let mut touched = 0u64;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while got < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = bare.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            touched += m.payload().map_or(0, |p| p.len() as u64);
+            got += 1;
+        }
+    }
+    let bare_rate = got as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+    drop(bare);
+    eprintln!("bench kafka: bare consumer read {got} events ({touched} bytes) at {bare_rate:.0}/s");
+
+    // 3. The service on the same messages.
+    let service = Service::start(
+        cfg.clone(),
+        StartOptions {
+            record_latencies: true,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let s = service.status().clone();
+    let mut first: Option<Instant> = None;
+    let cpu0 = process_cpu_secs();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = s.events.load(Ordering::Relaxed);
+        if done > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        let records =
+            s.alerts_sent.load(Ordering::Relaxed) + s.dead_letters.load(Ordering::Relaxed);
+        if done >= n && s.acked.load(Ordering::Relaxed) >= records {
+            break;
+        }
+        if Instant::now() > deadline || s.failure().is_some() {
+            return Err(format!(
+                "run did not finish: {done} of {n} events, failure {:?}",
+                s.failure()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let run_secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+    let run_rate = n as f64 / run_secs;
+    let run_cpu = process_cpu_secs() - cpu0;
+    let alerts = s.alerts_sent.load(Ordering::Relaxed);
+    eprintln!("bench kafka: run processed {n} events at {run_rate:.0}/s, {alerts} alerts");
+    if let Some(l) = &s.latencies_us {
+        l.lock().map_err(|e| e.to_string())?.clear();
+    }
+
+    // 4. Latency at a fixed offered load: the history goes on.
+    let more = Spec {
+        seed: opts.seed + 1,
+        start: Timestamp(spec.start.0 + i64::from(spec.days) * DAY_MS),
+        days: opts.days,
+        ..spec
+    };
+    // Latency counts from the input message's timestamp, taken when it is produced:
+    // a short linger keeps the upstream producer's batching out of the figure.
+    let prod = producer(&opts.brokers, 1)?;
+    let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
+    let budget = Duration::from_secs(u64::from(opts.latency_secs));
+    let t1 = Instant::now();
+    let mut offered = 0u64;
+    for g in History::new(more) {
+        let elapsed = t1.elapsed();
+        if elapsed >= budget {
+            break;
+        }
+        let due = period * offered as u32;
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+        buf.clear();
+        g.write_json(&mut buf).map_err(|e| e.to_string())?;
+        buf.pop();
+        let e = g.to_event();
+        send(&prod, topic_of(&cfg, e.kind.family()), &e.customer_id, &buf);
+        offered += 1;
+    }
+    let achieved = offered as f64 / t1.elapsed().as_secs_f64();
+    prod.flush(Duration::from_secs(60))
+        .map_err(|e| format!("flush: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.events.load(Ordering::Relaxed) < n + offered && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let workers = if cfg.kafka.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.kafka.workers
+    };
+    let mut lat: Vec<u64> = s
+        .latencies_us
+        .as_ref()
+        .map(|l| l.lock().map(|v| v.clone()).unwrap_or_default())
+        .unwrap_or_default();
+    service.stop().map_err(|e| e.to_string())?;
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() - 1) as f64 * q).round() as usize;
+        lat[i] as f64 / 1000.0
+    };
+    Ok(Report {
+        events: n,
+        mean_event_bytes: bytes as f64 / n.max(1) as f64,
+        partitions: opts.partitions,
+        workers,
+        produce_rate,
+        bare_consumer_rate: bare_rate,
+        run_rate,
+        ratio: run_rate / bare_rate,
+        run_cpu_secs: run_cpu,
+        run_events_per_cpu_sec: n as f64 / run_cpu.max(1e-9),
+        alerts,
+        offered_rate: opts.rate,
+        achieved_rate: achieved,
+        latency_samples: lat.len(),
+        latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
+    })
+}
+
+/// User + system CPU time of this process so far, seconds (Linux; 0 elsewhere).
+pub fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here 0-based after ")" they are 11, 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
