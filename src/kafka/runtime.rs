@@ -475,8 +475,13 @@ impl Shared {
         if let Err(e) = self.producer.flush(wait) {
             tracing::warn!(error = %e, "flush before revocation");
         }
-        let set: BTreeSet<(usize, i32)> = gone.iter().copied().collect();
-        self.commit(consumer, Some(&set), CommitMode::Sync);
+        if consumer.assignment_lost() {
+            // The group already gave the partitions away: a commit would be refused.
+            tracing::warn!("assignment lost; uncommitted progress will be processed again");
+        } else {
+            let set: BTreeSet<(usize, i32)> = gone.iter().copied().collect();
+            self.commit(consumer, Some(&set), CommitMode::Sync);
+        }
         let mut tracked = self.tracked.lock().expect("tracked lock");
         for k in &gone {
             tracked.remove(k);
@@ -578,6 +583,7 @@ impl Shared {
             Some(m) => m,
         };
         self.status.max_lag.store(v, Ordering::Relaxed);
+        telemetry::ready(self.status.ready(self.cfg.kafka.ready_max_lag).is_ok());
     }
 }
 

@@ -70,7 +70,10 @@ struct PartitionEngine {
 struct Input {
     progress: Arc<Mutex<PartitionProgress>>,
     epoch: u64,
+    /// The next offset to apply: what was applied before a rebalance is skipped after it.
     next: Option<i64>,
+    /// Assigned now (a revoked input keeps `next` in case it comes back).
+    active: bool,
 }
 
 pub(crate) struct Worker {
@@ -154,8 +157,10 @@ impl Worker {
                     let Some(pe) = self.engines.get_mut(&partition) else {
                         continue;
                     };
-                    pe.inputs.remove(&topic);
-                    if pe.inputs.is_empty() {
+                    if let Some(i) = pe.inputs.get_mut(&topic) {
+                        i.active = false;
+                    }
+                    if pe.inputs.values().all(|i| !i.active) {
                         let pe = self.engines.remove(&partition).expect("present");
                         self.parked.insert(partition, pe);
                     }
@@ -212,6 +217,7 @@ impl Worker {
                     progress: a.progress,
                     epoch,
                     next: if stale { None } else { next },
+                    active: true,
                 },
             );
         }
@@ -230,7 +236,7 @@ impl Worker {
         let Some(input) = pe.inputs.get_mut(&m.topic) else {
             return;
         };
-        if input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
+        if !input.active || input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
             return; // polled before a rebalance, or already applied before it
         }
         input.next = Some(offset + 1);

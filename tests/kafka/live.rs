@@ -458,12 +458,14 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
             .sum()
     };
     let mut metrics = String::new();
-    wait_for("events flowing", WAIT, || {
+    wait_for("events and alerts flowing", WAIT, || {
         if std::net::TcpStream::connect(addr).is_err() {
             return false;
         }
         metrics = http_get(addr, "/metrics").1;
+        // The latency histogram renders from the first acknowledged alert on.
         consumed(&metrics) > 10_000.0
+            && metrics.contains("churnsignal_event_to_alert_latency_seconds_bucket")
     });
     assert!(
         (consumed(&metrics) as usize) < recs.len(),
@@ -496,7 +498,6 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
     eprintln!("SIGTERM under load: exited in {took:?}");
     assert!(!log.contains(SECRET), "a secret reached the log");
     assert!(!metrics.contains(SECRET), "a secret reached /metrics");
-    assert!(metrics.contains("churnsignal_event_to_alert_latency_seconds_bucket"));
     assert!(!metrics.contains("customer_id") && !metrics.contains("cust-0"));
     // What was committed was processed: a second run takes over exactly from there.
     let done: i64 = committed(b, &cfg.kafka.group_id, &t.orders, 2)
@@ -544,4 +545,63 @@ fn an_idle_partition_lets_the_wall_clock_stand_in_so_silence_alerts() {
         .map(|s| s["signal"].as_str().unwrap())
         .collect();
     assert!(signals.contains(&"inactivity"), "{signals:?}");
+}
+
+#[test]
+fn a_rebalance_keeps_the_state_of_partitions_that_come_back_unmoved() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let b = shared_bootstrap();
+    let cfg = config(b, "rebalance");
+    create_all(&cfg, 2);
+    let t = &cfg.kafka.topics;
+    let customers: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let round = |r: u32| -> Vec<Rec> {
+        customers
+            .iter()
+            .map(|c| Rec::new(&t.orders, c, order(&format!("{c}-{r}"), c, 1 + r, 50.0)))
+            .collect()
+    };
+    let a = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    for r in 0..5 {
+        produce(b, &round(r));
+    }
+    wait_for("a has the first five rounds", WAIT, || {
+        a.status().events.load(Relaxed) == 100
+    });
+    // b joins: the partitions are shared out.
+    let b2 = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("both own partitions", WAIT, || {
+        a.status().assigned.load(Relaxed) == 3 && b2.status().assigned.load(Relaxed) == 3
+    });
+    produce(b, &round(5));
+    wait_for("round 5 processed", WAIT, || {
+        a.status().events.load(Relaxed) + b2.status().events.load(Relaxed) == 120
+    });
+    let b_addr = b2.http_addr().unwrap();
+    let owned_by_b: Vec<bool> = customers
+        .iter()
+        .map(|c| http_get(b_addr, &format!("/customers/{c}")).0 == 200)
+        .collect();
+    assert!(owned_by_b.iter().any(|x| *x) && !owned_by_b.iter().all(|x| *x));
+    // b leaves: a gets everything back.
+    b2.stop().unwrap();
+    wait_for("a owns all again", WAIT, || {
+        a.status().assigned.load(Relaxed) == 6
+    });
+    produce(b, &round(6));
+    let a_addr = a.http_addr().unwrap();
+    let orders_of = |c: &str| -> Option<u64> {
+        let (s, body) = http_get(a_addr, &format!("/customers/{c}"));
+        (s == 200).then(|| {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["windows"]["orders_total"].as_u64().unwrap()
+        })
+    };
+    wait_for("round 6 processed", WAIT, || {
+        customers
+            .iter()
+            .zip(&owned_by_b)
+            .all(|(c, b)| orders_of(c) == Some(if *b { 1 } else { 7 }))
+    });
+    a.stop().unwrap();
 }
