@@ -128,6 +128,7 @@ pub struct Status {
     pub max_producer_in_flight: AtomicI64,
     abandon_after: Mutex<Option<Instant>>,
     failure: Mutex<Option<String>>,
+    failed: AtomicBool,
     /// Event-to-alert latencies in microseconds, when recording is on (benchmarks).
     pub latencies_us: Option<Mutex<Vec<u64>>>,
 }
@@ -151,6 +152,7 @@ impl Status {
             max_producer_in_flight: AtomicI64::new(0),
             abandon_after: Mutex::new(None),
             failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
             latencies_us: record_latencies.then(|| Mutex::new(Vec::new())),
         }
     }
@@ -164,6 +166,12 @@ impl Status {
         self.beats[i].store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// [`Status::beat`] with a clock reading the caller already has.
+    pub(crate) fn beat_at(&self, i: usize, now: Instant) {
+        let ms = now.saturating_duration_since(self.start).as_millis() as u64 + 1;
+        self.beats[i].store(ms, Ordering::Relaxed);
+    }
+
     pub(crate) fn enqueued(&self, n: i64) {
         let q = self.queued.fetch_add(n, Ordering::Relaxed) + n;
         self.max_queued.fetch_max(q, Ordering::Relaxed);
@@ -173,9 +181,9 @@ impl Status {
         self.queued.fetch_sub(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn processed(&self, alerts: usize) {
-        self.events.fetch_add(1, Ordering::Relaxed);
-        self.alerts_sent.fetch_add(alerts as u64, Ordering::Relaxed);
+    pub(crate) fn processed(&self, events: u64, alerts: u64) {
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.alerts_sent.fetch_add(alerts, Ordering::Relaxed);
     }
 
     pub(crate) fn timer_alerts(&self, alerts: usize) {
@@ -193,6 +201,7 @@ impl Status {
         if f.is_none() {
             *f = Some(why);
         }
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     /// The failure that stopped the service, if any.
@@ -979,8 +988,15 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
     let commit_every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
     let mut last_commit = Instant::now();
     let mut last_flush = Instant::now();
-    while !stop.load(Ordering::SeqCst) && status.failure().is_none() {
-        status.beat(0);
+    let mut polls = 0u32;
+    let mut now = Instant::now();
+    while !stop.load(Ordering::Relaxed) && !status.failed.load(Ordering::Relaxed) {
+        // One clock reading per 64 polls while messages flow (every one when idle).
+        polls = polls.wrapping_add(1);
+        if polls % 64 == 0 {
+            now = Instant::now();
+            status.beat_at(0, now);
+        }
         // A full worker queue first makes the loop wait without polling: the workers
         // usually catch up within moments. Only when it stays full for PAUSE_AFTER (a
         // slow or unreachable broker) is the consumer paused, so that it goes on
@@ -999,16 +1015,17 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             } else {
                 Duration::from_millis(100)
             };
-            match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            if !matches!(polled, Some(Ok(_))) {
+                now = Instant::now();
+                status.beat_at(0, now);
+            }
+            match polled {
                 Some(Ok(m)) => {
                     idle = false;
                     if let Some(t) = shared.topic_index(m.topic()) {
                         let w = shared.worker_of(m.partition(), n);
-                        batches[w].push(InMsg {
-                            topic: t,
-                            epoch: shared.epoch.load(Ordering::SeqCst),
-                            msg: m.detach(),
-                        });
+                        batches[w].push(InMsg::new(t, shared.epoch.load(Ordering::SeqCst), &m));
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
@@ -1023,7 +1040,8 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             }
         }
         // Hand over full batches at once, the rest when polling goes quiet or every 5 ms.
-        let flush_all = idle || last_flush.elapsed() >= Duration::from_millis(5);
+        let flush_all =
+            idle || now.saturating_duration_since(last_flush) >= Duration::from_millis(5);
         let mut blocked = false;
         for (w, b) in batches.iter_mut().enumerate() {
             if b.is_empty() || (b.len() < BATCH && !flush_all) {
@@ -1042,11 +1060,12 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             }
         }
         if flush_all {
-            last_flush = Instant::now();
+            last_flush = now;
         }
         if blocked {
-            let since = *blocked_since.get_or_insert_with(Instant::now);
-            if !paused && since.elapsed() >= PAUSE_AFTER {
+            now = Instant::now();
+            let since = *blocked_since.get_or_insert(now);
+            if !paused && now.saturating_duration_since(since) >= PAUSE_AFTER {
                 set_paused(&consumer, true);
                 paused = true;
             }
@@ -1057,12 +1076,14 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
                 paused = false;
             }
         }
-        let inflight = shared.producer.in_flight_count() as i64;
-        status
-            .max_producer_in_flight
-            .fetch_max(inflight, Ordering::Relaxed);
-        if last_commit.elapsed() >= commit_every {
-            last_commit = Instant::now();
+        if flush_all {
+            let inflight = shared.producer.in_flight_count() as i64;
+            status
+                .max_producer_in_flight
+                .fetch_max(inflight, Ordering::Relaxed);
+        }
+        if now.saturating_duration_since(last_commit) >= commit_every {
+            last_commit = now;
             shared.commit(&consumer, None, CommitMode::Async);
         }
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
-use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::Message;
 
@@ -26,14 +26,73 @@ use crate::event::Event;
 use crate::telemetry;
 use crate::time::Timestamp;
 
-/// One consumed input message.
+/// One consumed input message, copied out of librdkafka in one allocation (key and
+/// value together; headers only when the message has any).
 pub(crate) struct InMsg {
     /// Index into the input topics.
     pub topic: usize,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka timestamp, ms (-1 if none).
+    pub timestamp_ms: i64,
     /// Rebalance epoch at which it was polled; stale ones are dropped.
     pub epoch: u64,
-    /// The message (key, payload, headers, offset, timestamp).
-    pub msg: OwnedMessage,
+    /// Key length in `data`, `None` for a message without key.
+    key_len: Option<u32>,
+    /// Key, then value.
+    data: Box<[u8]>,
+    /// Headers, in order (a null value is kept as empty).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl InMsg {
+    /// Copies what a worker needs out of a consumed message.
+    pub fn new(topic: usize, epoch: u64, m: &rdkafka::message::BorrowedMessage<'_>) -> InMsg {
+        let key = m.key();
+        let value = m.payload().unwrap_or(&[]);
+        let mut data = Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.len());
+        if let Some(k) = key {
+            data.extend_from_slice(k);
+        }
+        data.extend_from_slice(value);
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or(&[]).to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        InMsg {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
+            epoch,
+            key_len: key.map(|k| k.len() as u32),
+            data: data.into_boxed_slice(),
+            headers,
+        }
+    }
+
+    /// The message key.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_len.map(|n| &self.data[..n as usize])
+    }
+
+    /// The message value (empty for a null value).
+    pub fn value(&self) -> &[u8] {
+        &self.data[self.key_len.unwrap_or(0) as usize..]
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
 }
 
 /// A topic-partition handed to a worker.
@@ -127,14 +186,19 @@ impl Worker {
 
     /// Runs until the channel closes or the service stops for good.
     pub fn run(mut self, rx: Receiver<Work>) {
+        let mut last_tick = Instant::now();
         loop {
-            self.status.beat(1 + self.id);
             match rx.recv_timeout(TICK) {
                 Ok(work) => self.handle(work),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.tick();
+            let now = Instant::now();
+            self.status.beat_at(1 + self.id, now);
+            if now.saturating_duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.tick(now);
+            }
         }
         for p in self.engines.keys() {
             telemetry::partition_state(*p, 0, 0, None);
@@ -146,9 +210,15 @@ impl Worker {
             Work::Batch(msgs) => {
                 let n = msgs.len() as i64;
                 let now = wall_now();
+                let instant = Instant::now();
+                let (mut events, mut alerts) = (0, 0);
                 for m in msgs {
-                    self.process(m, now);
+                    if let Some(a) = self.process(m, now, instant) {
+                        events += 1;
+                        alerts += a;
+                    }
                 }
+                self.status.processed(events, alerts);
                 self.status.dequeued(n);
             }
             Work::Assign(epoch, list) => self.assign(epoch, list),
@@ -227,32 +297,29 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, m: InMsg, now: Timestamp) {
-        let partition = m.msg.partition();
-        let offset = m.msg.offset();
-        let Some(pe) = self.engines.get_mut(&partition) else {
-            return; // revoked meanwhile: the new owner reads it again
-        };
-        let Some(input) = pe.inputs.get_mut(&m.topic) else {
-            return;
-        };
+    /// Processes one message; returns the alerts it caused, `None` if it was skipped.
+    fn process(&mut self, m: InMsg, now: Timestamp, instant: Instant) -> Option<u64> {
+        let partition = m.partition;
+        let offset = m.offset;
+        // Revoked meanwhile (the new owner reads it again), polled before a rebalance,
+        // or already applied before one: skipped.
+        let pe = self.engines.get_mut(&partition)?;
+        let input = pe.inputs.get_mut(&m.topic)?;
         if !input.active || input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
-            return; // polled before a rebalance, or already applied before it
+            return None;
         }
         input.next = Some(offset + 1);
         let progress = input.progress.clone();
-        pe.last_event = Instant::now();
+        pe.last_event = instant;
         let topic = &self.inputs[m.topic];
         let limits = Limits {
             max_event_bytes: self.cfg.input.max_event_bytes,
             max_clock_skew_ms: self.cfg.input.max_clock_skew_secs as i64 * 1000,
             now: Some(now),
         };
-        let payload = m.msg.payload().unwrap_or(&[]);
-        let headers = m.msg.headers();
-        let content_type = headers.and_then(content_type);
-        let decoded = decode_message(payload, topic.encoding, content_type, &limits)
-            .and_then(|e| check_placement(e, topic, m.msg.key()));
+        let payload = m.value();
+        let decoded = decode_message(payload, topic.encoding, m.content_type(), &limits)
+            .and_then(|e| check_placement(e, topic, m.key()));
         self.out.clear();
         match decoded {
             Ok(event) => {
@@ -283,22 +350,15 @@ impl Worker {
                     .entry((m.topic, reason))
                     .or_insert_with(|| telemetry::dead_letters(&topic.name, reason))
                     .increment(1);
-                let original: Vec<(String, Vec<u8>)> = headers
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or(&[]).to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 self.out.push(dead_letter_record(
                     Source {
                         topic: &topic.name,
                         partition,
                         offset,
                     },
-                    m.msg.key(),
+                    m.key(),
                     payload,
-                    &original,
+                    &m.headers,
                     &e,
                 ));
                 self.status.dead_lettered();
@@ -316,8 +376,7 @@ impl Worker {
         {
             tracing::error!(error = %e, "offset tracking");
         }
-        self.status.processed(n_alerts);
-        let ts = m.msg.timestamp().to_millis().unwrap_or(-1);
+        let ts = m.timestamp_ms;
         for rec in std::mem::take(&mut self.out) {
             let dead = is_dead_letter(&rec);
             let delivery = Delivery {
@@ -334,6 +393,7 @@ impl Worker {
             };
             self.produce(topic, rec, delivery);
         }
+        Some(n_alerts as u64)
     }
 
     /// Sends one record, waiting while the producer queue is full (back-pressure). At
@@ -382,14 +442,16 @@ impl Worker {
     /// would be if events were flowing), so silence-driven signals fire even when a
     /// partition's input stops. Events arriving later with older times are late and
     /// handled as `engine.late_events` says. Also refreshes the size gauges.
-    fn tick(&mut self) {
+    fn tick(&mut self, instant: Instant) {
         let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
         let lateness = self.cfg.engine.allowed_lateness_secs as i64 * 1000;
         let now = wall_now();
         let fmt = self.cfg.kafka.alerts_format;
         let mut out: Vec<OutRecord> = Vec::new();
         for pe in self.engines.values_mut() {
-            if pe.last_event.elapsed() < idle || pe.engine.max_event_time().is_none() {
+            if instant.saturating_duration_since(pe.last_event) < idle
+                || pe.engine.max_event_time().is_none()
+            {
                 continue;
             }
             let target = Timestamp(now.0 - lateness);
@@ -417,8 +479,8 @@ impl Worker {
             };
             self.produce(&topic, rec, d);
         }
-        if self.last_gauges.elapsed() >= Duration::from_secs(2) {
-            self.last_gauges = Instant::now();
+        if instant.saturating_duration_since(self.last_gauges) >= Duration::from_secs(2) {
+            self.last_gauges = instant;
             for (p, pe) in &self.engines {
                 telemetry::partition_state(
                     *p,
@@ -449,13 +511,6 @@ fn event_label(e: &Event<'_>) -> &'static str {
         "engagement" => "engagement.activity",
         t => t,
     }
-}
-
-fn content_type(h: &OwnedHeaders) -> Option<&str> {
-    h.iter()
-        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// An event must sit on a topic of its family, keyed by its customer.
