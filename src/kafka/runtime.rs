@@ -22,7 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -489,7 +491,7 @@ impl Shared {
             tracing::warn!("assignment lost; uncommitted progress will be processed again");
         } else {
             let set: BTreeSet<(usize, i32)> = gone.iter().copied().collect();
-            self.commit(consumer, Some(&set), CommitMode::Sync);
+            self.commit(consumer, Some(&set));
         }
         let mut tracked = self.tracked.lock().expect("tracked lock");
         for k in &gone {
@@ -500,14 +502,11 @@ impl Shared {
         tracing::info!(partitions = gone.len(), "partitions revoked");
     }
 
-    /// Commits the acknowledged progress of tracked partitions (of `only`, if given)
-    /// that moved since the last successful commit.
-    fn commit(
-        &self,
-        consumer: &BaseConsumer<ConsumerCtx>,
-        only: Option<&BTreeSet<(usize, i32)>>,
-        mode: CommitMode,
-    ) {
+    /// Commits, synchronously, the acknowledged progress of tracked partitions (of
+    /// `only`, if given) that moved since the last successful commit. Synchronously,
+    /// because librdkafka reports no result for an application's asynchronous commits
+    /// when the client uses the event API (as rdkafka does): failures would go unseen.
+    fn commit(&self, consumer: &BaseConsumer<ConsumerCtx>, only: Option<&BTreeSet<(usize, i32)>>) {
         let mut tpl = TopicPartitionList::new();
         {
             let tracked = self.tracked.lock().expect("tracked lock");
@@ -526,11 +525,8 @@ impl Shared {
         if tpl.count() == 0 {
             return;
         }
-        match consumer.commit(&tpl, mode) {
-            Ok(()) if matches!(mode, CommitMode::Sync) => self.committed(Ok(()), &tpl),
-            Ok(()) => {} // the callback reports
-            Err(e) => self.committed(Err(e), &tpl),
-        }
+        let result = consumer.commit(&tpl, CommitMode::Sync);
+        self.committed(result, &tpl);
     }
 
     fn committed(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -771,12 +767,22 @@ impl Service {
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let consumer = Arc::new(consumer);
+        let (commit_tx, commit_rx) = channel();
+        let committer = {
+            let shared = shared.clone();
+            let consumer = consumer.clone();
+            std::thread::Builder::new()
+                .name("churnsignal-commit".into())
+                .spawn(move || commit_loop(consumer, shared, commit_rx))
+                .map_err(|e| RunError::Failed(e.to_string()))?
+        };
         let poll = {
             let shared = shared.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("churnsignal-consumer".into())
-                .spawn(move || poll_loop(consumer, shared, stop))
+                .spawn(move || poll_loop(consumer, shared, stop, (commit_tx, committer)))
                 .map_err(|e| RunError::Failed(e.to_string()))?
         };
         tracing::info!(
@@ -978,15 +984,18 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<()
 }
 
 /// The poll thread's loop.
-fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+fn poll_loop(
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    committer: Committer,
+) {
     let status = shared.status.clone();
     let n = shared.worker_count();
     let mut batches: Vec<Vec<InMsg>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
     let senders: Vec<SyncSender<Work>> = shared.workers.lock().expect("workers lock").clone();
     let mut paused = false;
     let mut blocked_since: Option<Instant> = None;
-    let commit_every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
-    let mut last_commit = Instant::now();
     let mut last_flush = Instant::now();
     let mut polls = 0u32;
     let mut now = Instant::now();
@@ -1082,16 +1091,17 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
                 .max_producer_in_flight
                 .fetch_max(inflight, Ordering::Relaxed);
         }
-        if now.saturating_duration_since(last_commit) >= commit_every {
-            last_commit = now;
-            shared.commit(&consumer, None, CommitMode::Async);
-        }
     }
-    shutdown(consumer, &shared, batches);
+    shutdown(consumer, &shared, batches, committer);
 }
 
 /// Drains what was consumed, delivers, commits, leaves the group.
-fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<Vec<InMsg>>) {
+fn shutdown(
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    shared: &Shared,
+    batches: Vec<Vec<InMsg>>,
+    (committer, committer_thread): Committer,
+) {
     let cfg = &shared.cfg.kafka;
     let start = Instant::now();
     let budget = Duration::from_secs(cfg.shutdown_timeout_secs);
@@ -1120,20 +1130,29 @@ fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<V
         for rx in replies {
             let _ = rx.recv_timeout(left() / 2);
         }
+        let drained = start.elapsed();
         if let Err(e) = shared.producer.flush(left() / 2) {
-            tracing::warn!(error = %e, "records not delivered at shutdown; their input offsets stay uncommitted");
+            tracing::warn!(error = %e, in_flight = shared.producer.in_flight_count(), "records not delivered at shutdown; their input offsets stay uncommitted");
         }
+        tracing::info!(
+            drained_ms = drained.as_millis() as u64,
+            delivered_ms = (start.elapsed() - drained).as_millis() as u64,
+            "work drained and delivered"
+        );
     }
     // Workers end when their channels close.
     shared.workers.lock().expect("workers lock").clear();
-    shared.commit(&consumer, None, CommitMode::Async);
-    let commits = shared.status.commits.load(Ordering::Relaxed);
-    let wait_until = Instant::now() + left() / 2;
-    while Instant::now() < wait_until && shared.status.commits.load(Ordering::Relaxed) == commits {
-        let _ = consumer.poll(Duration::from_millis(50));
-        if !has_uncommitted(shared) {
-            break;
-        }
+    // The final commit, by the committer thread, waited for at most what is left: a
+    // synchronous commit to an unreachable broker would block past the deadline.
+    let (tx, rx) = sync_channel(1);
+    if committer.send(Some(tx)).is_ok() && rx.recv_timeout(left()).is_err() {
+        tracing::warn!("final commit not confirmed in time; uncommitted input is processed again after restart");
+    }
+    drop(committer);
+    // The consumer leaves the group when its last handle goes: here, after the
+    // committer thread let go of its own, so that the goodbye is not left to chance.
+    while !committer_thread.is_finished() && !left().is_zero() {
+        std::thread::sleep(Duration::from_millis(5));
     }
     shared.tracked.lock().expect("tracked lock").clear();
     shared.status.assigned.store(0, Ordering::Relaxed);
@@ -1146,17 +1165,27 @@ fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<V
     drop(consumer);
 }
 
-fn has_uncommitted(shared: &Shared) -> bool {
-    shared
-        .tracked
-        .lock()
-        .expect("tracked lock")
-        .values()
-        .any(|tr| {
-            tr.progress
-                .lock()
-                .expect("progress lock")
-                .committable()
-                .is_some_and(|o| o > tr.committed)
-        })
+/// The committer thread's command channel and handle.
+type Committer = (Sender<Option<SyncSender<()>>>, JoinHandle<()>);
+
+/// The committer thread: every `commit_interval_ms`, and when asked (with a reply
+/// channel), commits acknowledged progress synchronously. Ends when its channel closes.
+fn commit_loop(
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    shared: Arc<Shared>,
+    rx: Receiver<Option<SyncSender<()>>>,
+) {
+    let every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
+    loop {
+        match rx.recv_timeout(every) {
+            Ok(reply) => {
+                shared.commit(&consumer, None);
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => shared.commit(&consumer, None),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
