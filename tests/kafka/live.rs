@@ -151,13 +151,7 @@ fn a_missing_topic_is_named() {
 #[test]
 fn run_on_one_partition_alerts_exactly_as_replay_does() {
     let b = shared_bootstrap();
-    let mut cfg = config(b, "equal");
-    // All families on one topic: one partition, one order, as replay reads a file.
-    let one = cfg.kafka.topics.orders.clone();
-    cfg.kafka.topics.support_tickets = one.clone();
-    cfg.kafka.topics.engagement = one;
-    // No lateness: replay's end-of-input advance adds nothing the live run lacks.
-    cfg.engine.allowed_lateness_secs = 0;
+    let cfg = one_topic_config(b, "equal");
     create_all(&cfg, 1);
     let spec = Spec {
         customers: 300,
@@ -342,11 +336,7 @@ fn a_restart_resumes_from_committed_offsets_and_reprocesses_nothing_committed() 
 fn a_broker_down_for_20_s_loses_no_alert_and_needs_no_restart() {
     let broker = Broker::dedicated("outage");
     let b = broker.bootstrap.as_str();
-    let mut cfg = config(b, "outage");
-    let one = cfg.kafka.topics.orders.clone();
-    cfg.kafka.topics.support_tickets = one.clone();
-    cfg.kafka.topics.engagement = one;
-    cfg.engine.allowed_lateness_secs = 0;
+    let cfg = one_topic_config(b, "outage");
     create_all(&cfg, 1);
     let spec = Spec {
         customers: 200,

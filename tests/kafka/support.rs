@@ -157,6 +157,18 @@ pub fn config(bootstrap: &str, test: &str) -> Config {
     c
 }
 
+/// [`config`] with every family on one topic and no allowed lateness: the live run
+/// then sees events in one order, as replay reads a file, and replay's end-of-input
+/// advance adds nothing the live run lacks.
+pub fn one_topic_config(bootstrap: &str, test: &str) -> Config {
+    let mut c = config(bootstrap, test);
+    let one = c.kafka.topics.orders.clone();
+    c.kafka.topics.support_tickets = one.clone();
+    c.kafka.topics.engagement = one;
+    c.engine.allowed_lateness_secs = 0;
+    c
+}
+
 /// Creates topics with the given partition counts.
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -251,8 +263,8 @@ pub fn produce(bootstrap: &str, recs: &[Rec]) {
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
-/// Reads `topic` from the beginning until `want` messages arrived or `timeout` passed.
-pub fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
+/// A consumer of `topic` from its beginning, in a group of its own.
+fn reader(bootstrap: &str, topic: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -261,6 +273,12 @@ pub fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec
         .create()
         .unwrap();
     c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// Reads `topic` from the beginning until `want` messages arrived or `timeout` passed.
+pub fn read(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let c = reader(bootstrap, topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
@@ -278,14 +296,7 @@ pub fn read_until_quiet(
     quiet: Duration,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c = reader(bootstrap, topic);
     let deadline = Instant::now() + timeout;
     let mut last = Instant::now();
     let mut out = Vec::new();
