@@ -106,9 +106,29 @@ pub fn install() -> PrometheusHandle {
             // application); the handle then renders nothing, which is all we can do.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register();
             handle
         })
         .clone()
+}
+
+/// Label-less counters and gauges start at zero, so that `rate()` and `absent()` in
+/// alert rules see them from the first scrape, before anything happened.
+fn register() {
+    use names::*;
+    for c in [
+        LATE_EVENTS,
+        DUPLICATE_EVENTS,
+        COMMIT_FAILURES,
+        MAX_POLL_EXCEEDED,
+        PRODUCER_QUEUE_FULL,
+        IDLE_ADVANCES,
+    ] {
+        counter!(c).absolute(0);
+    }
+    for g in [ASSIGNED_PARTITIONS, BACKPRESSURE, READY] {
+        gauge!(g).set(0.0);
+    }
 }
 
 fn describe() {

@@ -489,6 +489,13 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
     assert!(!log.contains(SECRET), "a secret reached the log");
     assert!(!metrics.contains(SECRET), "a secret reached /metrics");
     assert!(!metrics.contains("customer_id") && !metrics.contains("cust-0"));
+    // Counters of rare conditions exist from the start, at zero.
+    for zero in [
+        "churnsignal_commit_failures_total 0",
+        "churnsignal_consumer_max_poll_exceeded_total 0",
+    ] {
+        assert!(metrics.contains(zero), "{zero} missing");
+    }
     // What was committed was processed: a second run takes over exactly from there.
     let done: i64 = committed(b, &cfg.kafka.group_id, &t.orders, 2)
         .iter()
@@ -594,4 +601,33 @@ fn a_rebalance_keeps_the_state_of_partitions_that_come_back_unmoved() {
             .all(|(c, b)| orders_of(c) == Some(if *b { 1 } else { 7 }))
     });
     a.stop().unwrap();
+}
+
+#[test]
+fn alerts_can_be_protobuf_with_their_content_type() {
+    use churnsignal::proto::v1 as pb;
+    use prost::Message as _;
+    let b = shared_bootstrap();
+    let mut cfg = config(b, "pbalerts");
+    cfg.kafka.alerts_format = churnsignal::kafka::records::AlertFormat::Protobuf;
+    create_all(&cfg, 1);
+    let t = &cfg.kafka.topics;
+    produce(
+        b,
+        &[Rec::new(&t.engagement, "acme", nps("e1", "acme", 2, 1))],
+    );
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    let got = read(b, &t.alerts, 1, WAIT);
+    service.stop().unwrap();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(
+        header(m, "content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
+    let a = pb::Alert::decode(m.payload().unwrap()).expect("a churnsignal.v1.Alert");
+    assert_eq!(a.customer_id, "acme");
+    assert_eq!(a.status(), pb::AlertStatus::Open);
+    assert_eq!(a.sequence, 1);
+    assert_eq!(a.signals[0].signal, "nps_detractor");
 }
