@@ -515,3 +515,111 @@ fn late_events_within_the_ring_are_applied_and_counted_or_dropped_by_policy() {
         );
     }
 }
+
+// ---------------------------------------------------------------- merged sources
+
+/// Two sources merged by a caller, as a Kafka partition's topics are: the orders source
+/// races ahead while the engagement source lags (a consumer catching up after a restart).
+#[test]
+fn a_watermark_capped_by_the_lagging_source_keeps_its_events_on_time_and_silence_unjudged() {
+    use churnsignal::engine::{Engine, Outcome};
+    use churnsignal::event::{Event, EventKind};
+    use std::borrow::Cow;
+    fn ev(id: String, customer: &str, day: f64, kind: EventKind<'static>) -> Event<'static> {
+        Event {
+            event_id: Cow::Owned(id),
+            customer_id: Cow::Owned(customer.to_owned()),
+            occurred_at: crate::scenario::at(day),
+            kind,
+        }
+    }
+    let order = |d: u32| {
+        ev(
+            format!("o{d}"),
+            "buyer",
+            f64::from(d) + 0.4,
+            EventKind::OrderPlaced {
+                order_id: Cow::Owned(format!("o{d}")),
+                amount: 100.0,
+                discount_pct: 0.0,
+            },
+        )
+    };
+    let login = |d: u32| {
+        ev(
+            format!("l{d}"),
+            "reader",
+            f64::from(d) + 0.5,
+            EventKind::Engagement {
+                kind: Cow::Borrowed("login"),
+            },
+        )
+    };
+    struct Merge {
+        engine: Engine,
+        capped: bool,
+        orders_max: i64,
+        logins_max: i64,
+        alerts: Vec<churnsignal::alert::Alert>,
+        late: u32,
+    }
+    impl Merge {
+        fn apply(&mut self, x: Event<'static>, orders: bool) {
+            let t = x.occurred_at.0;
+            if orders {
+                self.orders_max = self.orders_max.max(t);
+            } else {
+                self.logins_max = self.logins_max.max(t);
+            }
+            if self.capped {
+                let lateness = Config::default().engine.lateness_ms();
+                let limit = self
+                    .orders_max
+                    .min(self.logins_max)
+                    .saturating_sub(lateness);
+                self.engine
+                    .set_watermark_limit(Some(churnsignal::time::Timestamp(limit)));
+            }
+            if self.engine.apply_into(&x, &mut self.alerts) == Outcome::AppliedLate {
+                self.late += 1;
+            }
+        }
+    }
+    let run = |capped: bool| {
+        let mut m = Merge {
+            engine: Engine::new(Config::default()),
+            capped,
+            orders_max: i64::MIN,
+            logins_max: i64::MIN,
+            alerts: Vec::new(),
+            late: 0,
+        };
+        // Both sources up to day 10 ...
+        for d in 0..10 {
+            m.apply(order(d), true);
+            m.apply(login(d), false);
+        }
+        // ... then 90 days of orders arrive before the logins of those days.
+        for d in 10..100 {
+            m.apply(order(d), true);
+        }
+        let before_catch_up: Vec<String> = m.alerts.iter().map(|a| a.customer_id.clone()).collect();
+        for d in 10..100 {
+            m.apply(login(d), false);
+        }
+        (before_catch_up, m.late)
+    };
+    let (alerted, late) = run(true);
+    assert!(
+        alerted.is_empty(),
+        "capped: the reader's logins are not in yet, so their silence is not judged: {alerted:?}"
+    );
+    assert_eq!(late, 0, "capped: the lagging source's events are on time");
+    let (alerted, late) = run(false);
+    assert!(
+        alerted.contains(&"reader".to_owned()),
+        "uncapped, the reader looks silent while the orders race ahead"
+    );
+    // (the last login, at noon of day 99, comes after the last order of that morning)
+    assert_eq!(late, 89, "uncapped, the lagging logins are late");
+}

@@ -104,6 +104,8 @@ pub struct Engine {
     tiers: Tiers,
     max_event_time: Timestamp,
     stream_time: Timestamp,
+    /// The most the watermark may be, set by a caller that merges several sources.
+    watermark_limit: Timestamp,
     stats: Stats,
 }
 
@@ -119,6 +121,7 @@ impl Engine {
             tiers: Tiers::default(),
             max_event_time: NEVER,
             stream_time: NEVER,
+            watermark_limit: Timestamp(i64::MAX),
             stats: Stats::default(),
         }
     }
@@ -201,6 +204,16 @@ impl Engine {
         idx
     }
 
+    /// Caps the watermark that events raise: a caller merging several sources (the
+    /// three input topics of a Kafka partition) sets the minimum over its sources of
+    /// their latest event time minus the allowed lateness, so that a source behind the
+    /// others (a topic still catching up) does not see its events turn late, nor
+    /// silence-driven signals fire before its events are in. `None` lifts the cap.
+    /// [`Engine::advance_to`] is not capped.
+    pub fn set_watermark_limit(&mut self, limit: Option<Timestamp>) {
+        self.watermark_limit = limit.unwrap_or(Timestamp(i64::MAX));
+    }
+
     /// Applies one event; alert changes go to `out`.
     pub fn apply_into(&mut self, e: &Event<'_>, out: &mut Vec<Alert>) -> Outcome {
         self.apply_hashed(e, index::hash(&e.customer_id), out)
@@ -232,7 +245,7 @@ impl Engine {
                 .0
                 .saturating_sub(self.cfg.engine.lateness_ms()),
         );
-        self.stream_time = self.stream_time.max(watermark);
+        self.stream_time = self.stream_time.max(watermark.min(self.watermark_limit));
 
         let now = t.max(self.stream_time);
         let c = &self.customers[idx];

@@ -126,7 +126,44 @@ struct PartitionEngine {
     last_event: Instant,
 }
 
+impl PartitionEngine {
+    /// Stream time is the minimum over the partition's input topics of their latest
+    /// event time, minus the allowed lateness: a topic behind the others (catching up
+    /// after a restart: the consumer fetches topics by bytes, not by time) keeps its
+    /// events on time and holds back silence-driven signals until it is in. Topics with
+    /// no event yet, and topics idle for `idle`, do not hold it back.
+    fn cap_watermark(
+        &mut self,
+        topic: usize,
+        t: Timestamp,
+        now: Instant,
+        idle: Duration,
+        lateness: i64,
+    ) {
+        if let Some(i) = self.inputs.get_mut(&topic) {
+            i.max_time = i.max_time.max(t.0);
+            i.last_event = now;
+        }
+        let limit = self
+            .inputs
+            .values()
+            .filter(|i| {
+                i.active
+                    && i.max_time != i64::MIN
+                    && now.saturating_duration_since(i.last_event) < idle
+            })
+            .map(|i| i.max_time)
+            .min();
+        self.engine
+            .set_watermark_limit(limit.map(|m| Timestamp(m.saturating_sub(lateness))));
+    }
+}
+
 struct Input {
+    /// Latest event time seen on this input (`i64::MIN` before the first).
+    max_time: i64,
+    /// When its latest event arrived.
+    last_event: Instant,
     progress: Arc<Mutex<PartitionProgress>>,
     epoch: u64,
     /// The next offset to apply: what was applied before a rebalance is skipped after it.
@@ -269,6 +306,7 @@ impl Worker {
             }
             let pe = self.engines.get_mut(&a.partition).expect("inserted");
             let next = pe.inputs.get(&a.topic).and_then(|i| i.next);
+            let max_time = pe.inputs.get(&a.topic).map_or(i64::MIN, |i| i.max_time);
             let stale = matches!((a.committed, next), (Some(c), Some(n)) if c > n);
             if stale {
                 tracing::info!(
@@ -279,11 +317,14 @@ impl Worker {
                 pe.engine = Engine::new(self.cfg.as_ref().clone());
                 for i in pe.inputs.values_mut() {
                     i.next = None;
+                    i.max_time = i64::MIN;
                 }
             }
             pe.inputs.insert(
                 a.topic,
                 Input {
+                    max_time: if stale { i64::MIN } else { max_time },
+                    last_event: Instant::now(),
                     progress: a.progress,
                     epoch,
                     next: if stale { None } else { next },
@@ -329,6 +370,9 @@ impl Worker {
                     .or_insert_with(|| telemetry::events_consumed(&topic.name, ty))
                     .increment(1);
                 self.alerts.clear();
+                let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
+                let lateness = self.cfg.engine.lateness_ms();
+                pe.cap_watermark(m.topic, event.occurred_at, instant, idle, lateness);
                 match pe.engine.apply_into(&event, &mut self.alerts) {
                     Outcome::Duplicate => self.duplicate.increment(1),
                     Outcome::AppliedLate | Outcome::DroppedLate => self.late.increment(1),
