@@ -4,5 +4,6 @@ mod accuracy;
 mod kafka;
 mod properties;
 mod replay;
+mod restore;
 mod scenario;
 mod scenarios;

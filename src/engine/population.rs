@@ -279,6 +279,71 @@ impl Population {
     }
 }
 
+impl LogHistogram {
+    pub(crate) fn encode(&self, w: &mut super::codec::Writer<'_>) {
+        for c in self.counts {
+            w.u32(c);
+        }
+        w.u32(self.total);
+    }
+
+    pub(crate) fn decode(
+        r: &mut super::codec::Reader<'_>,
+    ) -> Result<LogHistogram, super::codec::CodecError> {
+        let mut h = LogHistogram::default();
+        for c in &mut h.counts {
+            *c = r.u32()?;
+        }
+        h.total = r.u32()?;
+        Ok(h)
+    }
+}
+
+impl Population {
+    /// Its state; the prefix-sum cache is left out (a pure function of the rest),
+    /// the day's priors are kept (they are computed once a day, not on every change).
+    pub(crate) fn encode(&self, w: &mut super::codec::Writer<'_>) {
+        for v in self.orders.iter().chain(self.engagement.iter()) {
+            w.f64(*v);
+        }
+        w.i64(self.head_day);
+        w.i64(self.first_day);
+        self.cadence.encode(w);
+        self.second_order_gap.encode(w);
+        match self.priors {
+            Some((d, (a, b))) => {
+                w.u8(1);
+                w.i64(d);
+                w.f64(a);
+                w.f64(b);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    pub(crate) fn decode(
+        r: &mut super::codec::Reader<'_>,
+    ) -> Result<Population, super::codec::CodecError> {
+        let mut p = Population::default();
+        for v in p.orders.iter_mut() {
+            *v = r.f64()?;
+        }
+        for v in p.engagement.iter_mut() {
+            *v = r.f64()?;
+        }
+        p.head_day = r.i64()?;
+        p.first_day = r.i64()?;
+        p.cadence = LogHistogram::decode(r)?;
+        p.second_order_gap = LogHistogram::decode(r)?;
+        p.priors = if r.bool()? {
+            Some((r.i64()?, (r.f64()?, r.f64()?)))
+        } else {
+            None
+        };
+        Ok(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,6 +244,95 @@ impl Customer {
     }
 }
 
+use super::codec::{CodecError, Reader, Writer};
+
+impl Customer {
+    /// Appends this customer's state record (version byte first) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer::start(out);
+        w.str(&self.id);
+        self.ring.encode(&mut w);
+        for t in [
+            self.first_seen,
+            self.last_seen,
+            self.first_order,
+            self.second_order,
+            self.last_order,
+            self.last_engagement,
+            self.nps_at,
+            self.scheduled,
+        ] {
+            w.i64(t.0);
+        }
+        w.u32(self.orders_total);
+        w.u8(self.nps);
+        w.u16(self.value_bin);
+        w.u8(self.gap_bin);
+        for fp in self.dedup.fps {
+            w.u32(fp);
+        }
+        w.u8(self.dedup.next);
+        for (a, b) in self.tickets.slots {
+            w.u32(a);
+            w.u32(b);
+        }
+        w.u8(self.tickets.overflow);
+        let e = &self.episode;
+        w.u64(e.alert_id);
+        w.i64(e.last_alert_at.0);
+        w.u16(e.sequence);
+        w.u8(e.active);
+        w.u8(e.announced);
+        w.u8(e.announced_risk);
+        w.u8(u8::from(e.open));
+    }
+
+    /// A customer from its state record.
+    pub fn decode(bytes: &[u8]) -> Result<Customer, CodecError> {
+        let mut r = Reader::start(bytes)?;
+        let id = r.str()?;
+        let mut c = Customer::new(id);
+        c.ring = super::window::Ring::decode(&mut r)?;
+        for t in [
+            &mut c.first_seen,
+            &mut c.last_seen,
+            &mut c.first_order,
+            &mut c.second_order,
+            &mut c.last_order,
+            &mut c.last_engagement,
+            &mut c.nps_at,
+            &mut c.scheduled,
+        ] {
+            *t = Timestamp(r.i64()?);
+        }
+        c.orders_total = r.u32()?;
+        c.nps = r.u8()?;
+        c.value_bin = r.u16()?;
+        c.gap_bin = r.u8()?;
+        for fp in &mut c.dedup.fps {
+            *fp = r.u32()?;
+        }
+        c.dedup.next = r.u8()?;
+        if c.dedup.next as usize >= DEDUP_SLOTS {
+            return Err(CodecError::Invalid("dedup position out of range"));
+        }
+        for slot in &mut c.tickets.slots {
+            *slot = (r.u32()?, r.u32()?);
+        }
+        c.tickets.overflow = r.u8()?;
+        let e = &mut c.episode;
+        e.alert_id = r.u64()?;
+        e.last_alert_at = Timestamp(r.i64()?);
+        e.sequence = r.u16()?;
+        e.active = r.u8()?;
+        e.announced = r.u8()?;
+        e.announced_risk = r.u8()?;
+        e.open = r.bool()?;
+        r.end()?;
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,6 +150,31 @@ impl Tiers {
     }
 }
 
+impl Tiers {
+    pub(crate) fn encode(&self, w: &mut super::codec::Writer<'_>) {
+        for v in self.counts.iter().chain(self.above.iter()) {
+            w.u32(*v);
+        }
+        w.u32(self.total);
+        w.u32(self.dirty);
+    }
+
+    pub(crate) fn decode(
+        r: &mut super::codec::Reader<'_>,
+    ) -> Result<Tiers, super::codec::CodecError> {
+        let mut t = Tiers::default();
+        for v in t.counts.iter_mut() {
+            *v = r.u32()?;
+        }
+        for v in t.above.iter_mut() {
+            *v = r.u32()?;
+        }
+        t.total = r.u32()?;
+        t.dirty = r.u32()?;
+        Ok(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,6 +104,40 @@ pub struct Ring {
     head: i32,
 }
 
+impl Ring {
+    pub(crate) fn encode(&self, w: &mut super::codec::Writer<'_>) {
+        w.i32(self.head);
+        for b in &self.buckets {
+            w.f32(b.value);
+            w.f32(b.discount_value);
+            w.u16(b.orders);
+            w.u16(b.engagement);
+            w.u8(b.requests);
+            w.u8(b.tickets);
+            w.u8(b.trouble);
+        }
+    }
+
+    pub(crate) fn decode(
+        r: &mut super::codec::Reader<'_>,
+    ) -> Result<Ring, super::codec::CodecError> {
+        let mut ring = Ring {
+            head: r.i32()?,
+            ..Ring::default()
+        };
+        for b in &mut ring.buckets {
+            b.value = r.f32()?;
+            b.discount_value = r.f32()?;
+            b.orders = r.u16()?;
+            b.engagement = r.u16()?;
+            b.requests = r.u8()?;
+            b.tickets = r.u8()?;
+            b.trouble = r.u8()?;
+        }
+        Ok(ring)
+    }
+}
+
 impl Default for Ring {
     fn default() -> Self {
         Ring {

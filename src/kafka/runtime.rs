@@ -948,26 +948,45 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<()
         ("alerts", &t.alerts),
         ("dead_letters", &t.dead_letters),
     ] {
-        let md = consumer
-            .fetch_metadata(Some(name), timeout)
-            .map_err(|e| RunError::Metadata {
-                topic: name.clone(),
-                brokers: k.brokers.clone(),
-                message: e.to_string(),
-            })?;
-        let Some(mt) = md.topics().iter().find(|x| x.name() == name) else {
-            return Err(RunError::MissingTopic {
-                topic: name.clone(),
-                role,
-            });
+        // A topic created moments ago may not be known to every broker yet, or have no
+        // leader yet: such answers are asked again for a few seconds (leaderless
+        // partitions until the startup timeout) before the topic counts as missing.
+        let asked = Instant::now();
+        let partitions = loop {
+            let md =
+                consumer
+                    .fetch_metadata(Some(name), timeout)
+                    .map_err(|e| RunError::Metadata {
+                        topic: name.clone(),
+                        brokers: k.brokers.clone(),
+                        message: e.to_string(),
+                    })?;
+            let found = md
+                .topics()
+                .iter()
+                .find(|x| x.name() == name)
+                .and_then(|mt| {
+                    (mt.error().is_none() && !mt.partitions().is_empty()).then(|| {
+                        let leaderless = mt.partitions().iter().any(|p| p.leader() < 0);
+                        (mt.partitions().len(), leaderless)
+                    })
+                });
+            let waited = asked.elapsed();
+            match found {
+                Some((n, false)) => break n,
+                Some((n, true)) if waited >= timeout => break n,
+                Some((_, true)) => {}
+                None if waited >= Duration::from_secs(3).min(timeout) => {
+                    return Err(RunError::MissingTopic {
+                        topic: name.clone(),
+                        role,
+                    })
+                }
+                None => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
         };
-        if mt.error().is_some() || mt.partitions().is_empty() {
-            return Err(RunError::MissingTopic {
-                topic: name.clone(),
-                role,
-            });
-        }
-        counts.push((role, name, mt.partitions().len()));
+        counts.push((role, name, partitions));
     }
     let inputs = &counts[..3];
     if inputs.iter().any(|(_, _, n)| *n != inputs[0].2) {
