@@ -64,6 +64,13 @@ pub struct Results {
     pub deadline_entries_per_customer: f64,
     /// `size_of::<Customer>()`.
     pub customer_record_bytes: usize,
+    /// Mean encoded state record of a customer (the changelog's unit), bytes.
+    pub state_record_bytes: f64,
+    /// Customers encoded into state records per second.
+    pub encode_customers_per_sec: f64,
+    /// Customers rebuilt from state records per second (`Engine::restore`: decode,
+    /// index, deadline queue).
+    pub restore_customers_per_sec: f64,
 }
 
 /// Resident set size of this process, bytes (Linux; 0 elsewhere).
@@ -162,6 +169,21 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
     let predecoded = t0.elapsed().as_secs_f64();
     let predecoded_steady = t_half.elapsed().as_secs_f64();
 
+    // 4. state records: encode every customer, then rebuild an engine from them
+    let t0 = Instant::now();
+    let mut engine_record = Vec::new();
+    engine.encode_engine(&mut engine_record);
+    let records: Vec<Vec<u8>> = engine.encode_customers().collect();
+    let encode = t0.elapsed().as_secs_f64();
+    let record_bytes = records.iter().map(Vec::len).sum::<usize>() as f64;
+    drop(engine);
+    let t0 = Instant::now();
+    let rebuilt = Engine::restore(cfg.clone(), &engine_record, &records)
+        .expect("records the engine just wrote decode");
+    let restore = t0.elapsed().as_secs_f64();
+    assert_eq!(rebuilt.customers(), records.len());
+    drop(rebuilt);
+
     let per_customer = |b: f64| {
         if customers > 0 {
             b / customers as f64
@@ -187,6 +209,9 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
         rss_bytes_per_customer: per_customer(rss_after.saturating_sub(rss_before) as f64),
         deadline_entries_per_customer: per_customer(queued as f64),
         customer_record_bytes: std::mem::size_of::<crate::engine::state::Customer>(),
+        state_record_bytes: record_bytes / records.len().max(1) as f64,
+        encode_customers_per_sec: records.len() as f64 / encode,
+        restore_customers_per_sec: records.len() as f64 / restore,
     }
 }
 
@@ -199,7 +224,8 @@ impl Results {
              \x20 apply only     : {:>12.0} events/s overall, {:>12.0} events/s steady (pre-decoded)\n\
              \x20 decode only    : {:>12.0} events/s\n\
              \x20 alerts         : {}\n\
-             \x20 memory         : {:.0} bytes/customer resident, {:.0} bytes/customer accounted ({} per record, {:.2} deadline entries per customer)",
+             \x20 memory         : {:.0} bytes/customer resident, {:.0} bytes/customer accounted ({} per record, {:.2} deadline entries per customer)\n\
+             \x20 state records  : {:.0} bytes/customer; encode {:.0} customers/s, restore {:.0} customers/s",
             self.events,
             self.customers,
             self.days,
@@ -213,7 +239,10 @@ impl Results {
             self.rss_bytes_per_customer,
             self.state_bytes_per_customer,
             self.customer_record_bytes,
-            self.deadline_entries_per_customer
+            self.deadline_entries_per_customer,
+            self.state_record_bytes,
+            self.encode_customers_per_sec,
+            self.restore_customers_per_sec
         )
     }
 }
