@@ -132,14 +132,19 @@ launch() {
   wait_port "$(cat "$state/port")"
 }
 
-# Stops the broker but keeps its data, for `resume` (a broker restart).
-halt() {
-  running || die "no broker running in $state"
+# Stops the running broker: SIGTERM (a clean shutdown), SIGKILL after 30 s.
+terminate() {
   local pid deadline=$((SECONDS + 30))
   pid="$(cat "$state/pid")"
   kill "$pid"
   while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
   kill -9 "$pid" 2>/dev/null || true
+}
+
+# Stops the broker but keeps its data, for `resume` (a broker restart).
+halt() {
+  running || die "no broker running in $state"
+  terminate
   rm -f "$state/pid"
 }
 
@@ -152,13 +157,7 @@ resume() {
 }
 
 stop() {
-  if running; then
-    local pid deadline=$((SECONDS + 30))
-    pid="$(cat "$state/pid")"
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+  if running; then terminate; fi
   rm -rf "$state"
 }
 
