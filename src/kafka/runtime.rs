@@ -427,18 +427,19 @@ impl Shared {
                 continue;
             };
             let progress = Arc::new(Mutex::new(PartitionProgress::default()));
+            let committed = committed_of(e.topic(), e.partition());
             tracked.insert(
                 (t, e.partition()),
                 Tracked {
                     progress: progress.clone(),
-                    committed: -1,
+                    committed: committed.unwrap_or(-1),
                 },
             );
             per_worker[self.worker_of(e.partition(), n)].push(Assigned {
                 topic: t,
                 partition: e.partition(),
                 progress,
-                committed: committed_of(e.topic(), e.partition()),
+                committed,
             });
         }
         self.status.assigned.store(tracked.len(), Ordering::Relaxed);
