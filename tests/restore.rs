@@ -97,3 +97,34 @@ proptest! {
         let _ = Engine::restore(Config::default(), &bytes, std::iter::empty::<Vec<u8>>());
     }
 }
+
+#[test]
+fn every_customer_whose_record_changes_is_reported_changed_once() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let all = events(21);
+    let mut e = Engine::new(Config::default());
+    let records = |e: &Engine| -> BTreeMap<String, Vec<u8>> {
+        e.encode_customers()
+            .map(|r| (Customer::decode(&r).unwrap().id.to_string(), r))
+            .collect()
+    };
+    let mut before = records(&e);
+    let mut out = Vec::new();
+    let mut reported_fewer_than_all = false;
+    for chunk in all.chunks(all.len() / 40) {
+        e.apply_batch(chunk, &mut out);
+        let mut changed: Vec<String> = Vec::new();
+        e.take_changed(|id, _| changed.push(id.to_owned()));
+        let set: BTreeSet<&String> = changed.iter().collect();
+        assert_eq!(set.len(), changed.len(), "each customer once");
+        let after = records(&e);
+        for (id, rec) in &after {
+            if before.get(id) != Some(rec) {
+                assert!(set.contains(id), "{id} changed but was not reported");
+            }
+        }
+        reported_fewer_than_all |= set.len() < after.len();
+        before = after;
+    }
+    assert!(reported_fewer_than_all, "quiet customers are not reported");
+}

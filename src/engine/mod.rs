@@ -107,6 +107,10 @@ pub struct Engine {
     stream_time: Timestamp,
     /// The most the watermark may be, set by a caller that merges several sources.
     watermark_limit: Timestamp,
+    /// Customers whose state changed since [`Engine::take_changed`]: a bit per
+    /// customer, and the list of those set.
+    changed_bits: Vec<u64>,
+    changed: Vec<u32>,
     stats: Stats,
 }
 
@@ -123,6 +127,8 @@ impl Engine {
             max_event_time: NEVER,
             stream_time: NEVER,
             watermark_limit: Timestamp(i64::MAX),
+            changed_bits: Vec::new(),
+            changed: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -202,6 +208,7 @@ impl Engine {
         self.index
             .insert(hash, idx as u32, |i| index::hash(&customers[i as usize].id));
         self.tiers.insert();
+        self.touch(idx);
         idx
     }
 
@@ -463,7 +470,31 @@ impl Engine {
     }
 
     /// Updates state for one event (everything but evaluation).
+    /// Notes that customer `idx`'s state changed.
+    fn touch(&mut self, idx: usize) {
+        let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+        if word >= self.changed_bits.len() {
+            self.changed_bits.resize(word + 1, 0);
+        }
+        if self.changed_bits[word] & bit == 0 {
+            self.changed_bits[word] |= bit;
+            self.changed.push(idx as u32);
+        }
+    }
+
+    /// The ids of the customers whose state changed since the last call (each once, in
+    /// the order they first changed): what a changelog must write. A new customer
+    /// counts as changed.
+    pub fn take_changed(&mut self, mut f: impl FnMut(&str, &Customer)) {
+        for idx in self.changed.drain(..) {
+            let c = &self.customers[idx as usize];
+            f(&c.id, c);
+        }
+        self.changed_bits.iter_mut().for_each(|w| *w = 0);
+    }
+
     fn record(&mut self, idx: usize, e: &Event<'_>, fp: u32) {
+        self.touch(idx);
         let t = e.occurred_at;
         let width = self.cfg.engine.bucket_ms();
         let c = &mut self.customers[idx];
@@ -607,6 +638,7 @@ impl Engine {
 
     /// Counts a customer's trailing revenue in the value tiers; returns their bin.
     fn register_revenue(&mut self, idx: usize, revenue: f64) -> u16 {
+        self.touch(idx);
         let bin = self.tiers.update(self.customers[idx].value_bin, revenue);
         self.customers[idx].value_bin = bin;
         bin
@@ -655,6 +687,7 @@ impl Engine {
         event_id: Option<&str>,
         out: &mut Vec<Alert>,
     ) {
+        self.touch(idx);
         let ev = self.evaluate(idx, now);
         let rules = self.rules();
         let c = &mut self.customers[idx];
