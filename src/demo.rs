@@ -76,13 +76,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
     cfg.kafka.group_id = "churnsignal-demo".into();
     cfg.http.listen = "127.0.0.1:0".into();
     let t = cfg.kafka.topics.clone();
-    for name in [
-        &t.orders,
-        &t.support_tickets,
-        &t.engagement,
-        &t.alerts,
-        &t.dead_letters,
-    ] {
+    for name in t.distinct() {
         mock.create_topic(name, 2, 1)
             .map_err(|e| format!("create topic {name}: {e}"))?;
     }

@@ -119,6 +119,31 @@ pub struct InputTopic {
     pub encoding: Encoding,
 }
 
+impl TopicsConfig {
+    /// Every configured topic with its role (`orders`, ..., `dead_letters`); a name
+    /// shared by several families appears once per family.
+    pub fn with_roles(&self) -> [(&'static str, &str); 5] {
+        [
+            ("orders", &self.orders),
+            ("support_tickets", &self.support_tickets),
+            ("engagement", &self.engagement),
+            ("alerts", &self.alerts),
+            ("dead_letters", &self.dead_letters),
+        ]
+    }
+
+    /// The distinct topic names, inputs first: what has to exist.
+    pub fn distinct(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::with_capacity(5);
+        for (_, n) in self.with_roles() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+    }
+}
+
 impl KafkaConfig {
     /// The distinct input topics, in configuration order. Families configured with the
     /// same topic name share it (all events on one topic is a valid setup).
@@ -510,6 +535,11 @@ mod tests {
         assert_eq!(inputs.len(), 2);
         assert_eq!(inputs[0].name, "events");
         assert_eq!(inputs[0].families.len(), 2);
+        assert_eq!(
+            c.kafka.topics.distinct(),
+            vec!["events", "eng", "churn-alerts", "churn-dead-letters"],
+            "each topic once, inputs first"
+        );
         let err = Config::from_toml("[kafka.topics]\nalerts = \"orders\"\n").unwrap_err();
         assert!(err.to_string().contains("kafka.topics"), "{err}");
     }

@@ -940,15 +940,8 @@ impl http::Probe for Probe {
 fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<(), RunError> {
     let k = &cfg.kafka;
     let timeout = Duration::from_secs(k.startup_timeout_secs);
-    let t = &k.topics;
     let mut counts: Vec<(&'static str, &str, usize)> = Vec::new();
-    for (role, name) in [
-        ("orders", &t.orders),
-        ("support_tickets", &t.support_tickets),
-        ("engagement", &t.engagement),
-        ("alerts", &t.alerts),
-        ("dead_letters", &t.dead_letters),
-    ] {
+    for (role, name) in k.topics.with_roles() {
         // A topic created moments ago may not be known to every broker yet, or have no
         // leader yet: such answers are asked again for a few seconds (leaderless
         // partitions until the startup timeout) before the topic counts as missing.
@@ -958,7 +951,7 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<()
                 consumer
                     .fetch_metadata(Some(name), timeout)
                     .map_err(|e| RunError::Metadata {
-                        topic: name.clone(),
+                        topic: name.to_owned(),
                         brokers: k.brokers.clone(),
                         message: e.to_string(),
                     })?;
@@ -979,7 +972,7 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<()
                 Some((_, true)) => {}
                 None if waited >= Duration::from_secs(3).min(timeout) => {
                     return Err(RunError::MissingTopic {
-                        topic: name.clone(),
+                        topic: name.to_owned(),
                         role,
                     })
                 }

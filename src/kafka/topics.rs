@@ -24,10 +24,7 @@ pub async fn create(
     client.set("bootstrap.servers", &cfg.brokers);
     let admin: AdminClient<DefaultClientContext> =
         client.create().map_err(|e| format!("admin client: {e}"))?;
-    let inputs = cfg.input_topics();
-    let mut names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
-    names.push(&cfg.topics.alerts);
-    names.push(&cfg.topics.dead_letters);
+    let names = cfg.topics.distinct();
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))

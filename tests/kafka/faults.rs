@@ -22,14 +22,7 @@ fn mock_setup(
 ) {
     let mock = MockCluster::new(1).unwrap();
     let cfg = config(&mock.bootstrap_servers(), test);
-    let t = &cfg.kafka.topics;
-    for name in [
-        &t.orders,
-        &t.support_tickets,
-        &t.engagement,
-        &t.alerts,
-        &t.dead_letters,
-    ] {
+    for name in cfg.kafka.topics.distinct() {
         mock.create_topic(name, partitions, 1).unwrap();
     }
     (mock, cfg)

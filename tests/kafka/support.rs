@@ -193,14 +193,13 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
 
 /// Creates the five topics of `c`, every one with `partitions`.
 pub fn create_all(c: &Config, partitions: i32) {
-    let t = &c.kafka.topics;
-    let mut names: Vec<&str> = vec![&t.orders, &t.support_tickets, &t.engagement];
-    names.dedup();
-    names.sort();
-    names.dedup();
-    names.push(&t.alerts);
-    names.push(&t.dead_letters);
-    let list: Vec<(&str, i32)> = names.into_iter().map(|n| (n, partitions)).collect();
+    let list: Vec<(&str, i32)> = c
+        .kafka
+        .topics
+        .distinct()
+        .into_iter()
+        .map(|n| (n, partitions))
+        .collect();
     create_topics(&c.kafka.brokers, &list);
 }
 
