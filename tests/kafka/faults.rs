@@ -34,14 +34,41 @@ fn valid(i: u32) -> Vec<u8> {
 
 #[test]
 fn no_offset_is_committed_ahead_of_a_record_the_broker_refused() {
-    let (mock, cfg) = mock_setup("refused", 1);
-    let t = cfg.kafka.topics.clone();
-    // 50 valid events, one poison (its dead letter is the only record produced), 50 more.
+    // One poison among valid orders: its dead letter is the only record produced.
+    let c = committed_after_refusal("refused-dead", |t| &t.orders, valid, b"{poison".to_vec());
+    // Everything before the poison is committed; the poison, whose dead letter was
+    // never acknowledged, and all after it are not.
+    assert_eq!(c, Some(50));
+}
+
+#[test]
+fn no_offset_is_committed_ahead_of_an_alert_the_broker_refused() {
+    // One detractor answer among logins: its alert is the only record produced.
+    let login = |i: u32| {
+        format!(r#"{{"event_id":"l{i}","customer_id":"acme","type":"engagement.login","occurred_at":"2026-03-01T10:00:00Z"}}"#).into_bytes()
+    };
+    let nps = br#"{"event_id":"n","customer_id":"acme","type":"engagement.nps","occurred_at":"2026-03-01T11:00:00Z","score":2}"#;
+    let c = committed_after_refusal("refused-alert", |t| &t.engagement, login, nps.to_vec());
+    // The answer whose alert was never acknowledged, and all after it, stay uncommitted.
+    assert_eq!(c, Some(50));
+}
+
+/// 50 events of `valid`, then `refused` (the one input that produces a record), then 50
+/// more, all on one partition of `topic`; every produce request is refused for good.
+/// Returns the group's committed offset after the run failed.
+fn committed_after_refusal(
+    test: &str,
+    topic: impl Fn(&churnsignal::config::TopicsConfig) -> &String,
+    valid: impl Fn(u32) -> Vec<u8>,
+    refused: Vec<u8>,
+) -> Option<i64> {
+    let (mock, cfg) = mock_setup(test, 1);
+    let topic = topic(&cfg.kafka.topics).clone();
     let mut recs: Vec<Rec> = (0..50)
-        .map(|i| Rec::new(&t.orders, "acme", valid(i)))
+        .map(|i| Rec::new(&topic, "acme", valid(i)))
         .collect();
-    recs.push(Rec::new(&t.orders, "acme", &b"{poison"[..]));
-    recs.extend((51..101).map(|i| Rec::new(&t.orders, "acme", valid(i))));
+    recs.push(Rec::new(&topic, "acme", refused));
+    recs.extend((51..101).map(|i| Rec::new(&topic, "acme", valid(i))));
     produce(&mock.bootstrap_servers(), &recs);
     // From now on every produce request is refused for good.
     mock.request_errors(
@@ -55,10 +82,7 @@ fn no_offset_is_committed_ahead_of_a_record_the_broker_refused() {
     let err = service.stop().expect_err("the run fails");
     assert!(matches!(err, RunError::Failed(_)), "{err}");
     assert!(err.to_string().contains("refused"), "{err}");
-    let c = committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 1)[0];
-    // Everything before the poison is committed; the poison, whose dead letter was
-    // never acknowledged, and all after it are not.
-    assert_eq!(c, Some(50));
+    committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &topic, 1)[0]
 }
 
 #[test]
