@@ -128,3 +128,140 @@ fn every_customer_whose_record_changes_is_reported_changed_once() {
     }
     assert!(reported_fewer_than_all, "quiet customers are not reported");
 }
+
+#[test]
+fn restored_in_another_customer_order_the_engine_gives_the_same_alerts_and_records() {
+    // A changelog hands customers back in key order, not in the order the engine met them.
+    let cfg = Config::default();
+    let all = events(17);
+    let cut = all.len() / 2;
+    let mut original = Engine::new(cfg.clone());
+    original.apply_batch(&all[..cut], &mut Vec::new());
+    let mut engine_record = Vec::new();
+    original.encode_engine(&mut engine_record);
+    let mut customers: Vec<Vec<u8>> = original.encode_customers().collect();
+    customers.sort_by_key(|r| Customer::decode(r).unwrap().id.to_string());
+    customers.reverse();
+    let mut rebuilt = Engine::restore(cfg, &engine_record, &customers).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    original.apply_batch(&all[cut..], &mut a);
+    rebuilt.apply_batch(&all[cut..], &mut b);
+    a.extend(original.finish());
+    b.extend(rebuilt.finish());
+    let key = |v: &[churnsignal::alert::Alert]| {
+        let mut k: Vec<String> = v.iter().map(|a| a.to_json()).collect();
+        k.sort();
+        k
+    };
+    assert!(a.len() > 20);
+    assert_eq!(key(&a), key(&b));
+    let snap =
+        |e: &mut Engine| -> Vec<String> { e.snapshot().iter().map(|r| r.to_json()).collect() };
+    assert_eq!(snap(&mut original), snap(&mut rebuilt));
+}
+
+mod eviction {
+    use super::*;
+    use churnsignal::time::{Timestamp, DAY_MS};
+    use std::borrow::Cow;
+
+    const DAY0: i64 = 1_767_571_200_000;
+
+    fn order(id: &str, customer: &str, day: i64) -> Event<'static> {
+        Event {
+            event_id: Cow::Owned(id.to_owned()),
+            customer_id: Cow::Owned(customer.to_owned()),
+            occurred_at: Timestamp(DAY0 + day * DAY_MS),
+            kind: churnsignal::event::EventKind::OrderPlaced {
+                order_id: Cow::Owned(id.to_owned()),
+                amount: 10.0,
+                discount_pct: 0.0,
+            },
+        }
+    }
+
+    fn cfg(days: u32, cap: u64) -> Config {
+        let mut c = Config::default();
+        c.engine.evict_after_days = days;
+        c.engine.max_customers = cap;
+        c
+    }
+
+    fn evicted(e: &mut Engine) -> Vec<String> {
+        let mut v = Vec::new();
+        e.take_evicted(|id| v.push(id.to_owned()));
+        v
+    }
+
+    #[test]
+    fn a_customer_silent_past_the_horizon_is_forgotten_and_comes_back_fresh() {
+        let mut e = Engine::new(cfg(112, 0));
+        let mut out = Vec::new();
+        // "gone" orders twice, then stops; "steady" orders every week for 300 days
+        e.apply_batch(&[order("g1", "gone", 0), order("g2", "gone", 7)], &mut out);
+        for d in (0..300).step_by(7) {
+            e.apply_batch(&[order(&format!("s{d}"), "steady", d)], &mut out);
+        }
+        assert_eq!(evicted(&mut e), vec!["gone".to_owned()]);
+        assert_eq!(e.customers(), 1);
+        assert_eq!(e.stats().evicted_idle, 1);
+        assert!(e.health_record("gone").is_none());
+        let created = e.stats().customers_created;
+        e.apply_batch(&[order("g3", "gone", 301)], &mut out);
+        assert_eq!(e.stats().customers_created, created + 1, "counted as new");
+        let rec = e.health_record("gone").unwrap();
+        assert_eq!(rec.windows.orders_total, 1, "starts afresh");
+        // its changelog record comes after the tombstone
+        let mut changed = Vec::new();
+        e.take_changed(|id, _| changed.push(id.to_owned()));
+        assert!(changed.contains(&"gone".to_owned()));
+    }
+
+    #[test]
+    fn at_the_cap_the_least_recently_active_customer_goes_first() {
+        let mut e = Engine::new(cfg(0, 3));
+        let mut out = Vec::new();
+        for (i, c) in ["a", "b", "c"].iter().enumerate() {
+            e.apply_batch(&[order(&format!("x{i}"), c, i as i64)], &mut out);
+        }
+        // "a" is active again: "b" is now the least recent
+        e.apply_batch(&[order("x3", "a", 3)], &mut out);
+        evicted(&mut e);
+        e.apply_batch(&[order("x4", "d", 4)], &mut out);
+        assert_eq!(evicted(&mut e), vec!["b".to_owned()]);
+        assert_eq!(e.customers(), 3);
+        assert_eq!(e.stats().evicted_cap, 1);
+        for c in ["a", "c", "d"] {
+            assert!(e.health_record(c).is_some(), "{c} kept");
+        }
+    }
+
+    #[test]
+    fn eviction_is_the_same_in_an_engine_restored_midway() {
+        let c = cfg(112, 0);
+        let all: Vec<Event<'static>> = (0..400)
+            .map(|i| {
+                order(
+                    &format!("e{i}"),
+                    &format!("c{}", i % 50 + (i / 100) * 50),
+                    i as i64,
+                )
+            })
+            .collect();
+        let mut original = Engine::new(c.clone());
+        original.apply_batch(&all[..200], &mut Vec::new());
+        let mut rec = Vec::new();
+        original.encode_engine(&mut rec);
+        let customers: Vec<Vec<u8>> = original.encode_customers().collect();
+        let mut rebuilt = Engine::restore(c, &rec, &customers).unwrap();
+        evicted(&mut original);
+        original.apply_batch(&all[200..], &mut Vec::new());
+        rebuilt.apply_batch(&all[200..], &mut Vec::new());
+        let (mut a, mut b) = (evicted(&mut original), evicted(&mut rebuilt));
+        a.sort();
+        b.sort();
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
+        assert_eq!(original.customers(), rebuilt.customers());
+    }
+}

@@ -142,6 +142,12 @@ pub struct EngineConfig {
     /// Skip re-evaluating a customer on events that can only improve their signals
     /// (engagement, orders without discount) while no alert is open for them.
     pub skip_benign_evaluations: bool,
+    /// Customers with no event for this many days are forgotten (0 = never).
+    pub evict_after_days: u32,
+    /// Most customers held at once (0 = no cap); at the cap the least recently active
+    /// customer is forgotten for each new one. The live service divides it among its
+    /// partition engines.
+    pub max_customers: u64,
 }
 
 impl Default for EngineConfig {
@@ -153,6 +159,8 @@ impl Default for EngineConfig {
             allowed_lateness_secs: 3_600,
             late_events: LatePolicy::Apply,
             skip_benign_evaluations: true,
+            evict_after_days: 400,
+            max_customers: 0,
         }
     }
 }
@@ -549,6 +557,16 @@ impl Config {
             16.0 * 1024.0 * 1024.0,
         )?;
         check_range("engine.bucket_days", f64::from(e.bucket_days), 1.0, 28.0)?;
+        if e.evict_after_days != 0 {
+            let min = e.bucket_days * (e.recent_buckets + e.baseline_buckets);
+            check_range(
+                "engine.evict_after_days",
+                f64::from(e.evict_after_days),
+                f64::from(min),
+                36_500.0,
+            )?;
+        }
+        check_range("engine.max_customers", e.max_customers as f64, 0.0, 4e9)?;
         check_range(
             "engine.recent_buckets",
             f64::from(e.recent_buckets),

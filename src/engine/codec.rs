@@ -7,7 +7,7 @@
 //! records continues with exactly the alerts the original would have produced.
 
 /// Version of the record layout.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// A record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

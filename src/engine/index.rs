@@ -97,6 +97,50 @@ impl Index {
         }
     }
 
+    /// Removes position `pos`, stored under hash `h` (backward-shift deletion: the
+    /// entries after it in its probe run move up, so lookups need no tombstones);
+    /// `rehash` gives the hash of an existing position.
+    pub fn remove(&mut self, h: u64, pos: u32, rehash: impl Fn(u32) -> u64) -> bool {
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mask = self.mask();
+        let want = tag(h) | u64::from(pos + 1);
+        let mut i = h as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return false;
+            }
+            if s == want {
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = 0;
+        self.len -= 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.slots[j];
+            if s == 0 {
+                return true;
+            }
+            let home = rehash((s as u32) - 1) as usize & mask;
+            // The entry at j may move to the hole at i if its home is not in (i, j].
+            let between = if i <= j {
+                home > i && home <= j
+            } else {
+                home > i || home <= j
+            };
+            if !between {
+                self.slots[i] = s;
+                self.slots[j] = 0;
+                i = j;
+            }
+        }
+    }
+
     fn put(&mut self, h: u64, pos: u32) {
         let mask = self.mask();
         let mut i = h as usize & mask;
@@ -123,13 +167,22 @@ mod tests {
     use std::collections::HashMap;
 
     proptest! {
-        /// The index answers exactly like a hash map from id to position.
+        /// The index answers exactly like a hash map from id to position, also after
+        /// removals (ids prefixed `-` remove the id if present).
         #[test]
-        fn behaves_like_a_map(ids in prop::collection::vec("[a-z]{1,6}", 0..400), probes in prop::collection::vec("[a-z]{1,6}", 0..50)) {
+        fn behaves_like_a_map(ids in prop::collection::vec("-?[a-z]{1,3}", 0..400), probes in prop::collection::vec("[a-z]{1,3}", 0..50)) {
             let mut names: Vec<String> = Vec::new();
             let mut index = Index::default();
             let mut model: HashMap<String, u32> = HashMap::new();
             for id in ids {
+                if let Some(gone) = id.strip_prefix('-') {
+                    let h = hash(gone);
+                    if let Some(pos) = model.remove(gone) {
+                        prop_assert!(index.remove(h, pos, |p| hash(&names[p as usize])));
+                    }
+                    prop_assert_eq!(index.find(h, |p| names[p as usize] == gone), None);
+                    continue;
+                }
                 let h = hash(&id);
                 let found = index.find(h, |p| names[p as usize] == id);
                 prop_assert_eq!(found, model.get(&id).copied());

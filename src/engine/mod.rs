@@ -25,6 +25,7 @@ use crate::config::{Config, LatePolicy};
 use crate::event::{Category, Event, EventKind};
 use crate::signals::{self, support_tension, Input, PopulationView, Reading, SignalKind};
 use crate::time::Timestamp;
+use compact_str::CompactString;
 use deadlines::Deadlines;
 use lifecycle::{active_mask, Rules, Status};
 use population::{Activity, LogHistogram, Population};
@@ -34,6 +35,9 @@ use tiers::{Tier, Tiers};
 use window::{Added, Delta, Layout, WindowView};
 
 pub use window::RING;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// Window-driven severity from which a customer is re-evaluated once per bucket even
 /// without an open alert. Looking at every active customer each bucket bounds how late
@@ -85,6 +89,12 @@ pub struct Stats {
     pub alerts_escalated: u64,
     /// Resolutions.
     pub alerts_resolved: u64,
+    /// Customers first seen (again, after an eviction).
+    pub customers_created: u64,
+    /// Customers forgotten after `evict_after_days` without events.
+    pub evicted_idle: u64,
+    /// Customers forgotten early because the engine held `max_customers`.
+    pub evicted_cap: u64,
 }
 
 struct Evaluation {
@@ -111,6 +121,14 @@ pub struct Engine {
     /// customer, and the list of those set.
     changed_bits: Vec<u64>,
     changed: Vec<u32>,
+    /// Positions of forgotten customers, reused by new ones.
+    free: Vec<u32>,
+    /// Eviction candidates: (earliest eviction instant ms, position), one per customer.
+    idle: BinaryHeap<Reverse<(i64, u32)>>,
+    /// Ids forgotten since [`Engine::take_changed`].
+    evicted: Vec<CompactString>,
+    /// Most customers held (0 = no cap).
+    max_customers: u64,
     stats: Stats,
 }
 
@@ -118,7 +136,6 @@ impl Engine {
     /// A new engine; `cfg` must be validated ([`Config::load`] does that).
     pub fn new(cfg: Config) -> Engine {
         Engine {
-            cfg,
             customers: Vec::new(),
             index: index::Index::default(),
             deadlines: Deadlines::default(),
@@ -129,7 +146,22 @@ impl Engine {
             watermark_limit: Timestamp(i64::MAX),
             changed_bits: Vec::new(),
             changed: Vec::new(),
+            free: Vec::new(),
+            idle: BinaryHeap::new(),
+            evicted: Vec::new(),
+            max_customers: cfg_max_customers(&cfg),
+            cfg,
             stats: Stats::default(),
+        }
+    }
+
+    /// Sets the most customers held (0 = no cap); the live service gives each partition
+    /// engine its share of the instance's cap.
+    pub fn set_max_customers(&mut self, n: u64) {
+        self.max_customers = n;
+        if n > 0 {
+            let over = (self.customers() as u64).saturating_sub(n);
+            self.evict_oldest(over as usize);
         }
     }
 
@@ -145,7 +177,7 @@ impl Engine {
 
     /// Customers tracked.
     pub fn customers(&self) -> usize {
-        self.customers.len()
+        self.customers.len() - self.free.len()
     }
 
     /// The watermark (`None` before the first event).
@@ -163,6 +195,7 @@ impl Engine {
         self.customers.capacity() * std::mem::size_of::<Customer>()
             + self.index.bytes()
             + self.deadlines.bytes()
+            + self.idle.capacity() * 16
             + self
                 .customers
                 .iter()
@@ -202,14 +235,98 @@ impl Engine {
         if let Some(i) = self.find(hash, id) {
             return i;
         }
-        let idx = self.customers.len();
-        self.customers.push(Customer::new(id));
+        if self.max_customers > 0 && self.customers() as u64 >= self.max_customers {
+            self.evict_oldest(1 + self.customers() - self.max_customers as usize);
+        }
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.customers[i as usize] = Customer::new(id);
+                i as usize
+            }
+            None => {
+                self.customers.push(Customer::new(id));
+                self.customers.len() - 1
+            }
+        };
         let customers = &self.customers;
         self.index
             .insert(hash, idx as u32, |i| index::hash(&customers[i as usize].id));
         self.tiers.insert();
         self.touch(idx);
+        self.stats.customers_created += 1;
+        self.idle.push(Reverse((i64::MIN, idx as u32)));
         idx
+    }
+
+    fn horizon_ms(&self) -> i64 {
+        i64::from(self.cfg.engine.evict_after_days) * crate::time::DAY_MS
+    }
+
+    /// Forgets the customers due for eviction at the current stream time: no event for
+    /// `evict_after_days`, and no open alert unless its silence is part of it.
+    fn evict_due(&mut self) {
+        let horizon = self.horizon_ms();
+        if horizon == 0 || self.stream_time == NEVER {
+            return;
+        }
+        let now = self.stream_time.0;
+        let bucket = self.cfg.engine.bucket_ms();
+        while let Some(&Reverse((due, idx))) = self.idle.peek() {
+            if due > now {
+                return;
+            }
+            self.idle.pop();
+            let c = &self.customers[idx as usize];
+            let eligible = c.last_seen.0.saturating_add(horizon);
+            if eligible > due {
+                // active since: its entry moves to its new instant
+                self.idle.push(Reverse((eligible, idx)));
+                continue;
+            }
+            let silent_alert = c.episode.active & SignalKind::Inactivity.bit() != 0;
+            if c.episode.open && !silent_alert {
+                self.idle.push(Reverse((now.max(due) + bucket, idx)));
+                continue;
+            }
+            self.remove(idx as usize);
+            self.stats.evicted_idle += 1;
+        }
+    }
+
+    /// Forgets the `n` least recently active customers (at the cap).
+    fn evict_oldest(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(Reverse((key, idx))) = self.idle.pop() else {
+                return;
+            };
+            let last = self.customers[idx as usize].last_seen.0;
+            if last > key {
+                self.idle.push(Reverse((last, idx)));
+                continue;
+            }
+            self.remove(idx as usize);
+            self.stats.evicted_cap += 1;
+            n -= 1;
+        }
+    }
+
+    /// Takes customer `idx` out: index, distributions, tiers; its position is reused.
+    fn remove(&mut self, idx: usize) {
+        let c = std::mem::replace(&mut self.customers[idx], Customer::new(""));
+        self.tiers.remove(c.value_bin);
+        if let Some(b) = cadence_bin(&c) {
+            self.population.cadence.remove(b);
+        }
+        if c.gap_bin != 255 {
+            self.population.second_order_gap.remove(c.gap_bin);
+        }
+        let customers = &self.customers;
+        let removed = self.index.remove(index::hash(&c.id), idx as u32, |i| {
+            index::hash(&customers[i as usize].id)
+        });
+        debug_assert!(removed, "an indexed customer");
+        self.free.push(idx as u32);
+        self.evicted.push(c.id);
     }
 
     /// Appends the engine's own state record (stream time, population baseline, value
@@ -231,6 +348,9 @@ impl Engine {
             s.alerts_open,
             s.alerts_escalated,
             s.alerts_resolved,
+            s.customers_created,
+            s.evicted_idle,
+            s.evicted_cap,
         ] {
             w.u64(v);
         }
@@ -240,7 +360,7 @@ impl Engine {
 
     /// The state record of every customer, in the engine's order.
     pub fn encode_customers(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
-        self.customers.iter().map(|c| {
+        self.customers.iter().filter(|c| !c.id.is_empty()).map(|c| {
             let mut out = Vec::with_capacity(448);
             c.encode(&mut out);
             out
@@ -256,6 +376,7 @@ impl Engine {
         customers: impl IntoIterator<Item = B>,
     ) -> Result<Engine, codec::CodecError> {
         let mut e = Engine::new(cfg);
+        let horizon = e.horizon_ms();
         let mut r = codec::Reader::start(engine)?;
         e.max_event_time = Timestamp(r.i64()?);
         e.stream_time = Timestamp(r.i64()?);
@@ -272,6 +393,9 @@ impl Engine {
             &mut s.alerts_open,
             &mut s.alerts_escalated,
             &mut s.alerts_resolved,
+            &mut s.customers_created,
+            &mut s.evicted_idle,
+            &mut s.evicted_cap,
         ] {
             *v = r.u64()?;
         }
@@ -286,6 +410,8 @@ impl Engine {
             }
             let idx = e.customers.len();
             let scheduled = c.scheduled;
+            e.idle
+                .push(Reverse((c.last_seen.0.saturating_add(horizon), idx as u32)));
             e.customers.push(c);
             let customers = &e.customers;
             e.index
@@ -442,6 +568,7 @@ impl Engine {
                 }
             }
             if n == 0 {
+                self.evict_due();
                 return;
             }
             for &(_, idx) in &batch[..n] {
@@ -482,13 +609,24 @@ impl Engine {
         }
     }
 
+    /// The ids of the customers forgotten since the last call (before
+    /// [`Engine::take_changed`], whose records may bring some back): what a changelog
+    /// writes tombstones for.
+    pub fn take_evicted(&mut self, mut f: impl FnMut(&str)) {
+        for id in self.evicted.drain(..) {
+            f(&id);
+        }
+    }
+
     /// The ids of the customers whose state changed since the last call (each once, in
     /// the order they first changed): what a changelog must write. A new customer
     /// counts as changed.
     pub fn take_changed(&mut self, mut f: impl FnMut(&str, &Customer)) {
         for idx in self.changed.drain(..) {
             let c = &self.customers[idx as usize];
-            f(&c.id, c);
+            if !c.id.is_empty() {
+                f(&c.id, c);
+            }
         }
         self.changed_bits.iter_mut().for_each(|w| *w = 0);
     }
@@ -616,7 +754,9 @@ impl Engine {
             observed_since: pop.observed_since(),
             ..PopulationView::default()
         };
-        if cfg.population.enabled && self.customers.len() as u32 >= cfg.population.min_customers {
+        if cfg.population.enabled
+            && (self.customers.len() - self.free.len()) as u32 >= cfg.population.min_customers
+        {
             let m = cfg.population.min_factor;
             v.orders_factor = pop.factor(Activity::Orders, recent_start, now, m);
             v.engagement_factor = pop.factor(Activity::Engagement, recent_start, now, m);
@@ -850,12 +990,15 @@ impl Engine {
         self.population.invalidate();
         self.tiers.refresh();
         // Re-register every revenue first so that tiers reflect the same instant for all.
-        for idx in 0..self.customers.len() {
+        let live: Vec<usize> = (0..self.customers.len())
+            .filter(|i| !self.customers[*i].id.is_empty())
+            .collect();
+        for &idx in &live {
             let now = self.stream_time.max(self.customers[idx].last_seen);
             self.evaluate(idx, now);
         }
         self.tiers.refresh();
-        let mut order: Vec<usize> = (0..self.customers.len()).collect();
+        let mut order = live;
         order.sort_by(|a, b| self.customers[*a].id.cmp(&self.customers[*b].id));
         order.into_iter().map(|i| self.record_of(i)).collect()
     }
@@ -934,6 +1077,10 @@ fn is_benign(kind: &EventKind<'_>) -> bool {
 }
 
 /// A customer's own mean order gap bin (2+ orders), for the population cadence.
+fn cfg_max_customers(cfg: &Config) -> u64 {
+    cfg.engine.max_customers
+}
+
 fn cadence_bin(c: &Customer) -> Option<u8> {
     (c.orders_total >= 2).then(|| {
         LogHistogram::bin_of(c.last_order.days_since(c.first_order) / f64::from(c.orders_total - 1))
