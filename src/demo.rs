@@ -76,7 +76,8 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
     cfg.kafka.group_id = "churnsignal-demo".into();
     cfg.http.listen = "127.0.0.1:0".into();
     let t = cfg.kafka.topics.clone();
-    for name in t.distinct() {
+    // (the mock cluster has no CreateTopics: the changelog is made here too)
+    for name in t.distinct().into_iter().chain([t.changelog.as_str()]) {
         mock.create_topic(name, 2, 1)
             .map_err(|e| format!("create topic {name}: {e}"))?;
     }

@@ -47,6 +47,10 @@ pub struct KafkaConfig {
     pub startup_timeout_secs: u64,
     /// Longest graceful shutdown, seconds.
     pub shutdown_timeout_secs: u64,
+    /// `group.instance.id` (static membership); empty = dynamic membership.
+    pub group_instance_id: String,
+    /// Delivery guarantee and transactions.
+    pub processing: ProcessingConfig,
     /// librdkafka properties for the consumer and the producer (TLS, SASL, ...).
     pub properties: Properties,
     /// librdkafka properties for the consumer only.
@@ -73,6 +77,8 @@ impl Default for KafkaConfig {
             ready_max_lag: 10_000,
             startup_timeout_secs: 30,
             shutdown_timeout_secs: 20,
+            group_instance_id: String::new(),
+            processing: ProcessingConfig::default(),
             properties: Properties::default(),
             consumer_properties: Properties::default(),
             producer_properties: Properties::default(),
@@ -94,6 +100,8 @@ pub struct TopicsConfig {
     pub alerts: String,
     /// Invalid input out.
     pub dead_letters: String,
+    /// The partition engines' state (compacted; created at start when missing).
+    pub changelog: String,
 }
 
 impl Default for TopicsConfig {
@@ -104,6 +112,7 @@ impl Default for TopicsConfig {
             engagement: "engagement".into(),
             alerts: "churn-alerts".into(),
             dead_letters: "churn-dead-letters".into(),
+            changelog: "churnsignal-state".into(),
         }
     }
 }
@@ -183,6 +192,7 @@ impl KafkaConfig {
             ("kafka.topics.engagement", &self.topics.engagement),
             ("kafka.topics.alerts", &self.topics.alerts),
             ("kafka.topics.dead_letters", &self.topics.dead_letters),
+            ("kafka.topics.changelog", &self.topics.changelog),
         ] {
             if v.trim().is_empty() {
                 return Err(invalid(key, "\"\"", "a non-empty string"));
@@ -198,6 +208,23 @@ impl KafkaConfig {
                 ));
             }
         }
+        if self
+            .topics
+            .distinct()
+            .contains(&self.topics.changelog.as_str())
+        {
+            return Err(invalid(
+                "kafka.topics.changelog",
+                format!("\"{}\"", self.topics.changelog),
+                "a topic of its own (it is compacted and holds state records only)",
+            ));
+        }
+        check_range(
+            "kafka.processing.transaction_interval_ms",
+            self.processing.transaction_interval_ms as f64,
+            10.0,
+            60_000.0,
+        )?;
         for i in &inputs {
             if i.families.len() > 1 {
                 let enc = |f: Family| match f {
@@ -255,6 +282,59 @@ impl KafkaConfig {
         }
         Ok(())
     }
+}
+
+/// `[kafka.processing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// `at_least_once` or `exactly_once`.
+    pub guarantee: Guarantee,
+    /// Exactly-once: how often a partition's transaction commits, ms.
+    pub transaction_interval_ms: u64,
+    /// Prefix of the per-partition `transactional.id`s; empty = the group id.
+    pub transactional_id_prefix: String,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            guarantee: Guarantee::AtLeastOnce,
+            transaction_interval_ms: 100,
+            transactional_id_prefix: String::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The `transactional.id` of partition `p`'s producer: fixed per partition, so
+    /// that a new owner fences the old one and aborts what it left open.
+    pub fn transactional_id(&self, partition: i32) -> String {
+        let prefix = match self.processing.transactional_id_prefix.as_str() {
+            "" => self.group_id.as_str(),
+            p => p,
+        };
+        format!("{prefix}-state-{partition}")
+    }
+
+    /// How often a partition engine checkpoints (state, offsets; with exactly-once also
+    /// its outputs), ms.
+    pub fn checkpoint_interval_ms(&self) -> u64 {
+        match self.processing.guarantee {
+            Guarantee::AtLeastOnce => self.commit_interval_ms,
+            Guarantee::ExactlyOnce => self.processing.transaction_interval_ms,
+        }
+    }
+}
+
+/// The delivery guarantee of alerts and dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Produced at once; after a crash, some are produced again (same id and sequence).
+    AtLeastOnce,
+    /// Produced in the partition's transaction with its state and input offsets.
+    ExactlyOnce,
 }
 
 /// Where a partition without a committed offset starts.
@@ -337,7 +417,11 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
         "nothing: co-partitioned topics need the range assignor",
     ),
     ("group.protocol", "nothing: the classic protocol is used"),
-    ("transactional.id", "nothing: not supported yet"),
+    (
+        "transactional.id",
+        "kafka.processing.transactional_id_prefix",
+    ),
+    ("group.instance.id", "kafka.group_instance_id"),
     ("isolation.level", "nothing: read_committed is always used"),
     (
         "statistics.interval.ms",

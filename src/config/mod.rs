@@ -16,8 +16,8 @@ use crate::time::{DAY_MS, SECOND_MS};
 
 mod kafka;
 pub use kafka::{
-    is_secret, EncodingConfig, HttpConfig, InputTopic, KafkaConfig, LogConfig, LogFormat,
-    OffsetReset, Properties, TopicsConfig, OWNED_PROPERTIES,
+    is_secret, EncodingConfig, Guarantee, HttpConfig, InputTopic, KafkaConfig, LogConfig,
+    LogFormat, OffsetReset, ProcessingConfig, Properties, TopicsConfig, OWNED_PROPERTIES,
 };
 
 /// Prefix of environment overrides.

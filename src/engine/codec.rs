@@ -122,6 +122,10 @@ impl<'a> Reader<'a> {
         self.at = end;
         std::str::from_utf8(s).map_err(|_| CodecError::Invalid("a customer id that is not UTF-8"))
     }
+    /// What is left unread (a record nested at the end of another).
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        &self.buf[self.at..]
+    }
     /// The whole record was read.
     pub(crate) fn end(&self) -> Result<(), CodecError> {
         if self.at == self.buf.len() {

@@ -50,6 +50,35 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
+    if !cfg.group_instance_id.is_empty() {
+        c.set("group.instance.id", &cfg.group_instance_id);
+    }
+    c
+}
+
+/// Partition `p`'s transactional producer: its checkpoints (state records and input
+/// offsets; with exactly-once also its alerts and dead letters) commit atomically. Its
+/// `transactional.id` is fixed per partition, so the next owner of the partition fences
+/// this one and aborts whatever it left open. A record not delivered within the
+/// transaction timeout makes the transaction abort (and the partition rewind).
+pub fn transactional_producer_config(cfg: &KafkaConfig, partition: i32) -> ClientConfig {
+    let mut c = producer_config(cfg);
+    c.set("transactional.id", cfg.transactional_id(partition))
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "60000");
+    c
+}
+
+/// The consumer that reads a partition's state back from the changelog: no group,
+/// committed transactions only, and an end-of-partition event to know when it is done.
+pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, &cfg.consumer_properties, CONSUMER_DEFAULTS);
+    c.set("group.id", format!("{}-restore", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
     c
 }
 

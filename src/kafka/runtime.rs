@@ -19,20 +19,18 @@
 //! unreachable the producer queue fills, workers wait, their queues fill, and the
 //! consumer pauses, so memory stays bounded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{
-    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
-};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -40,7 +38,7 @@ use rdkafka::Message;
 
 use super::client::{consumer_config, describe, producer_config};
 use super::offsets::PartitionProgress;
-use super::worker::{Assigned, InMsg, Work, Worker};
+use super::worker::{Assigned, Assignment, InMsg, Work, Worker};
 use crate::config::{Config, InputTopic};
 use crate::telemetry::{self, http};
 
@@ -128,6 +126,8 @@ pub struct Status {
     pub max_queued: AtomicI64,
     /// Highest producer in-flight count seen.
     pub max_producer_in_flight: AtomicI64,
+    /// Partitions restoring their state now.
+    pub restoring: AtomicUsize,
     abandon_after: Mutex<Option<Instant>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
@@ -152,6 +152,7 @@ impl Status {
             queued: AtomicI64::new(0),
             max_queued: AtomicI64::new(0),
             max_producer_in_flight: AtomicI64::new(0),
+            restoring: AtomicUsize::new(0),
             abandon_after: Mutex::new(None),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -258,6 +259,10 @@ impl Status {
         if self.assigned.load(Ordering::Relaxed) == 0 {
             return Err("no partitions assigned".into());
         }
+        let restoring = self.restoring.load(Ordering::Relaxed);
+        if restoring > 0 {
+            return Err(format!("restoring the state of {restoring} partition(s)"));
+        }
         let lag = self.max_lag.load(Ordering::Relaxed);
         if lag < 0 {
             return Err("consumer lag not known yet".into());
@@ -272,14 +277,43 @@ impl Status {
 /// Delivery bookkeeping of one produced record.
 pub(crate) struct Delivery {
     pub progress: Option<Arc<Mutex<PartitionProgress>>>,
+    /// At-least-once: the partition's count of unacknowledged outputs.
+    pub pending: Option<Arc<AtomicI64>>,
     pub offset: i64,
     pub input_ts_ms: i64,
     pub alert: bool,
 }
 
+impl Delivery {
+    /// A record whose delivery nothing waits for one by one (state records: their
+    /// transaction's commit waits for all of them).
+    pub fn untracked() -> Delivery {
+        Delivery {
+            progress: None,
+            pending: None,
+            offset: -1,
+            input_ts_ms: -1,
+            alert: false,
+        }
+    }
+}
+
 /// The producer's context: acknowledges delivered records, routes logs.
 pub(crate) struct ProducerCtx {
     status: Arc<Status>,
+    /// A partition's transactional producer: a failed record fails its transaction,
+    /// which the worker handles; it does not stop the service by itself.
+    transactional: bool,
+}
+
+impl ProducerCtx {
+    /// The context of a partition's transactional producer.
+    pub fn transactional(status: Arc<Status>) -> ProducerCtx {
+        ProducerCtx {
+            status,
+            transactional: true,
+        }
+    }
 }
 
 impl ClientContext for ProducerCtx {
@@ -296,35 +330,53 @@ impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
-        match result {
-            Ok(_) => {
-                if let Some(p) = &d.progress {
-                    if let Err(e) = p.lock().expect("progress lock").acked(d.offset) {
-                        tracing::error!(error = %e, "offset tracking");
-                    }
-                }
-                self.status.acked.fetch_add(1, Ordering::Relaxed);
-                if d.alert && d.input_ts_ms > 0 {
-                    let now = super::worker::wall_now().0;
-                    let ms = (now - d.input_ts_ms).max(0);
-                    telemetry::event_to_alert_latency(ms as f64 / 1000.0);
-                    if let Some(l) = &self.status.latencies_us {
-                        l.lock().expect("latency lock").push(ms as u64 * 1000);
-                    }
-                }
+        self.settle(result);
+        if let Some(p) = &d.pending {
+            // Refused records count as settled too, after the failure is recorded: a
+            // checkpoint never commits past a failure.
+            p.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.acknowledge(result, &d);
+    }
+}
+
+impl ProducerCtx {
+    fn settle(&self, result: &DeliveryResult<'_>) {
+        if let Err((e, msg)) = result {
+            let code = e
+                .rdkafka_error_code()
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "unknown".into());
+            telemetry::produce_error(code);
+            if self.transactional {
+                tracing::warn!(error = %e, topic = msg.topic(), "a record of a transaction failed; the transaction aborts");
+            } else if !self.status.stopping.load(Ordering::Relaxed) {
+                self.status.fail(format!(
+                    "the broker refused a record for {}: {e}; its input offset is not committed",
+                    msg.topic()
+                ));
             }
-            Err((e, msg)) => {
-                let code = e
-                    .rdkafka_error_code()
-                    .map(|c| format!("{c:?}"))
-                    .unwrap_or_else(|| "unknown".into());
-                telemetry::produce_error(code);
-                if !self.status.stopping.load(Ordering::Relaxed) {
-                    self.status.fail(format!(
-                        "the broker refused a record for {}: {e}; its input offset is not committed",
-                        msg.topic()
-                    ));
-                }
+        }
+    }
+
+    fn acknowledge(&self, result: &DeliveryResult<'_>, d: &Delivery) {
+        if result.is_err() {
+            return;
+        }
+        if let Some(p) = &d.progress {
+            if let Err(e) = p.lock().expect("progress lock").acked(d.offset) {
+                tracing::error!(error = %e, "offset tracking");
+            }
+        }
+        if d.alert || d.offset >= 0 {
+            self.status.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        if d.alert && d.input_ts_ms > 0 {
+            let now = super::worker::wall_now().0;
+            let ms = (now - d.input_ts_ms).max(0);
+            telemetry::event_to_alert_latency(ms as f64 / 1000.0);
+            if let Some(l) = &self.status.latencies_us {
+                l.lock().expect("latency lock").push(ms as u64 * 1000);
             }
         }
     }
@@ -351,20 +403,15 @@ fn client_error(error: KafkaError, reason: &str) {
     telemetry::kafka_error(code);
 }
 
-struct Tracked {
-    progress: Arc<Mutex<PartitionProgress>>,
-    /// Last offset the group acknowledged as committed.
-    committed: i64,
-}
-
 /// State shared by the poll thread, the consumer callbacks and the HTTP probe.
 struct Shared {
     cfg: Arc<Config>,
     inputs: Arc<Vec<InputTopic>>,
     status: Arc<Status>,
     workers: Mutex<Vec<SyncSender<Work>>>,
-    tracked: Mutex<BTreeMap<(usize, i32), Tracked>>,
-    epoch: AtomicU64,
+    /// Input topic-partitions assigned.
+    tracked: Mutex<BTreeSet<(usize, i32)>>,
+    epoch: Arc<AtomicU64>,
     producer: ThreadedProducer<ProducerCtx>,
 }
 
@@ -428,13 +475,7 @@ impl Shared {
             };
             let progress = Arc::new(Mutex::new(PartitionProgress::default()));
             let committed = committed_of(e.topic(), e.partition());
-            tracked.insert(
-                (t, e.partition()),
-                Tracked {
-                    progress: progress.clone(),
-                    committed: committed.unwrap_or(-1),
-                },
-            );
+            tracked.insert((t, e.partition()));
             per_worker[self.worker_of(e.partition(), n)].push(Assigned {
                 topic: t,
                 partition: e.partition(),
@@ -444,17 +485,32 @@ impl Shared {
         }
         self.status.assigned.store(tracked.len(), Ordering::Relaxed);
         telemetry::assigned_partitions(tracked.len());
+        let partitions: BTreeSet<i32> = tracked.iter().map(|(_, p)| *p).collect();
         drop(tracked);
+        let cap = self.cfg.engine.max_customers;
+        let cap_share = if cap == 0 {
+            0
+        } else {
+            (cap / partitions.len().max(1) as u64).max(1)
+        };
+        let group = consumer.group_metadata().map(Arc::new);
         tracing::info!(partitions = tpl.count(), "partitions assigned");
         for (w, list) in per_worker.into_iter().enumerate() {
-            if !self.send_to(w, Work::Assign(epoch, list), Duration::from_secs(30)) {
+            let a = Assignment {
+                epoch,
+                list,
+                group: group.clone(),
+                cap_share,
+            };
+            if !self.send_to(w, Work::Assign(a), Duration::from_secs(30)) {
                 tracing::warn!(worker = w, "worker did not take its assignment");
             }
         }
     }
 
-    /// Partitions going away: workers finish what they hold of them, the producer
-    /// delivers, and their acknowledged progress is committed before the group moves them.
+    /// Partitions going away: workers finish what they hold of them and checkpoint
+    /// them (state and offsets, once their outputs are acknowledged) before the group
+    /// moves them.
     fn revoke(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
         telemetry::rebalance("revoke");
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -484,15 +540,10 @@ impl Shared {
         for rx in replies {
             let _ = rx.recv_timeout(wait);
         }
-        if let Err(e) = self.producer.flush(wait) {
-            tracing::warn!(error = %e, "flush before revocation");
-        }
         if consumer.assignment_lost() {
-            // The group already gave the partitions away: a commit would be refused.
-            tracing::warn!("assignment lost; uncommitted progress will be processed again");
-        } else {
-            let set: BTreeSet<(usize, i32)> = gone.iter().copied().collect();
-            self.commit(consumer, Some(&set));
+            // The group already gave the partitions away: their checkpoints were refused
+            // (fenced) or will be; the next owner restores the last committed one.
+            tracing::warn!("assignment lost; input since the last checkpoint is processed again by the next owner");
         }
         let mut tracked = self.tracked.lock().expect("tracked lock");
         for k in &gone {
@@ -501,58 +552,6 @@ impl Shared {
         self.status.assigned.store(tracked.len(), Ordering::Relaxed);
         telemetry::assigned_partitions(tracked.len());
         tracing::info!(partitions = gone.len(), "partitions revoked");
-    }
-
-    /// Commits, synchronously, the acknowledged progress of tracked partitions (of
-    /// `only`, if given) that moved since the last successful commit. Synchronously,
-    /// because librdkafka reports no result for an application's asynchronous commits
-    /// when the client uses the event API (as rdkafka does): failures would go unseen.
-    fn commit(&self, consumer: &BaseConsumer<ConsumerCtx>, only: Option<&BTreeSet<(usize, i32)>>) {
-        let mut tpl = TopicPartitionList::new();
-        {
-            let tracked = self.tracked.lock().expect("tracked lock");
-            for ((t, p), tr) in tracked.iter() {
-                if only.is_some_and(|o| !o.contains(&(*t, *p))) {
-                    continue;
-                }
-                let Some(o) = tr.progress.lock().expect("progress lock").committable() else {
-                    continue;
-                };
-                if o > tr.committed {
-                    let _ = tpl.add_partition_offset(&self.inputs[*t].name, *p, Offset::Offset(o));
-                }
-            }
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        let result = consumer.commit(&tpl, CommitMode::Sync);
-        self.committed(result, &tpl);
-    }
-
-    fn committed(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                telemetry::commit(true);
-                self.status.commits.fetch_add(1, Ordering::Relaxed);
-                let mut tracked = self.tracked.lock().expect("tracked lock");
-                for e in offsets.elements() {
-                    let Some(t) = self.topic_index(e.topic()) else {
-                        continue;
-                    };
-                    if let (Some(tr), Offset::Offset(o)) =
-                        (tracked.get_mut(&(t, e.partition())), e.offset())
-                    {
-                        tr.committed = tr.committed.max(o);
-                    }
-                }
-            }
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                telemetry::commit(false);
-                tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
-            }
-        }
     }
 
     fn lag(&self, stats: &Statistics) {
@@ -629,10 +628,6 @@ impl ConsumerContext for ConsumerCtx {
             self.shared.assign(consumer, tpl);
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        self.shared.committed(result, offsets);
-    }
 }
 
 /// A running service. Stop it with [`Service::stop`].
@@ -701,6 +696,7 @@ impl Service {
         let producer: ThreadedProducer<ProducerCtx> = pcfg
             .create_with_context(ProducerCtx {
                 status: status.clone(),
+                transactional: false,
             })
             .map_err(|e| RunError::Client(e.to_string()))?;
         let per_worker = (k.worker_queue_events / BATCH).max(1);
@@ -716,8 +712,8 @@ impl Service {
             inputs: inputs.clone(),
             status: status.clone(),
             workers: Mutex::new(senders),
-            tracked: Mutex::new(BTreeMap::new()),
-            epoch: AtomicU64::new(0),
+            tracked: Mutex::new(BTreeSet::new()),
+            epoch: Arc::new(AtomicU64::new(0)),
             producer: producer.clone(),
         });
         let ccfg = consumer_config(k);
@@ -727,7 +723,8 @@ impl Service {
                 shared: shared.clone(),
             })
             .map_err(|e| RunError::Client(e.to_string()))?;
-        check_topics(&consumer, &cfg)?;
+        let partitions = check_topics(&consumer, &cfg)?;
+        check_changelog(&consumer, &cfg, partitions)?;
         let names: Vec<&str> = inputs.iter().map(|t| t.name.as_str()).collect();
         consumer
             .subscribe(&names)
@@ -759,6 +756,7 @@ impl Service {
                 inputs.clone(),
                 producer.clone(),
                 status.clone(),
+                shared.epoch.clone(),
             );
             worker_threads.push(
                 std::thread::Builder::new()
@@ -768,22 +766,12 @@ impl Service {
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let consumer = Arc::new(consumer);
-        let (commit_tx, commit_rx) = channel();
-        let committer = {
-            let shared = shared.clone();
-            let consumer = consumer.clone();
-            std::thread::Builder::new()
-                .name("churnsignal-commit".into())
-                .spawn(move || commit_loop(consumer, shared, commit_rx))
-                .map_err(|e| RunError::Failed(e.to_string()))?
-        };
         let poll = {
             let shared = shared.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("churnsignal-consumer".into())
-                .spawn(move || poll_loop(consumer, shared, stop, (commit_tx, committer)))
+                .spawn(move || poll_loop(consumer, shared, stop))
                 .map_err(|e| RunError::Failed(e.to_string()))?
         };
         tracing::info!(
@@ -936,8 +924,66 @@ impl http::Probe for Probe {
     }
 }
 
-/// Every configured topic must exist, and the inputs must have one partition count.
-fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<(), RunError> {
+/// The changelog is created when missing; it must have the inputs' partition count.
+fn check_changelog(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    cfg: &Config,
+    partitions: usize,
+) -> Result<(), RunError> {
+    let k = &cfg.kafka;
+    let name = &k.topics.changelog;
+    let timeout = Duration::from_secs(k.startup_timeout_secs);
+    let started = Instant::now();
+    let mut created = false;
+    loop {
+        let md = consumer
+            .fetch_metadata(Some(name), timeout)
+            .map_err(|e| RunError::Metadata {
+                topic: name.clone(),
+                brokers: k.brokers.clone(),
+                message: e.to_string(),
+            })?;
+        let found = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| {
+                let leaderless = t.partitions().iter().any(|p| p.leader() < 0);
+                (t.partitions().len(), leaderless)
+            });
+        match found {
+            Some((n, _)) if n != partitions => {
+                return Err(RunError::NotCoPartitioned(format!(
+                    "the state changelog {name} has {n} partitions, the inputs {partitions}; it must have the inputs' count"
+                )))
+            }
+            Some((_, false)) => return Ok(()),
+            Some((_, true)) if started.elapsed() >= timeout => return Ok(()),
+            Some(_) => {}
+            None if !created => {
+                let made = super::topics::ensure_changelog(k, partitions as i32, md.brokers().len())
+                    .map_err(RunError::Client)?;
+                if made {
+                    tracing::info!(topic = %name, partitions, "state changelog created (compacted)");
+                }
+                created = true;
+            }
+            None if started.elapsed() >= timeout => {
+                return Err(RunError::MissingTopic {
+                    topic: name.clone(),
+                    role: "changelog",
+                })
+            }
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every configured topic must exist, and the inputs must have one partition count
+/// (returned).
+fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<usize, RunError> {
     let k = &cfg.kafka;
     let timeout = Duration::from_secs(k.startup_timeout_secs);
     let mut counts: Vec<(&'static str, &str, usize)> = Vec::new();
@@ -993,16 +1039,11 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<()
             "{list} partitions; give them the same partition count"
         )));
     }
-    Ok(())
+    Ok(inputs[0].2)
 }
 
 /// The poll thread's loop.
-fn poll_loop(
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    committer: Committer,
-) {
+fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let status = shared.status.clone();
     let n = shared.worker_count();
     let mut batches: Vec<Vec<InMsg>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
@@ -1105,16 +1146,12 @@ fn poll_loop(
                 .fetch_max(inflight, Ordering::Relaxed);
         }
     }
-    shutdown(consumer, &shared, batches, committer);
+    shutdown(consumer, &shared, batches);
 }
 
-/// Drains what was consumed, delivers, commits, leaves the group.
-fn shutdown(
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    shared: &Shared,
-    batches: Vec<Vec<InMsg>>,
-    (committer, committer_thread): Committer,
-) {
+/// Drains what was consumed, checkpoints (state, offsets) once outputs are
+/// acknowledged, leaves the group.
+fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<Vec<InMsg>>) {
     let cfg = &shared.cfg.kafka;
     let start = Instant::now();
     let budget = Duration::from_secs(cfg.shutdown_timeout_secs);
@@ -1155,18 +1192,6 @@ fn shutdown(
     }
     // Workers end when their channels close.
     shared.workers.lock().expect("workers lock").clear();
-    // The final commit, by the committer thread, waited for at most what is left: a
-    // synchronous commit to an unreachable broker would block past the deadline.
-    let (tx, rx) = sync_channel(1);
-    if committer.send(Some(tx)).is_ok() && rx.recv_timeout(left()).is_err() {
-        tracing::warn!("final commit not confirmed in time; uncommitted input is processed again after restart");
-    }
-    drop(committer);
-    // The consumer leaves the group when its last handle goes: here, after the
-    // committer thread let go of its own, so that the goodbye is not left to chance.
-    while !committer_thread.is_finished() && !left().is_zero() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     shared.tracked.lock().expect("tracked lock").clear();
     shared.status.assigned.store(0, Ordering::Relaxed);
     telemetry::assigned_partitions(0);
@@ -1176,29 +1201,4 @@ fn shutdown(
         "consumer closing"
     );
     drop(consumer);
-}
-
-/// The committer thread's command channel and handle.
-type Committer = (Sender<Option<SyncSender<()>>>, JoinHandle<()>);
-
-/// The committer thread: every `commit_interval_ms`, and when asked (with a reply
-/// channel), commits acknowledged progress synchronously. Ends when its channel closes.
-fn commit_loop(
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
-    shared: Arc<Shared>,
-    rx: Receiver<Option<SyncSender<()>>>,
-) {
-    let every = Duration::from_millis(shared.cfg.kafka.commit_interval_ms);
-    loop {
-        match rx.recv_timeout(every) {
-            Ok(reply) => {
-                shared.commit(&consumer, None);
-                if let Some(r) = reply {
-                    let _ = r.send(());
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => shared.commit(&consumer, None),
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
 }

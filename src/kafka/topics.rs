@@ -1,6 +1,6 @@
 //! Creating churnsignal's topics (for the demo, benchmarks, tests and
-//! `churnsignal create-topics`): the input topics co-partitioned, the outputs with the
-//! same count, existing topics left as they are.
+//! `churnsignal create-topics`): the input topics co-partitioned, the outputs and the
+//! compacted state changelog with the same count, existing topics left as they are.
 
 use std::time::Duration;
 
@@ -25,10 +25,11 @@ pub async fn create(
     let admin: AdminClient<DefaultClientContext> =
         client.create().map_err(|e| format!("admin client: {e}"))?;
     let names = cfg.topics.distinct();
-    let new: Vec<NewTopic<'_>> = names
+    let mut new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
         .collect();
+    new.push(changelog_topic(cfg, partitions, replication));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&new, &opts)
@@ -43,4 +44,64 @@ pub async fn create(
         }
     }
     Ok(created)
+}
+
+/// The changelog's settings: compacted (one record per customer survives), in segments
+/// small enough that the cleaner keeps up, cleaned when a quarter is dirty: a restore
+/// reads little more than the live state.
+pub const CHANGELOG_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "67108864"),
+    ("min.cleanable.dirty.ratio", "0.25"),
+];
+
+fn changelog_topic(cfg: &KafkaConfig, partitions: i32, replication: i32) -> NewTopic<'_> {
+    let mut t = NewTopic::new(
+        &cfg.topics.changelog,
+        partitions,
+        TopicReplication::Fixed(replication),
+    );
+    for (k, v) in CHANGELOG_CONFIG {
+        t = t.set(k, v);
+    }
+    t
+}
+
+/// Creates the changelog if it is missing (at start of `run`), with `partitions`
+/// partitions and the replication of the brokers' default (capped by the cluster size).
+/// Blocking; runs the admin request on a thread of its own.
+pub fn ensure_changelog(
+    cfg: &KafkaConfig,
+    partitions: i32,
+    brokers: usize,
+) -> Result<bool, String> {
+    let cfg = cfg.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut client = rdkafka::ClientConfig::new();
+            for (k, v) in cfg.properties.pairs() {
+                client.set(k, v);
+            }
+            client.set("bootstrap.servers", &cfg.brokers);
+            let admin: AdminClient<DefaultClientContext> =
+                client.create().map_err(|e| format!("admin client: {e}"))?;
+            let replication = (brokers as i32).clamp(1, 3);
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+            let results = admin
+                .create_topics(&[changelog_topic(&cfg, partitions, replication)], &opts)
+                .await
+                .map_err(|e| format!("create topic {}: {e}", cfg.topics.changelog))?;
+            match results.into_iter().next() {
+                Some(Ok(_)) => Ok(true),
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+                Some(Err((name, code))) => Err(format!("create topic {name}: {code}")),
+            }
+        })
+    })
+    .join()
+    .map_err(|_| "topic creation thread panicked".to_owned())?
 }

@@ -1,24 +1,44 @@
 //! Worker threads: each owns the partition engines of the partitions that hash to it
 //! (partition number modulo the worker count), so a customer's events, which share a
-//! partition, always meet in one engine on one thread. A worker decodes, validates,
-//! applies, and hands alerts and dead letters to the producer, registering each input
-//! offset's outputs with its partition's commit tracker *before* producing them.
+//! partition, always meet in one engine on one thread. A worker restores a partition's
+//! state from the changelog when it is assigned, then decodes, validates, applies, and
+//! hands alerts and dead letters to the producer, and checkpoints each partition every
+//! interval: changed customer records, the partition record and the input offsets in
+//! one transaction of the partition's own transactional producer.
+//!
+//! At-least-once: alerts and dead letters go out at once through the shared idempotent
+//! producer; a checkpoint waits until every one of its partition's is acknowledged, so
+//! the offsets it commits never run ahead of an unacknowledged output. Exactly-once:
+//! they go in the partition's transaction, visible to `read_committed` readers when
+//! the checkpoint commits.
+//!
+//! Transactional API errors are handled by class, as librdkafka documents: retriable
+//! ones are retried, abortable ones abort the transaction and rewind the partition
+//! (state restored from the changelog, the input since the last checkpoint, which the
+//! worker keeps, processed again), fatal ones (fenced: another instance owns the
+//! partition now) stop the service.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
-use rdkafka::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 
+use super::changelog::{self, encode_partition_record, ENGINE_KEY};
+use super::client::transactional_producer_config;
 use super::offsets::PartitionProgress;
 use super::records::{alert_record, dead_letter_record, OutRecord, Source};
 use super::runtime::{Delivery, ProducerCtx, Status};
 use crate::alert::{Alert, HealthRecord};
-use crate::config::{Config, InputTopic};
+use crate::config::{Config, Guarantee, InputTopic};
 use crate::decode::wire::decode_message;
 use crate::decode::{DecodeError, Limits, Reason};
 use crate::engine::{Engine, Outcome};
@@ -108,14 +128,30 @@ pub(crate) struct Assigned {
 pub(crate) enum Work {
     /// Process these messages.
     Batch(Vec<InMsg>),
-    /// These topic-partitions are now ours (possibly none: then parked engines go).
-    Assign(u64, Vec<Assigned>),
-    /// These topic-partitions are no longer ours; reply when done.
+    /// These topic-partitions are now ours: restore, then process.
+    Assign(Assignment),
+    /// These topic-partitions are no longer ours: checkpoint, drop; reply when done.
     Revoke(Vec<(usize, i32)>, SyncSender<()>),
     /// A customer's health record.
     Query(String, SyncSender<Option<HealthRecord>>),
-    /// Everything before this is processed; reply.
+    /// Checkpoint everything (shutdown); reply.
     Drain(SyncSender<()>),
+}
+
+/// A worker's share of a new assignment.
+pub(crate) struct Assignment {
+    pub epoch: u64,
+    pub list: Vec<Assigned>,
+    /// The group's metadata for offsets sent to transactions (fences zombies).
+    pub group: Option<Arc<ConsumerGroupMetadata>>,
+    /// Customers each partition engine may hold (the instance cap shared; 0 = no cap).
+    pub cap_share: u64,
+}
+
+/// A partition's transactional producer.
+struct Txn {
+    producer: ThreadedProducer<ProducerCtx>,
+    open: bool,
 }
 
 /// A partition engine: one engine for partition `p` of every input topic.
@@ -124,6 +160,15 @@ struct PartitionEngine {
     /// Per input topic of this partition: tracker, epoch, and the next offset to apply.
     inputs: BTreeMap<usize, Input>,
     last_event: Instant,
+    txn: Txn,
+    /// Input processed since the last checkpoint: processed again after an abort.
+    replay: Vec<InMsg>,
+    /// Something changed since the last checkpoint.
+    dirty: bool,
+    /// At-least-once outputs not acknowledged yet.
+    pending: Arc<AtomicI64>,
+    /// Eviction counters already reported.
+    evicted: (u64, u64),
 }
 
 impl PartitionEngine {
@@ -166,10 +211,21 @@ struct Input {
     last_event: Instant,
     progress: Arc<Mutex<PartitionProgress>>,
     epoch: u64,
-    /// The next offset to apply: what was applied before a rebalance is skipped after it.
+    /// The next offset to apply: what the state already holds is skipped.
     next: Option<i64>,
-    /// Assigned now (a revoked input keeps `next` in case it comes back).
+    /// Assigned now.
     active: bool,
+}
+
+/// A transactional call that did not succeed.
+#[derive(Debug)]
+enum TxnFailure {
+    /// The transaction must be aborted (and the partition rewound).
+    Abortable(String),
+    /// The producer is unusable (fenced: another instance owns the partition).
+    Fatal(String),
+    /// Shutdown gave up waiting.
+    Abandoned,
 }
 
 pub(crate) struct Worker {
@@ -178,9 +234,11 @@ pub(crate) struct Worker {
     pub inputs: Arc<Vec<InputTopic>>,
     pub producer: ThreadedProducer<ProducerCtx>,
     pub status: Arc<Status>,
+    /// The rebalance epoch (a restore of an older epoch is cancelled).
+    epoch: Arc<AtomicU64>,
+    group: Option<Arc<ConsumerGroupMetadata>>,
+    cap_share: u64,
     engines: BTreeMap<i32, PartitionEngine>,
-    /// Revoked engines, kept until the next assignment says whether they come back.
-    parked: BTreeMap<i32, PartitionEngine>,
     consumed: BTreeMap<(usize, &'static str), Counter>,
     dead: BTreeMap<(usize, &'static str), Counter>,
     late: Counter,
@@ -189,6 +247,9 @@ pub(crate) struct Worker {
     alerts: Vec<Alert>,
     out: Vec<OutRecord>,
     last_gauges: Instant,
+    last_checkpoint: Instant,
+    last_cap_warning: Option<Instant>,
+    record: Vec<u8>,
 }
 
 /// How long a worker blocks for work before it looks at idle partitions.
@@ -201,6 +262,7 @@ impl Worker {
         inputs: Arc<Vec<InputTopic>>,
         producer: ThreadedProducer<ProducerCtx>,
         status: Arc<Status>,
+        epoch: Arc<AtomicU64>,
     ) -> Worker {
         Worker {
             id,
@@ -208,8 +270,10 @@ impl Worker {
             inputs,
             producer,
             status,
+            epoch,
+            group: None,
+            cap_share: 0,
             engines: BTreeMap::new(),
-            parked: BTreeMap::new(),
             consumed: BTreeMap::new(),
             dead: BTreeMap::new(),
             late: telemetry::late_events(),
@@ -218,14 +282,22 @@ impl Worker {
             alerts: Vec::new(),
             out: Vec::new(),
             last_gauges: Instant::now(),
+            last_checkpoint: Instant::now(),
+            last_cap_warning: None,
+            record: Vec::with_capacity(512),
         }
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.cfg.kafka.processing.guarantee == Guarantee::ExactlyOnce
     }
 
     /// Runs until the channel closes or the service stops for good.
     pub fn run(mut self, rx: Receiver<Work>) {
         let mut last_tick = Instant::now();
+        let every = Duration::from_millis(self.cfg.kafka.checkpoint_interval_ms());
         loop {
-            match rx.recv_timeout(TICK) {
+            match rx.recv_timeout(TICK.min(every)) {
                 Ok(work) => self.handle(work),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -235,6 +307,13 @@ impl Worker {
             if now.saturating_duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.tick(now);
+            }
+            if now.saturating_duration_since(self.last_checkpoint) >= every {
+                self.last_checkpoint = now;
+                let all: Vec<i32> = self.engines.keys().copied().collect();
+                for p in all {
+                    self.checkpoint(p);
+                }
             }
         }
         for p in self.engines.keys() {
@@ -258,8 +337,9 @@ impl Worker {
                 self.status.processed(events, alerts);
                 self.status.dequeued(n);
             }
-            Work::Assign(epoch, list) => self.assign(epoch, list),
+            Work::Assign(a) => self.assign(a),
             Work::Revoke(list, reply) => {
+                let mut gone = Vec::new();
                 for (topic, partition) in list {
                     let Some(pe) = self.engines.get_mut(&partition) else {
                         continue;
@@ -267,9 +347,16 @@ impl Worker {
                     if let Some(i) = pe.inputs.get_mut(&topic) {
                         i.active = false;
                     }
-                    if pe.inputs.values().all(|i| !i.active) {
-                        let pe = self.engines.remove(&partition).expect("present");
-                        self.parked.insert(partition, pe);
+                    if pe.inputs.values().all(|i| !i.active) && !gone.contains(&partition) {
+                        gone.push(partition);
+                    }
+                }
+                for p in gone {
+                    // Its state goes to the changelog with its offsets; the next owner
+                    // restores it from there.
+                    self.checkpoint(p);
+                    if let Some(pe) = self.engines.remove(&p) {
+                        self.close(p, pe);
                     }
                 }
                 let _ = reply.send(());
@@ -282,59 +369,405 @@ impl Worker {
                 let _ = reply.send(found);
             }
             Work::Drain(reply) => {
+                let all: Vec<i32> = self.engines.keys().copied().collect();
+                for p in all {
+                    self.checkpoint(p);
+                }
                 let _ = reply.send(());
             }
         }
     }
 
-    /// Takes the new assignment. A parked engine comes back only if the group's
-    /// committed offsets are not past what it already applied (nobody else moved the
-    /// partition on meanwhile); it then skips what it already applied. Otherwise the
-    /// partition starts with an empty engine from the committed offset.
-    fn assign(&mut self, epoch: u64, list: Vec<Assigned>) {
-        for a in list {
-            if !self.engines.contains_key(&a.partition) {
-                let pe = match self.parked.remove(&a.partition) {
-                    Some(pe) => pe,
-                    None => PartitionEngine {
-                        engine: Engine::new(self.cfg.as_ref().clone()),
-                        inputs: BTreeMap::new(),
-                        last_event: Instant::now(),
-                    },
-                };
-                self.engines.insert(a.partition, pe);
-            }
-            let pe = self.engines.get_mut(&a.partition).expect("inserted");
-            let next = pe.inputs.get(&a.topic).and_then(|i| i.next);
-            let max_time = pe.inputs.get(&a.topic).map_or(i64::MIN, |i| i.max_time);
-            let stale = matches!((a.committed, next), (Some(c), Some(n)) if c > n);
-            if stale {
-                tracing::info!(
-                    partition = a.partition,
-                    topic = %self.inputs[a.topic].name,
-                    "the group moved past this instance's state of the partition; starting it afresh"
-                );
-                pe.engine = Engine::new(self.cfg.as_ref().clone());
-                for i in pe.inputs.values_mut() {
-                    i.next = None;
-                    i.max_time = i64::MIN;
+    /// A partition leaves: an open transaction (nothing worth keeping: a failed
+    /// checkpoint) is aborted, gauges reset.
+    fn close(&mut self, p: i32, pe: PartitionEngine) {
+        if pe.txn.open {
+            let _ = pe.txn.producer.abort_transaction(Duration::from_secs(5));
+        }
+        telemetry::partition_state(p, 0, 0, None);
+        drop(pe);
+    }
+
+    /// Takes the new assignment: each new partition gets its transactional producer
+    /// (which fences the previous owner and aborts what it left open) and its state
+    /// restored from the changelog before any of its input is processed.
+    fn assign(&mut self, a: Assignment) {
+        self.group = a.group.clone().or(self.group.take());
+        self.cap_share = a.cap_share;
+        let mut by_partition: BTreeMap<i32, Vec<Assigned>> = BTreeMap::new();
+        for x in a.list {
+            by_partition.entry(x.partition).or_default().push(x);
+        }
+        for (p, list) in by_partition {
+            if !self.engines.contains_key(&p) {
+                match self.open_partition(p, a.epoch) {
+                    Ok(pe) => {
+                        self.engines.insert(p, pe);
+                    }
+                    Err(TxnFailure::Abandoned) => continue,
+                    Err(TxnFailure::Abortable(why)) | Err(TxnFailure::Fatal(why)) => {
+                        self.status.fail(format!("partition {p}: {why}"));
+                        continue;
+                    }
                 }
             }
-            pe.inputs.insert(
-                a.topic,
-                Input {
-                    max_time: if stale { i64::MIN } else { max_time },
-                    last_event: Instant::now(),
-                    progress: a.progress,
-                    epoch,
-                    next: if stale { None } else { next },
-                    active: true,
-                },
-            );
+            let pe = self.engines.get_mut(&p).expect("present");
+            if self.cap_share > 0 {
+                pe.engine.set_max_customers(self.cap_share);
+            }
+            for x in list {
+                let next = pe.inputs.get(&x.topic).and_then(|i| i.next);
+                if let (Some(c), Some(n)) = (x.committed, next) {
+                    if c != n {
+                        tracing::warn!(
+                            partition = p,
+                            topic = %self.inputs[x.topic].name,
+                            committed = c,
+                            state = n,
+                            "the group's committed offset differs from the offset the state reflects; the state's wins"
+                        );
+                    }
+                }
+                let max_time = pe.inputs.get(&x.topic).map_or(i64::MIN, |i| i.max_time);
+                pe.inputs.insert(
+                    x.topic,
+                    Input {
+                        max_time,
+                        last_event: Instant::now(),
+                        progress: x.progress,
+                        epoch: a.epoch,
+                        next,
+                        active: true,
+                    },
+                );
+            }
         }
-        // Parked engines that did not come back belong to someone else now.
-        for (p, _) in std::mem::take(&mut self.parked) {
+    }
+
+    /// Creates partition `p`'s producer and restores its state.
+    fn open_partition(&mut self, p: i32, epoch: u64) -> Result<PartitionEngine, TxnFailure> {
+        let pcfg = transactional_producer_config(&self.cfg.kafka, p);
+        let producer: ThreadedProducer<ProducerCtx> = pcfg
+            .create_with_context(ProducerCtx::transactional(self.status.clone()))
+            .map_err(|e| TxnFailure::Fatal(format!("transactional producer: {e}")))?;
+        let timeout = Duration::from_secs(self.cfg.kafka.startup_timeout_secs);
+        self.txn_call("init_transactions", || producer.init_transactions(timeout))?;
+        telemetry::restoring(1.0);
+        self.status.restoring.fetch_add(1, Ordering::SeqCst);
+        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
+        let restored = changelog::restore(&self.cfg, p, || {
+            status.beat(1 + id);
+            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
+        });
+        self.status.restoring.fetch_sub(1, Ordering::SeqCst);
+        telemetry::restoring(-1.0);
+        let r = match restored {
+            Ok(r) => r,
+            Err(changelog::RestoreError::Cancelled) => {
+                tracing::info!(partition = p, "restore cancelled: the partition moved on");
+                return Err(TxnFailure::Abandoned);
+            }
+            Err(e) => return Err(TxnFailure::Fatal(e.to_string())),
+        };
+        let secs = r.elapsed.as_secs_f64();
+        tracing::info!(
+            partition = p,
+            customers = r.engine.customers(),
+            records = r.records,
+            seconds = secs,
+            customers_per_second = (r.engine.customers() as f64 / secs.max(1e-6)) as u64,
+            "state restored"
+        );
+        let mut inputs = BTreeMap::new();
+        for (name, next) in &r.positions {
+            if let Some(t) = self.inputs.iter().position(|i| &i.name == name) {
+                inputs.insert(
+                    t,
+                    Input {
+                        max_time: i64::MIN,
+                        last_event: Instant::now(),
+                        progress: Arc::new(Mutex::new(PartitionProgress::default())),
+                        epoch,
+                        next: Some(*next),
+                        active: false,
+                    },
+                );
+            }
+        }
+        let evicted = (r.engine.stats().evicted_idle, r.engine.stats().evicted_cap);
+        Ok(PartitionEngine {
+            engine: r.engine,
+            inputs,
+            last_event: Instant::now(),
+            txn: Txn {
+                producer,
+                open: false,
+            },
+            replay: Vec::new(),
+            dirty: false,
+            pending: Arc::new(AtomicI64::new(0)),
+            evicted,
+        })
+    }
+
+    /// Runs a transactional API call: retriable errors are retried (until shutdown gives
+    /// up), abortable and fatal ones are returned by class.
+    fn txn_call<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> KafkaResult<T>,
+    ) -> Result<T, TxnFailure> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(KafkaError::Transaction(e)) => {
+                    if e.is_fatal() {
+                        telemetry::transaction_error("fatal");
+                        return Err(TxnFailure::Fatal(format!("{what}: {e}")));
+                    }
+                    if e.txn_requires_abort() {
+                        telemetry::transaction_error("abortable");
+                        return Err(TxnFailure::Abortable(format!("{what}: {e}")));
+                    }
+                    if !e.is_retriable() {
+                        telemetry::transaction_error("abortable");
+                        return Err(TxnFailure::Abortable(format!("{what}: {e}")));
+                    }
+                    telemetry::transaction_error("retriable");
+                    tracing::warn!(error = %e, "{what}: retrying");
+                }
+                Err(e) => {
+                    telemetry::transaction_error("abortable");
+                    return Err(TxnFailure::Abortable(format!("{what}: {e}")));
+                }
+            }
+            if self.status.abandon_sends() {
+                return Err(TxnFailure::Abandoned);
+            }
+            self.status.beat(1 + self.id);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Opens partition `p`'s transaction if it is not open.
+    fn begin(&mut self, p: i32) -> Result<(), TxnFailure> {
+        let Some(pe) = self.engines.get(&p) else {
+            return Ok(());
+        };
+        if pe.txn.open {
+            return Ok(());
+        }
+        let producer = pe.txn.producer.clone();
+        self.txn_call("begin_transaction", || producer.begin_transaction())?;
+        if let Some(pe) = self.engines.get_mut(&p) {
+            pe.txn.open = true;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints partition `p` if anything changed; handles failures by class.
+    fn checkpoint(&mut self, p: i32) {
+        match self.try_checkpoint(p) {
+            Ok(()) | Err(TxnFailure::Abandoned) => {}
+            Err(TxnFailure::Abortable(why)) => {
+                tracing::warn!(partition = p, error = %why, "checkpoint aborted; rewinding the partition");
+                self.rewind(p);
+            }
+            Err(TxnFailure::Fatal(why)) => self.fatal(p, why),
+        }
+    }
+
+    fn fatal(&mut self, p: i32, why: String) {
+        if let Some(pe) = self.engines.remove(&p) {
             telemetry::partition_state(p, 0, 0, None);
+            drop(pe);
+        }
+        self.status.fail(format!(
+            "partition {p}: {why} (fenced: another instance owns the partition now, or its transactional id is shared)"
+        ));
+    }
+
+    fn try_checkpoint(&mut self, p: i32) -> Result<(), TxnFailure> {
+        let eos = self.exactly_once();
+        let Some(pe) = self.engines.get(&p) else {
+            return Ok(());
+        };
+        if !pe.dirty && !pe.txn.open {
+            return Ok(());
+        }
+        let Some(group) = self.group.clone() else {
+            return Ok(());
+        };
+        if !eos {
+            // Every output of the input this checkpoint covers must be acknowledged
+            // before its offsets commit.
+            let pending = pe.pending.clone();
+            while pending.load(Ordering::Acquire) > 0 {
+                if self.status.abandon_sends() {
+                    return Err(TxnFailure::Abandoned);
+                }
+                self.status.beat(1 + self.id);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if self.status.failure().is_some() {
+                return Err(TxnFailure::Abandoned);
+            }
+        }
+        self.begin(p)?;
+        let pe = self.engines.get_mut(&p).expect("present");
+        let topic = self.cfg.kafka.topics.changelog.clone();
+        let producer = pe.txn.producer.clone();
+        let (mut tombstones, mut customers) = (0u64, 0u64);
+        let mut failed = None;
+        {
+            let status = &self.status;
+            let queue_full = &self.queue_full;
+            let id = self.id;
+            let mut evicted: Vec<String> = Vec::new();
+            pe.engine.take_evicted(|c| evicted.push(c.to_owned()));
+            for c in &evicted {
+                tombstones += 1;
+                if let Err(e) = send(
+                    &producer,
+                    status,
+                    queue_full,
+                    id,
+                    Out {
+                        topic: &topic,
+                        partition: Some(p),
+                        key: Some(c.as_bytes()),
+                        payload: None,
+                        headers: &[],
+                    },
+                    Box::new(Delivery::untracked()),
+                ) {
+                    failed = Some(e);
+                }
+            }
+            let record = &mut self.record;
+            pe.engine.take_changed(|c, state| {
+                customers += 1;
+                record.clear();
+                state.encode(record);
+                if let Err(e) = send(
+                    &producer,
+                    status,
+                    queue_full,
+                    id,
+                    Out {
+                        topic: &topic,
+                        partition: Some(p),
+                        key: Some(c.as_bytes()),
+                        payload: Some(record),
+                        headers: &[],
+                    },
+                    Box::new(Delivery::untracked()),
+                ) {
+                    failed = Some(e);
+                }
+            });
+        }
+        if let Some(e) = failed {
+            return Err(TxnFailure::Abortable(e));
+        }
+        let names: Vec<(&str, i64)> = pe
+            .inputs
+            .iter()
+            .filter_map(|(t, i)| Some((self.inputs[*t].name.as_str(), i.next?)))
+            .collect();
+        self.record.clear();
+        encode_partition_record(&names, &pe.engine, &mut self.record);
+        send(
+            &producer,
+            &self.status,
+            &self.queue_full,
+            self.id,
+            Out {
+                topic: &topic,
+                partition: Some(p),
+                key: Some(ENGINE_KEY),
+                payload: Some(&self.record),
+                headers: &[],
+            },
+            Box::new(Delivery::untracked()),
+        )
+        .map_err(TxnFailure::Abortable)?;
+        let mut offsets = TopicPartitionList::new();
+        for (name, next) in &names {
+            let _ = offsets.add_partition_offset(name, p, Offset::Offset(*next));
+        }
+        let timeout = Duration::from_secs(30);
+        if offsets.count() > 0 {
+            self.txn_call("send_offsets_to_transaction", || {
+                producer.send_offsets_to_transaction(&offsets, &group, timeout)
+            })?;
+        }
+        self.txn_call("commit_transaction", || {
+            producer.commit_transaction(timeout)
+        })?;
+        let pe = self.engines.get_mut(&p).expect("present");
+        pe.txn.open = false;
+        pe.dirty = false;
+        pe.replay.clear();
+        telemetry::checkpoint(true);
+        telemetry::commit(true);
+        telemetry::state_records("customer", customers);
+        telemetry::state_records("tombstone", tombstones);
+        telemetry::state_records("partition", 1);
+        self.status.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After an abortable error: the transaction is aborted, the state restored from
+    /// the changelog (the last committed checkpoint) and the input since then
+    /// processed again.
+    fn rewind(&mut self, p: i32) {
+        let Some(mut pe) = self.engines.remove(&p) else {
+            return;
+        };
+        telemetry::checkpoint(false);
+        let producer = pe.txn.producer.clone();
+        if pe.txn.open {
+            if let Err(TxnFailure::Fatal(why)) = self.txn_call("abort_transaction", || {
+                producer.abort_transaction(Duration::from_secs(30))
+            }) {
+                return self.fatal(p, why);
+            }
+            pe.txn.open = false;
+        }
+        let replay = std::mem::take(&mut pe.replay);
+        let epoch = pe.inputs.values().map(|i| i.epoch).max().unwrap_or(0);
+        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
+        let restored = changelog::restore(&self.cfg, p, || {
+            status.beat(1 + id);
+            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
+        });
+        let r = match restored {
+            Ok(r) => r,
+            Err(changelog::RestoreError::Cancelled) => return,
+            Err(e) => return self.fatal(p, e.to_string()),
+        };
+        pe.engine = r.engine;
+        if self.cap_share > 0 {
+            pe.engine.set_max_customers(self.cap_share);
+        }
+        for (t, i) in pe.inputs.iter_mut() {
+            i.next = r
+                .positions
+                .iter()
+                .find(|(n, _)| *n == self.inputs[*t].name)
+                .map(|(_, o)| *o);
+            i.max_time = i64::MIN;
+            i.progress = Arc::new(Mutex::new(PartitionProgress::default()));
+        }
+        pe.pending = Arc::new(AtomicI64::new(0));
+        pe.dirty = false;
+        self.engines.insert(p, pe);
+        let now = wall_now();
+        for m in replay {
+            self.process(m, now, Instant::now());
         }
     }
 
@@ -342,8 +775,9 @@ impl Worker {
     fn process(&mut self, m: InMsg, now: Timestamp, instant: Instant) -> Option<u64> {
         let partition = m.partition;
         let offset = m.offset;
+        let eos = self.exactly_once();
         // Revoked meanwhile (the new owner reads it again), polled before a rebalance,
-        // or already applied before one: skipped.
+        // or already in the state: skipped.
         let pe = self.engines.get_mut(&partition)?;
         let input = pe.inputs.get_mut(&m.topic)?;
         if !input.active || input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
@@ -352,6 +786,7 @@ impl Worker {
         input.next = Some(offset + 1);
         let progress = input.progress.clone();
         pe.last_event = instant;
+        pe.dirty = true;
         let topic = &self.inputs[m.topic];
         let limits = Limits {
             max_event_bytes: self.cfg.input.max_event_bytes,
@@ -413,72 +848,124 @@ impl Worker {
         } else {
             self.out.len()
         };
-        if let Err(e) = progress
-            .lock()
-            .expect("progress lock")
-            .processed(offset, self.out.len() as u32)
-        {
-            tracing::error!(error = %e, "offset tracking");
+        if !eos {
+            if let Err(e) = progress
+                .lock()
+                .expect("progress lock")
+                .processed(offset, self.out.len() as u32)
+            {
+                tracing::error!(error = %e, "offset tracking");
+            }
         }
         let ts = m.timestamp_ms;
-        for rec in std::mem::take(&mut self.out) {
-            let dead = is_dead_letter(&rec);
+        let outs = std::mem::take(&mut self.out);
+        for rec in &outs {
+            let dead = is_dead_letter(rec);
             let delivery = Delivery {
-                progress: Some(progress.clone()),
+                progress: (!eos).then(|| progress.clone()),
+                pending: None,
                 offset,
                 input_ts_ms: ts,
                 alert: !dead,
             };
-            let cfg = self.cfg.clone();
-            let topic = if dead {
-                &cfg.kafka.topics.dead_letters
-            } else {
-                &cfg.kafka.topics.alerts
-            };
-            self.produce(topic, rec, delivery);
+            self.emit(partition, rec, delivery, dead);
+        }
+        self.out = outs;
+        self.out.clear();
+        self.note_evictions(partition);
+        if let Some(pe) = self.engines.get_mut(&partition) {
+            pe.replay.push(m);
         }
         Some(n_alerts as u64)
     }
 
-    /// Sends one record, waiting while the producer queue is full (back-pressure). At
-    /// shutdown past the deadline the record is abandoned: its input offset is then
-    /// never committed, so it is produced again after restart.
-    fn produce(&mut self, topic: &str, rec: OutRecord, delivery: Delivery) {
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (k, v) in &rec.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(delivery))
-            .payload(&rec.payload)
-            .headers(headers);
-        if let Some(k) = &rec.key {
-            record = record.key(k);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((e, back)) => {
-                    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-                    if !matches!(
-                        e,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        self.status.fail(format!("cannot produce to {topic}: {e}"));
-                        return;
+    /// Sends an alert or dead letter of partition `p`: in its transaction (exactly-once)
+    /// or through the shared producer, counted as pending until acknowledged.
+    fn emit(&mut self, p: i32, rec: &OutRecord, mut delivery: Delivery, dead: bool) {
+        let cfg = self.cfg.clone();
+        let topic = if dead {
+            &cfg.kafka.topics.dead_letters
+        } else {
+            &cfg.kafka.topics.alerts
+        };
+        let out = Out {
+            topic,
+            partition: None,
+            key: rec.key.as_deref(),
+            payload: Some(&rec.payload),
+            headers: &rec.headers,
+        };
+        if self.exactly_once() {
+            if let Err(f) = self.begin(p) {
+                match f {
+                    TxnFailure::Fatal(why) => self.fatal(p, why),
+                    TxnFailure::Abortable(why) => {
+                        tracing::warn!(partition = p, error = %why, "rewinding");
                     }
-                    if self.status.abandon_sends() {
-                        return;
-                    }
-                    self.queue_full.increment(1);
-                    self.status.beat(1 + self.id);
-                    std::thread::sleep(Duration::from_millis(5));
-                    record = back;
+                    TxnFailure::Abandoned => {}
                 }
+                return;
+            }
+            let Some(pe) = self.engines.get(&p) else {
+                return;
+            };
+            let producer = pe.txn.producer.clone();
+            if let Err(e) = send(
+                &producer,
+                &self.status,
+                &self.queue_full,
+                self.id,
+                out,
+                Box::new(delivery),
+            ) {
+                self.status.fail(e);
+            }
+        } else {
+            let Some(pe) = self.engines.get(&p) else {
+                return;
+            };
+            pe.pending.fetch_add(1, Ordering::AcqRel);
+            delivery.pending = Some(pe.pending.clone());
+            if let Err(e) = send(
+                &self.producer,
+                &self.status,
+                &self.queue_full,
+                self.id,
+                out,
+                Box::new(delivery),
+            ) {
+                self.status.fail(e);
             }
         }
+    }
+
+    /// Reports customers the engine of `p` forgot since the last look.
+    fn note_evictions(&mut self, p: i32) {
+        let Some(pe) = self.engines.get_mut(&p) else {
+            return;
+        };
+        let s = pe.engine.stats();
+        let (idle, cap) = (s.evicted_idle, s.evicted_cap);
+        if idle > pe.evicted.0 {
+            telemetry::customers_evicted("idle", idle - pe.evicted.0);
+        }
+        if cap > pe.evicted.1 {
+            telemetry::customers_evicted("cap", cap - pe.evicted.1);
+            let now = Instant::now();
+            if self
+                .last_cap_warning
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
+                self.last_cap_warning = Some(now);
+                tracing::warn!(
+                    partition = p,
+                    cap = self.cap_share,
+                    evicted = cap,
+                    "customer cap reached (engine.max_customers shared among this instance's partitions): the least recently active customers are forgotten early"
+                );
+            }
+        }
+        pe.evicted = (idle, cap);
     }
 
     /// Idle partitions: after `idle_timeout_secs` without events, the wall clock stands
@@ -491,8 +978,8 @@ impl Worker {
         let lateness = self.cfg.engine.allowed_lateness_secs as i64 * 1000;
         let now = wall_now();
         let fmt = self.cfg.kafka.alerts_format;
-        let mut out: Vec<OutRecord> = Vec::new();
-        for pe in self.engines.values_mut() {
+        let mut out: Vec<(i32, OutRecord)> = Vec::new();
+        for (p, pe) in self.engines.iter_mut() {
             if instant.saturating_duration_since(pe.last_event) < idle
                 || pe.engine.max_event_time().is_none()
             {
@@ -503,25 +990,30 @@ impl Worker {
                 continue;
             }
             telemetry::idle_advance();
+            pe.dirty = true;
             self.alerts.clear();
             pe.engine.advance_to_into(target, &mut self.alerts);
             for a in &mut self.alerts {
                 a.emitted_at = now;
                 count_alert(a);
-                out.push(alert_record(a, fmt));
+                out.push((*p, alert_record(a, fmt)));
             }
         }
-        // Alerts of the passing of time follow no input offset: nothing to hold back.
+        // Alerts of the passing of time follow no input offset.
         self.status.timer_alerts(out.len());
-        let topic = self.cfg.kafka.topics.alerts.clone();
-        for rec in out {
+        for (p, rec) in out {
             let d = Delivery {
                 progress: None,
+                pending: None,
                 offset: -1,
                 input_ts_ms: -1,
                 alert: true,
             };
-            self.produce(&topic, rec, d);
+            self.emit(p, &rec, d, false);
+        }
+        let parts: Vec<i32> = self.engines.keys().copied().collect();
+        for p in parts {
+            self.note_evictions(p);
         }
         if instant.saturating_duration_since(self.last_gauges) >= Duration::from_secs(2) {
             self.last_gauges = instant;
@@ -532,6 +1024,72 @@ impl Worker {
                     pe.engine.state_bytes(),
                     pe.engine.stream_time().map(|t| t.0),
                 );
+            }
+        }
+    }
+}
+
+/// One record to send.
+struct Out<'a> {
+    topic: &'a str,
+    /// An explicit partition (the changelog's is the input's); `None`: by key.
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    /// `None`: a tombstone.
+    payload: Option<&'a [u8]>,
+    headers: &'a [(String, Vec<u8>)],
+}
+
+/// Sends one record, waiting while the producer queue is full (back-pressure). At
+/// shutdown past the deadline the record is abandoned (its input offset is then never
+/// committed, so it is produced again after restart). A send refused for another
+/// reason is returned.
+fn send<C: ClientContext + rdkafka::producer::ProducerContext<DeliveryOpaque = Box<Delivery>>>(
+    producer: &ThreadedProducer<C>,
+    status: &Status,
+    queue_full: &Counter,
+    id: usize,
+    out: Out<'_>,
+    delivery: Box<Delivery>,
+) -> Result<(), String> {
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (k, v) in out.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
+        BaseRecord::with_opaque_to(out.topic, delivery).headers(headers);
+    if let Some(p) = out.payload {
+        record = record.payload(p);
+    }
+    if let Some(k) = out.key {
+        record = record.key(k);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, back)) => {
+                if !matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                ) {
+                    if let Some(p) = &back.delivery_opaque.pending {
+                        p.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    return Err(format!("cannot produce to {}: {e}", out.topic));
+                }
+                if status.abandon_sends() {
+                    return Ok(());
+                }
+                queue_full.increment(1);
+                status.beat(1 + id);
+                std::thread::sleep(Duration::from_millis(5));
+                record = back;
             }
         }
     }

@@ -57,9 +57,24 @@ pub mod names {
     pub const IDLE_ADVANCES: &str = "churnsignal_idle_advances_total";
     /// 1 when `/readyz` answers ready.
     pub const READY: &str = "churnsignal_ready";
+    /// Changelog records still to read while a partition restores (0 when done).
+    pub const RESTORE_REMAINING: &str = "churnsignal_restore_remaining_records";
+    /// Changelog records read by restores.
+    pub const RESTORED_RECORDS: &str = "churnsignal_restored_records_total";
+    /// Partitions restoring their state now.
+    pub const RESTORING: &str = "churnsignal_restoring_partitions";
+    /// Checkpoint transactions (state, offsets; exactly-once: outputs too), by result
+    /// (`committed`, `aborted`).
+    pub const CHECKPOINTS: &str = "churnsignal_checkpoints_total";
+    /// Transactional API errors, by class (`retriable`, `abortable`, `fatal`).
+    pub const TRANSACTION_ERRORS: &str = "churnsignal_transaction_errors_total";
+    /// State records written to the changelog, by kind (`customer`, `tombstone`, `partition`).
+    pub const STATE_RECORDS: &str = "churnsignal_state_records_written_total";
+    /// Customers forgotten, by reason (`idle`: silent past the horizon, `cap`).
+    pub const CUSTOMERS_EVICTED: &str = "churnsignal_customers_evicted_total";
 
     /// Every name, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 28] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
@@ -81,6 +96,13 @@ pub mod names {
         PRODUCER_QUEUE_FULL,
         IDLE_ADVANCES,
         READY,
+        RESTORE_REMAINING,
+        RESTORED_RECORDS,
+        RESTORING,
+        CHECKPOINTS,
+        TRANSACTION_ERRORS,
+        STATE_RECORDS,
+        CUSTOMERS_EVICTED,
     ];
 }
 
@@ -123,10 +145,20 @@ fn register() {
         MAX_POLL_EXCEEDED,
         PRODUCER_QUEUE_FULL,
         IDLE_ADVANCES,
+        RESTORED_RECORDS,
     ] {
         counter!(c).absolute(0);
     }
-    for g in [ASSIGNED_PARTITIONS, BACKPRESSURE, READY] {
+    for class in ["retriable", "abortable", "fatal"] {
+        counter!(TRANSACTION_ERRORS, "class" => class).absolute(0);
+    }
+    for result in ["committed", "aborted"] {
+        counter!(CHECKPOINTS, "result" => result).absolute(0);
+    }
+    for reason in ["idle", "cap"] {
+        counter!(CUSTOMERS_EVICTED, "reason" => reason).absolute(0);
+    }
+    for g in [ASSIGNED_PARTITIONS, BACKPRESSURE, READY, RESTORING] {
         gauge!(g).set(0.0);
     }
 }
@@ -181,6 +213,48 @@ fn describe() {
     describe_counter!(PRODUCER_QUEUE_FULL, "Waits for room in the producer queue");
     describe_counter!(IDLE_ADVANCES, "Idle partitions advanced by the wall clock");
     describe_gauge!(READY, "1 when ready");
+    describe_gauge!(
+        RESTORE_REMAINING,
+        "Changelog records still to read by a restoring partition"
+    );
+    describe_counter!(RESTORED_RECORDS, "Changelog records read by restores");
+    describe_gauge!(RESTORING, "Partitions restoring their state");
+    describe_counter!(CHECKPOINTS, "Checkpoint transactions, by result");
+    describe_counter!(TRANSACTION_ERRORS, "Transactional API errors, by class");
+    describe_counter!(STATE_RECORDS, "State records written to the changelog");
+    describe_counter!(CUSTOMERS_EVICTED, "Customers forgotten, by reason");
+}
+
+/// A partition's restore progress.
+pub fn restore_progress(partition: i32, remaining: u64, read: u64) {
+    gauge!(names::RESTORE_REMAINING, "partition" => partition.to_string()).set(remaining as f64);
+    counter!(names::RESTORED_RECORDS).increment(read);
+}
+
+/// Partitions restoring now (+1 at start, -1 at the end).
+pub fn restoring(delta: f64) {
+    gauge!(names::RESTORING).increment(delta);
+}
+
+/// Counts a checkpoint transaction's end.
+pub fn checkpoint(committed: bool) {
+    let result = if committed { "committed" } else { "aborted" };
+    counter!(names::CHECKPOINTS, "result" => result).increment(1);
+}
+
+/// Counts a transactional API error by class.
+pub fn transaction_error(class: &'static str) {
+    counter!(names::TRANSACTION_ERRORS, "class" => class).increment(1);
+}
+
+/// Counts state records written.
+pub fn state_records(kind: &'static str, n: u64) {
+    counter!(names::STATE_RECORDS, "kind" => kind).increment(n);
+}
+
+/// Counts customers forgotten.
+pub fn customers_evicted(reason: &'static str, n: u64) {
+    counter!(names::CUSTOMERS_EVICTED, "reason" => reason).increment(n);
 }
 
 /// Counter of consumed events of one topic and type.

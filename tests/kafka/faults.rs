@@ -22,7 +22,8 @@ fn mock_setup(
 ) {
     let mock = MockCluster::new(1).unwrap();
     let cfg = config(&mock.bootstrap_servers(), test);
-    for name in cfg.kafka.topics.distinct() {
+    let t = &cfg.kafka.topics;
+    for name in t.distinct().into_iter().chain([t.changelog.as_str()]) {
         mock.create_topic(name, partitions, 1).unwrap();
     }
     (mock, cfg)
@@ -64,10 +65,16 @@ fn committed_after_refusal(
 ) -> Option<i64> {
     let (mock, cfg) = mock_setup(test, 1);
     let topic = topic(&cfg.kafka.topics).clone();
-    let mut recs: Vec<Rec> = (0..50)
+    let first: Vec<Rec> = (0..50)
         .map(|i| Rec::new(&topic, "acme", valid(i)))
         .collect();
-    recs.push(Rec::new(&topic, "acme", refused));
+    produce(&mock.bootstrap_servers(), &first);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the first 50 checkpointed", WAIT, || {
+        checkpointed(&cfg, 0, &topic) == Some(50)
+    });
+    service.stop().unwrap();
+    let mut recs = vec![Rec::new(&topic, "acme", refused)];
     recs.extend((51..101).map(|i| Rec::new(&topic, "acme", valid(i))));
     produce(&mock.bootstrap_servers(), &recs);
     // From now on every produce request is refused for good.
@@ -82,7 +89,7 @@ fn committed_after_refusal(
     let err = service.stop().expect_err("the run fails");
     assert!(matches!(err, RunError::Failed(_)), "{err}");
     assert!(err.to_string().contains("refused"), "{err}");
-    committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &topic, 1)[0]
+    checkpointed(&cfg, 0, &topic)
 }
 
 #[test]
@@ -108,7 +115,7 @@ fn failing_produce_requests_are_retried_until_every_record_is_delivered() {
         service.status().acked.load(Ordering::Relaxed) == 40
     });
     wait_for("every offset committed", WAIT, || {
-        committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 1) == vec![Some(40)]
+        checkpointed(&cfg, 0, &t.orders) == Some(40)
     });
     service.stop().unwrap();
     let dead = read(
@@ -190,9 +197,8 @@ fn shutdown_with_the_broker_unreachable_ends_within_the_deadline() {
     );
     mock.broker_up(1).unwrap();
     // Only acknowledged progress was committed: at most the first half.
-    let done: i64 = committed(&mock.bootstrap_servers(), &cfg.kafka.group_id, &t.orders, 2)
-        .iter()
-        .map(|o| o.unwrap_or(0))
+    let done: i64 = (0..2)
+        .map(|p| checkpointed(&cfg, p, &t.orders).unwrap_or(0))
         .sum();
     assert!(done <= 1000, "committed {done}");
     drop(result);

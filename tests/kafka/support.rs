@@ -151,6 +151,7 @@ pub fn config(bootstrap: &str, test: &str) -> Config {
     c.kafka.topics.engagement = format!("{p}-engagement");
     c.kafka.topics.alerts = format!("{p}-alerts");
     c.kafka.topics.dead_letters = format!("{p}-dead");
+    c.kafka.topics.changelog = format!("{p}-state");
     c.kafka.commit_interval_ms = 100;
     c.kafka.workers = 2;
     c.http.listen = "127.0.0.1:0".into();
@@ -412,4 +413,40 @@ pub fn replay_alerts(c: &Config, lines: &[u8]) -> Vec<serde_json::Value> {
         .filter(|l| !l.is_empty())
         .map(without_emitted_at)
         .collect()
+}
+
+/// The input position of `topic` in the last committed checkpoint of `partition` (the
+/// partition record in the changelog, read `read_committed`): what a restore resumes
+/// from. On a real broker the group's committed offset, sent in the same transaction,
+/// is the same; librdkafka's mock cluster does not keep offsets sent to transactions.
+pub fn checkpointed(cfg: &Config, partition: i32, topic: &str) -> Option<i64> {
+    use churnsignal::kafka::changelog::{decode_partition_record, ENGINE_KEY};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", "checkpoint-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.kafka.topics.changelog, partition, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.key() == Some(ENGINE_KEY) => {
+                let (positions, _) = decode_partition_record(m.payload().unwrap()).unwrap();
+                last = positions
+                    .into_iter()
+                    .find(|(t, _)| t == topic)
+                    .map(|(_, o)| o);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    last
 }

@@ -1,0 +1,219 @@
+//! The state changelog: a compacted topic with the inputs' partition count, where each
+//! partition engine writes, at every checkpoint and in one transaction with its input
+//! offsets, the records of the customers that changed (keyed by customer id; a
+//! tombstone for one forgotten) and its own record (keyed [`ENGINE_KEY`]) holding the
+//! engine's state and the input positions it reflects.
+//!
+//! Restoring a partition reads its changelog partition from the start with
+//! `read_committed`: the last committed checkpoint, whole, and nothing of one left
+//! unfinished by a crash. Compaction keeps the partition about the size of the live
+//! state (one record per customer), so a restore costs in proportion to the state,
+//! not to the history.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::client::restore_consumer_config;
+use crate::config::Config;
+use crate::engine::codec::{CodecError, Reader, Writer};
+use crate::engine::Engine;
+use crate::telemetry;
+
+/// Key of a partition's own record: not UTF-8, so no customer id can equal it.
+pub const ENGINE_KEY: &[u8] = b"\xffchurnsignal-partition";
+
+/// A partition record: the input positions (topic name, next offset to apply) and the
+/// engine's record.
+pub fn encode_partition_record(positions: &[(&str, i64)], engine: &Engine, out: &mut Vec<u8>) {
+    let mut w = Writer::start(out);
+    w.u32(positions.len() as u32);
+    for (topic, next) in positions {
+        w.str(topic);
+        w.i64(*next);
+    }
+    engine.encode_engine(out);
+}
+
+/// Input positions: (topic, next offset to apply).
+pub type Positions = Vec<(String, i64)>;
+
+/// Reads a partition record back: positions, then the engine record's bytes.
+pub fn decode_partition_record(bytes: &[u8]) -> Result<(Positions, &[u8]), CodecError> {
+    let mut r = Reader::start(bytes)?;
+    let n = r.u32()?;
+    if n > 64 {
+        return Err(CodecError::Invalid("more than 64 input positions"));
+    }
+    let mut positions = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let topic = r.str()?.to_owned();
+        positions.push((topic, r.i64()?));
+    }
+    Ok((positions, r.rest()))
+}
+
+/// A partition's state read back from the changelog.
+pub struct Restored {
+    /// The engine (a new one when the changelog had nothing for the partition).
+    pub engine: Engine,
+    /// Input positions the state reflects (none for a new engine).
+    pub positions: Vec<(String, i64)>,
+    /// Changelog records read.
+    pub records: u64,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Why a restore did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The partition went elsewhere meanwhile.
+    #[error("cancelled: the partition was revoked")]
+    Cancelled,
+    /// Kafka failed.
+    #[error("reading the changelog: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A record could not be decoded.
+    #[error("a state record at offset {offset}: {error}")]
+    Codec {
+        /// Offset in the changelog partition.
+        offset: i64,
+        /// Why.
+        error: CodecError,
+    },
+}
+
+/// Reads partition `partition` of the changelog and rebuilds its engine. `keep_going`
+/// is asked between polls (and beats liveness); false cancels.
+pub fn restore(
+    cfg: &Config,
+    partition: i32,
+    mut keep_going: impl FnMut() -> bool,
+) -> Result<Restored, RestoreError> {
+    let start = Instant::now();
+    let topic = &cfg.kafka.topics.changelog;
+    let consumer: BaseConsumer = restore_consumer_config(&cfg.kafka).create()?;
+    let timeout = Duration::from_secs(cfg.kafka.startup_timeout_secs);
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut customers: HashMap<Box<[u8]>, Box<[u8]>> = HashMap::new();
+    let mut partition_record: Option<(i64, Box<[u8]>)> = None;
+    let mut records = 0u64;
+    if high > low {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let total = (high - low) as u64;
+        let mut last_report = Instant::now();
+        let mut reported = 0u64;
+        telemetry::restore_progress(partition, total, 0);
+        loop {
+            if !keep_going() {
+                telemetry::restore_progress(partition, 0, records - reported);
+                return Err(RestoreError::Cancelled);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    tracing::warn!(partition, error = %e, "reading the changelog; retrying");
+                }
+                Some(Ok(m)) => {
+                    records += 1;
+                    let Some(key) = m.key() else { continue };
+                    if key == ENGINE_KEY {
+                        if let Some(v) = m.payload() {
+                            partition_record = Some((m.offset(), v.into()));
+                        }
+                    } else {
+                        match m.payload() {
+                            Some(v) => {
+                                customers.insert(key.into(), v.into());
+                            }
+                            None => {
+                                customers.remove(key);
+                            }
+                        }
+                    }
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                let position = low + records as i64;
+                tracing::info!(
+                    partition,
+                    read = records,
+                    of = total,
+                    customers = customers.len(),
+                    "restoring state"
+                );
+                telemetry::restore_progress(
+                    partition,
+                    (high - position).max(0) as u64,
+                    records - reported,
+                );
+                reported = records;
+            }
+        }
+        telemetry::restore_progress(partition, 0, records - reported);
+    }
+    let (engine, positions) = match partition_record {
+        None => {
+            if !customers.is_empty() {
+                tracing::warn!(
+                    partition,
+                    customers = customers.len(),
+                    "changelog has customer records but no partition record; starting afresh"
+                );
+            }
+            (Engine::new(cfg.clone()), Vec::new())
+        }
+        Some((offset, bytes)) => {
+            let (positions, engine_rec) = decode_partition_record(&bytes)
+                .map_err(|error| RestoreError::Codec { offset, error })?;
+            // Key order: a restore does not depend on the order the log holds them in.
+            let mut keys: Vec<&Box<[u8]>> = customers.keys().collect();
+            keys.sort_unstable();
+            let engine =
+                Engine::restore(cfg.clone(), engine_rec, keys.iter().map(|k| &customers[*k]))
+                    .map_err(|error| RestoreError::Codec { offset, error })?;
+            (engine, positions)
+        }
+    };
+    Ok(Restored {
+        engine,
+        positions,
+        records,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_record_gives_back_its_positions_and_engine() {
+        let engine = Engine::new(Config::default());
+        let mut out = Vec::new();
+        encode_partition_record(&[("orders", 42), ("engagement", 7)], &engine, &mut out);
+        let (positions, rest) = decode_partition_record(&out).unwrap();
+        assert_eq!(
+            positions,
+            vec![("orders".to_owned(), 42), ("engagement".to_owned(), 7)]
+        );
+        let mut engine_rec = Vec::new();
+        engine.encode_engine(&mut engine_rec);
+        assert_eq!(rest, &engine_rec[..]);
+        assert!(decode_partition_record(&out[..5]).is_err());
+        let key = ENGINE_KEY.to_vec();
+        assert!(String::from_utf8(key).is_err(), "no customer id");
+    }
+}
