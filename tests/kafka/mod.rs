@@ -1,6 +1,7 @@
 //! The Kafka runtime: against a real broker, and fault injection on librdkafka's mock cluster.
 
 mod demo;
+mod durable;
 mod faults;
 mod live;
 mod support;

@@ -1,0 +1,247 @@
+//! Durable state on the real broker: crashes (SIGKILL) at random points, exactly-once,
+//! scale-out with state moving between instances, eviction under millions of customers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use churnsignal::config::{Config, Guarantee};
+use churnsignal::engine::Engine;
+use churnsignal::generate::Spec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
+
+use super::support::*;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// `churnsignal run` as a child process configured like `cfg` (through the environment).
+fn spawn_run(cfg: &Config, port: u16) -> Child {
+    let k = &cfg.kafka;
+    let t = &k.topics;
+    let guarantee = match k.processing.guarantee {
+        Guarantee::AtLeastOnce => "at_least_once",
+        Guarantee::ExactlyOnce => "exactly_once",
+    };
+    Command::new(env!("CARGO_BIN_EXE_churnsignal"))
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .env("CHURNSIGNAL__KAFKA__BROKERS", &k.brokers)
+        .env("CHURNSIGNAL__KAFKA__GROUP_ID", &k.group_id)
+        .env("CHURNSIGNAL__KAFKA__TOPICS__ORDERS", &t.orders)
+        .env(
+            "CHURNSIGNAL__KAFKA__TOPICS__SUPPORT_TICKETS",
+            &t.support_tickets,
+        )
+        .env("CHURNSIGNAL__KAFKA__TOPICS__ENGAGEMENT", &t.engagement)
+        .env("CHURNSIGNAL__KAFKA__TOPICS__ALERTS", &t.alerts)
+        .env("CHURNSIGNAL__KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
+        .env("CHURNSIGNAL__KAFKA__TOPICS__CHANGELOG", &t.changelog)
+        .env("CHURNSIGNAL__KAFKA__PROCESSING__GUARANTEE", guarantee)
+        .env(
+            "CHURNSIGNAL__KAFKA__COMMIT_INTERVAL_MS",
+            k.commit_interval_ms.to_string(),
+        )
+        .env("CHURNSIGNAL__KAFKA__WORKERS", k.workers.to_string())
+        .env(
+            "CHURNSIGNAL__ENGINE__ALLOWED_LATENESS_SECS",
+            cfg.engine.allowed_lateness_secs.to_string(),
+        )
+        .env(
+            "CHURNSIGNAL__ENGINE__EVICT_AFTER_DAYS",
+            cfg.engine.evict_after_days.to_string(),
+        )
+        .env(
+            "CHURNSIGNAL__ENGINE__MAX_CUSTOMERS",
+            cfg.engine.max_customers.to_string(),
+        )
+        .env("CHURNSIGNAL__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn addr(port: u16) -> std::net::SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(addr(port)).is_ok()
+}
+
+/// A small deterministic generator for kill points.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// Alerts of a topic by (alert_id, sequence), and how many came more than once.
+fn by_key(values: &[serde_json::Value]) -> (BTreeMap<(String, u64), serde_json::Value>, usize) {
+    let mut map = BTreeMap::new();
+    let mut dups = 0;
+    for v in values {
+        let key = (
+            v["alert_id"].as_str().unwrap().to_owned(),
+            v["sequence"].as_u64().unwrap(),
+        );
+        if let Some(old) = map.insert(key, v.clone()) {
+            assert_eq!(&old, v, "a repeated (alert_id, sequence) is the same alert");
+            dups += 1;
+        }
+    }
+    (map, dups)
+}
+
+/// Reads a whole topic (`read_committed` for `committed`), quiet for 3 s.
+fn read_all(bootstrap: &str, topic: &str, committed: bool) -> Vec<serde_json::Value> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("all"))
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    let deadline = Instant::now() + LONG;
+    while last.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(without_emitted_at(m.payload().unwrap()));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// The health record replay's engine holds for every customer after these lines.
+fn replay_records(cfg: &Config, spec: Spec) -> BTreeMap<String, serde_json::Value> {
+    let events: Vec<_> = churnsignal::generate::History::new(spec)
+        .map(|g| g.to_event())
+        .collect();
+    let mut e = Engine::new(cfg.clone());
+    let mut out = Vec::new();
+    for chunk in events.chunks(512) {
+        e.apply_batch(chunk, &mut out);
+    }
+    e.finish();
+    let ids: BTreeSet<String> = events.iter().map(|e| e.customer_id.to_string()).collect();
+    ids.into_iter()
+        .map(|id| {
+            let r = e.health_record(&id).unwrap().to_json();
+            (id, serde_json::from_str(&r).unwrap())
+        })
+        .collect()
+}
+
+/// SIGKILL at random points, at least 5 times, over a history of more than 100,000
+/// events on one partition; then the alerts (duplicates removed) and every customer's
+/// health record equal replay's. Returns the duplicates seen.
+fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, test);
+    cfg.kafka.processing.guarantee = guarantee;
+    cfg.kafka.commit_interval_ms = 200;
+    create_all(&cfg, 1);
+    let spec = Spec {
+        customers: 420,
+        days: 200,
+        seed: 29,
+        ..Spec::default()
+    };
+    let (recs, lines) = history(&cfg, spec.clone());
+    assert!(recs.len() >= 100_000, "{} events", recs.len());
+    let expected = replay_alerts(&cfg, &lines);
+    let topic = cfg.kafka.topics.orders.clone();
+    let mut rng = Lcg(std::process::id() as u64 ^ 0x5eed);
+    let slices = 6;
+    let per = recs.len().div_ceil(slices);
+    let mut kills = 0;
+    for (i, slice) in recs.chunks(per).enumerate() {
+        produce(b, slice);
+        let port = free_port();
+        let mut child = spawn_run(&cfg, port);
+        if i + 1 == slices {
+            // the last run finishes the stream
+            wait_for("every event checkpointed", LONG, || {
+                checkpointed(&cfg, 0, &topic) == Some(recs.len() as i64)
+            });
+            let mut records = BTreeMap::new();
+            for id in replay_records(&cfg, spec.clone()).keys() {
+                let (s, body) = http_get(addr(port), &format!("/customers/{id}"));
+                assert_eq!(s, 200, "{id}");
+                records.insert(
+                    id.clone(),
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+                );
+            }
+            assert_eq!(
+                records,
+                replay_records(&cfg, spec.clone()),
+                "health records"
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        // Killed at a random point: mid-restore, mid-stream or between checkpoints.
+        let wait = Duration::from_millis(300 + rng.next(2500));
+        wait_for("the process started", LONG, || answers(port));
+        std::thread::sleep(wait);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        eprintln!(
+            "{test}: killed after {wait:?}, checkpointed {:?}",
+            checkpointed(&cfg, 0, &topic)
+        );
+    }
+    assert!(kills >= 5);
+    let got = read_all(b, &cfg.kafka.topics.alerts, true);
+    let (live, dups) = by_key(&got);
+    let (want, _) = by_key(&expected);
+    assert!(want.len() > 100, "the history has alerts to compare");
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "(alert_id, sequence) set"
+    );
+    assert_eq!(live, want, "the alerts themselves");
+    eprintln!(
+        "{test}: {} events, {kills} kills, {} alerts, {dups} duplicates",
+        recs.len(),
+        want.len()
+    );
+    dups
+}
+
+#[test]
+fn killed_at_random_points_at_least_once_loses_nothing_and_state_equals_replay() {
+    let dups = kill_loop("kill-alos", Guarantee::AtLeastOnce);
+    eprintln!("at-least-once duplicates: {dups}");
+}
+
+#[test]
+fn killed_at_random_points_exactly_once_has_no_duplicate_at_all() {
+    let dups = kill_loop("kill-eos", Guarantee::ExactlyOnce);
+    assert_eq!(dups, 0, "read_committed sees every alert exactly once");
+}
