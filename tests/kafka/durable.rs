@@ -56,6 +56,18 @@ fn spawn_run(cfg: &Config, port: u16) -> Child {
             cfg.engine.max_customers.to_string(),
         )
         .env("CHURNSIGNAL__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "CHURNSIGNAL__KAFKA__GROUP_INSTANCE_ID",
+            &k.group_instance_id,
+        )
+        .env(
+            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
+            "6000",
+        )
+        .env(
+            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
+            "1000",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -73,6 +85,19 @@ fn addr(port: u16) -> std::net::SocketAddr {
 
 fn answers(port: u16) -> bool {
     std::net::TcpStream::connect(addr(port)).is_ok()
+}
+
+/// Input messages the instance on `port` consumed so far (from `/metrics`).
+fn consumed(port: u16) -> f64 {
+    if !answers(port) {
+        return 0.0;
+    }
+    http_get(addr(port), "/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("churnsignal_events_consumed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A small deterministic generator for kill points.
@@ -161,6 +186,8 @@ fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
     let mut cfg = one_topic_config(b, test);
     cfg.kafka.processing.guarantee = guarantee;
     cfg.kafka.commit_interval_ms = 200;
+    // static membership: a restarted instance takes its partition back at once
+    cfg.kafka.group_instance_id = "the-one".into();
     create_all(&cfg, 1);
     let spec = Spec {
         customers: 420,
@@ -175,7 +202,7 @@ fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
     let mut rng = Lcg(std::process::id() as u64 ^ 0x5eed);
     let slices = 6;
     let per = recs.len().div_ceil(slices);
-    let mut kills = 0;
+    let (mut kills, mut mid_stream) = (0, 0);
     for (i, slice) in recs.chunks(per).enumerate() {
         produce(b, slice);
         let port = free_port();
@@ -203,19 +230,32 @@ fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
             child.wait().unwrap();
             break;
         }
-        // Killed at a random point: mid-restore, mid-stream or between checkpoints.
-        let wait = Duration::from_millis(300 + rng.next(2500));
+        // Killed at a random point: a third of the time while starting (joining the
+        // group, restoring), otherwise while processing, at a random moment.
         wait_for("the process started", LONG, || answers(port));
+        let early = rng.next(3) == 0;
+        if !early {
+            wait_for("processing", LONG, || consumed(port) > 0.0);
+            mid_stream += 1;
+        }
+        let wait = Duration::from_millis(rng.next(if early { 300 } else { 2000 }));
         std::thread::sleep(wait);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
         eprintln!(
-            "{test}: killed after {wait:?}, checkpointed {:?}",
-            checkpointed(&cfg, 0, &topic)
+            "{test}: killed {} after {wait:?}; checkpointed {:?} of {}",
+            if early {
+                "while starting"
+            } else {
+                "while processing"
+            },
+            checkpointed(&cfg, 0, &topic),
+            per * (i + 1)
         );
     }
     assert!(kills >= 5);
+    assert!(mid_stream >= 1, "some kills land while processing");
     let got = read_all(b, &cfg.kafka.topics.alerts, true);
     let (live, dups) = by_key(&got);
     let (want, _) = by_key(&expected);
