@@ -285,3 +285,114 @@ fn killed_at_random_points_exactly_once_has_no_duplicate_at_all() {
     let dups = kill_loop("kill-eos", Guarantee::ExactlyOnce);
     assert_eq!(dups, 0, "read_committed sees every alert exactly once");
 }
+
+/// Reads `topic`'s partitions from the start: per partition, the values in order.
+fn partitions_of(bootstrap: &str, topic: &str, partitions: i32, total: usize) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("parts"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut lines: Vec<Vec<u8>> = vec![Vec::new(); partitions as usize];
+    let mut n = 0;
+    let deadline = Instant::now() + LONG;
+    while n < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let l = &mut lines[m.partition() as usize];
+            l.extend_from_slice(m.payload().unwrap());
+            l.push(b'\n');
+            n += 1;
+        }
+    }
+    assert_eq!(n, total);
+    lines
+}
+
+#[test]
+fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "scale");
+    cfg.kafka.commit_interval_ms = 200;
+    create_all(&cfg, 6);
+    let spec = Spec {
+        customers: 300,
+        days: 200,
+        seed: 41,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    let topic = cfg.kafka.topics.orders.clone();
+    let slices: Vec<&[Rec]> = recs.chunks(recs.len().div_ceil(10)).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let mut a = spawn_run(&cfg, ports[0]);
+    let mut b2 = spawn_run(&cfg, ports[1]);
+    let mut c = spawn_run(&cfg, ports[2]);
+    for p in &ports[..3] {
+        wait_for("instance up", LONG, || answers(*p));
+    }
+    let owns = |port: u16| -> f64 {
+        http_get(addr(port), "/metrics")
+            .1
+            .lines()
+            .find(|l| l.starts_with("churnsignal_assigned_partitions "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("the three share the 6 partitions", LONG, || {
+        ports[..3].iter().all(|p| owns(*p) == 2.0)
+    });
+    for s in &slices[..4] {
+        produce(b, s);
+    }
+    wait_for("the second instance processing", LONG, || consumed(ports[1]) > 0.0);
+    b2.kill().unwrap(); // SIGKILL while events flow
+    b2.wait().unwrap();
+    for s in &slices[4..7] {
+        produce(b, s);
+    }
+    let mut d = spawn_run(&cfg, ports[3]);
+    for s in &slices[7..] {
+        produce(b, s);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // lag back to zero: every partition's checkpoint at its end
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .create()
+        .unwrap();
+    let ends: Vec<i64> = (0..6)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect();
+    assert_eq!(ends.iter().sum::<i64>() as usize, recs.len());
+    wait_for("every partition checkpointed at its end", LONG, || {
+        (0..6).all(|p| checkpointed(&cfg, p, &topic) == Some(ends[p as usize]))
+    });
+    let owned: Vec<f64> = [ports[0], ports[2], ports[3]].iter().map(|p| owns(*p)).collect();
+    for mut child in [a, c, d] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(owned.iter().sum::<f64>(), 6.0, "the survivors and the new one own all: {owned:?}");
+    // Expected: replay of each partition's events (one engine per partition, as live).
+    let mut want = Vec::new();
+    for lines in partitions_of(b, &topic, 6, recs.len()) {
+        want.extend(replay_alerts(&cfg, &lines));
+    }
+    let (want, _) = by_key(&want);
+    let (live, dups) = by_key(&read_all(b, &cfg.kafka.topics.alerts, true));
+    assert!(want.len() > 50);
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "(alert_id, sequence) set"
+    );
+    assert_eq!(live, want);
+    eprintln!("scale-out: {} events, {} alerts, {dups} duplicates", recs.len(), want.len());
+}
