@@ -557,15 +557,12 @@ impl Config {
             16.0 * 1024.0 * 1024.0,
         )?;
         check_range("engine.bucket_days", f64::from(e.bucket_days), 1.0, 28.0)?;
-        if e.evict_after_days != 0 {
-            let min = e.bucket_days * (e.recent_buckets + e.baseline_buckets);
-            check_range(
-                "engine.evict_after_days",
-                f64::from(e.evict_after_days),
-                f64::from(min),
-                36_500.0,
-            )?;
-        }
+        check_range(
+            "engine.evict_after_days",
+            f64::from(e.evict_after_days),
+            0.0,
+            36_500.0,
+        )?;
         check_range("engine.max_customers", e.max_customers as f64, 0.0, 4e9)?;
         check_range(
             "engine.recent_buckets",

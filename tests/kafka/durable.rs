@@ -346,7 +346,9 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     for s in &slices[..4] {
         produce(b, s);
     }
-    wait_for("the second instance processing", LONG, || consumed(ports[1]) > 0.0);
+    wait_for("the second instance processing", LONG, || {
+        consumed(ports[1]) > 0.0
+    });
     b2.kill().unwrap(); // SIGKILL while events flow
     b2.wait().unwrap();
     for s in &slices[4..7] {
@@ -374,12 +376,19 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     wait_for("every partition checkpointed at its end", LONG, || {
         (0..6).all(|p| checkpointed(&cfg, p, &topic) == Some(ends[p as usize]))
     });
-    let owned: Vec<f64> = [ports[0], ports[2], ports[3]].iter().map(|p| owns(*p)).collect();
+    let owned: Vec<f64> = [ports[0], ports[2], ports[3]]
+        .iter()
+        .map(|p| owns(*p))
+        .collect();
     for mut child in [a, c, d] {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    assert_eq!(owned.iter().sum::<f64>(), 6.0, "the survivors and the new one own all: {owned:?}");
+    assert_eq!(
+        owned.iter().sum::<f64>(),
+        6.0,
+        "the survivors and the new one own all: {owned:?}"
+    );
     // Expected: replay of each partition's events (one engine per partition, as live).
     let mut want = Vec::new();
     for lines in partitions_of(b, &topic, 6, recs.len()) {
@@ -394,5 +403,234 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
         "(alert_id, sequence) set"
     );
     assert_eq!(live, want);
-    eprintln!("scale-out: {} events, {} alerts, {dups} duplicates", recs.len(), want.len());
+    eprintln!(
+        "scale-out: {} events, {} alerts, {dups} duplicates",
+        recs.len(),
+        want.len()
+    );
+}
+
+/// Peak resident memory of a process, bytes (VmHWM).
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn metric(port: u16, prefix: &str) -> f64 {
+    http_get(addr(port), "/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_million_distinct_customers_stay_within_the_cap_and_returning_ones_start_fresh() {
+    const N: u64 = 2_000_000;
+    const CAP: u64 = 200_000;
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "evict");
+    cfg.engine.evict_after_days = 1;
+    cfg.engine.max_customers = CAP;
+    cfg.kafka.commit_interval_ms = 2000;
+    create_all(&cfg, 2);
+    let topic = cfg.kafka.topics.orders.clone();
+    // One order per customer, 8 s apart (185 days of event time), of which a one-day
+    // horizon holds about 10,800; the cap is the safety net.
+    let day0 = 1_767_571_200i64; // 2026-01-05
+    const GAP: i64 = 8;
+    let order = |i: u64, n: u32, t: i64| -> Rec {
+        let c = format!("c{i}");
+        let json = format!(
+            r#"{{"event_id":"o{i}-{n}","customer_id":"{c}","type":"order.placed","occurred_at":"{}","order_id":"o{i}-{n}","amount":12.5}}"#,
+            churnsignal::time::Timestamp(t * 1000).to_rfc3339()
+        );
+        Rec::new(&topic, &c, json)
+    };
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    let p = producer(b);
+    for i in 0..N {
+        let r = order(i, 0, day0 + i as i64 * GAP);
+        loop {
+            let rec = rdkafka::producer::BaseRecord::<[u8], [u8]>::to(&r.topic)
+                .key(r.key.as_deref().unwrap())
+                .payload(&r.value[..]);
+            match p.send(rec) {
+                Ok(()) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(120)).unwrap();
+    wait_for("two million consumed", Duration::from_secs(600), || {
+        consumed(port) >= N as f64
+    });
+    let tracked = metric(port, "churnsignal_customers_tracked{");
+    let by_cap = metric(port, "churnsignal_customers_evicted_total{reason=\"cap\"}");
+    let by_idle = metric(port, "churnsignal_customers_evicted_total{reason=\"idle\"}");
+    let rss = peak_rss(child.id());
+    // The first customers come back, 185 days later.
+    for i in 0..10 {
+        produce(b, &[order(i, 1, day0 + N as i64 * GAP + i as i64)]);
+    }
+    wait_for("the returning customers processed", LONG, || {
+        consumed(port) >= (N + 10) as f64
+    });
+    let orders_of = |c: &str| -> u64 {
+        let (s, body) = http_get(addr(port), &format!("/customers/{c}"));
+        assert_eq!(s, 200, "{c}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["windows"]["orders_total"].as_u64().unwrap()
+    };
+    for i in 0..10 {
+        assert_eq!(orders_of(&format!("c{i}")), 1, "c{i} starts afresh");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "evict: peak RSS {} MiB, tracked {tracked}, evicted {by_cap} by the cap and {by_idle} idle",
+        rss >> 20
+    );
+    assert!(tracked <= CAP as f64, "tracked {tracked} > cap {CAP}");
+    assert!(
+        by_idle >= (N - CAP) as f64,
+        "the horizon forgets most: {by_idle}"
+    );
+    // At most the cap's customers, about 200,000 x 460 B = 92 MB, are held (the two
+    // million would take 920 MB); librdkafka's buffers and the queues add a little.
+    assert!(rss < 400 << 20, "peak RSS {} MiB", rss >> 20);
+}
+
+/// `/readyz` of the instance on `port` says it is restoring.
+fn restoring(port: u16) -> bool {
+    answers(port) && http_get(addr(port), "/readyz").1.contains("restoring")
+}
+
+/// Alerts on the topic (duplicates removed) equal per-partition replay of the input.
+fn assert_alerts_equal_replay(
+    cfg: &Config,
+    partitions: i32,
+    total: usize,
+    committed: bool,
+) -> usize {
+    let b = &cfg.kafka.brokers;
+    let mut want = Vec::new();
+    for lines in partitions_of(b, &cfg.kafka.topics.orders, partitions, total) {
+        want.extend(replay_alerts(cfg, &lines));
+    }
+    let (want, _) = by_key(&want);
+    let (live, dups) = by_key(&read_all(b, &cfg.kafka.topics.alerts, committed));
+    assert!(want.len() > 50);
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "(alert_id, sequence) set"
+    );
+    assert_eq!(live, want);
+    dups
+}
+
+fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
+    let topic = &cfg.kafka.topics.orders;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .create()
+        .unwrap();
+    let ends: Vec<i64> = (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect();
+    assert_eq!(ends.iter().sum::<i64>() as usize, total);
+    wait_for("every partition checkpointed at its end", LONG, || {
+        (0..partitions).all(|p| checkpointed(cfg, p, topic) == Some(ends[p as usize]))
+    });
+}
+
+#[test]
+fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "restore");
+    // A checkpoint every 10 ms: a changelog of hundreds of thousands of records, so
+    // that restoring takes long enough to be interrupted.
+    cfg.kafka.commit_interval_ms = 10;
+    create_all(&cfg, 2);
+    let spec = Spec {
+        customers: 1500,
+        days: 150,
+        seed: 43,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    let (first, rest) = recs.split_at(recs.len() * 2 / 3);
+    produce(b, first);
+    let port = free_port();
+    let mut a = spawn_run(&cfg, port);
+    wait_checkpointed_at_end(&cfg, 2, first.len());
+    a.kill().unwrap();
+    a.wait().unwrap();
+    produce(b, rest);
+    // Restart during restore: killed as soon as it says it is restoring.
+    let port = free_port();
+    let mut a = spawn_run(&cfg, port);
+    wait_for("restoring", LONG, || restoring(port));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // Rebalance during restore: a second instance joins while the first restores.
+    let (p1, p2) = (free_port(), free_port());
+    let mut a = spawn_run(&cfg, p1);
+    wait_for("restoring again", LONG, || restoring(p1));
+    let mut c = spawn_run(&cfg, p2);
+    wait_checkpointed_at_end(&cfg, 2, recs.len());
+    for child in [&mut a, &mut c] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let dups = assert_alerts_equal_replay(&cfg, 2, recs.len(), true);
+    eprintln!(
+        "restore interrupted twice: {} events, {dups} duplicates",
+        recs.len()
+    );
+}
+
+#[test]
+fn a_broker_restart_during_transactions_ends_in_the_same_alerts_exactly_once() {
+    use churnsignal::kafka::{Service, StartOptions};
+    let broker = Broker::dedicated("txn-restart");
+    let mut cfg = one_topic_config(&broker.bootstrap, "txn-restart");
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    create_all(&cfg, 2);
+    let spec = Spec {
+        customers: 300,
+        days: 200,
+        seed: 47,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    produce(&broker.bootstrap, &recs);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("processing", LONG, || {
+        service
+            .status()
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 3
+    });
+    broker.halt();
+    std::thread::sleep(Duration::from_secs(8));
+    broker.resume();
+    wait_checkpointed_at_end(&cfg, 2, recs.len());
+    service.stop().unwrap();
+    let dups = assert_alerts_equal_replay(&cfg, 2, recs.len(), true);
+    assert_eq!(dups, 0);
 }
