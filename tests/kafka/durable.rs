@@ -326,9 +326,9 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     let topic = cfg.kafka.topics.orders.clone();
     let slices: Vec<&[Rec]> = recs.chunks(recs.len().div_ceil(10)).collect();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let mut a = spawn_run(&cfg, ports[0]);
+    let a = spawn_run(&cfg, ports[0]);
     let mut b2 = spawn_run(&cfg, ports[1]);
-    let mut c = spawn_run(&cfg, ports[2]);
+    let c = spawn_run(&cfg, ports[2]);
     for p in &ports[..3] {
         wait_for("instance up", LONG, || answers(*p));
     }
@@ -354,7 +354,7 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     for s in &slices[4..7] {
         produce(b, s);
     }
-    let mut d = spawn_run(&cfg, ports[3]);
+    let d = spawn_run(&cfg, ports[3]);
     for s in &slices[7..] {
         produce(b, s);
         std::thread::sleep(Duration::from_millis(300));
