@@ -634,3 +634,41 @@ fn a_broker_restart_during_transactions_ends_in_the_same_alerts_exactly_once() {
     let dups = assert_alerts_equal_replay(&cfg, 2, recs.len(), true);
     assert_eq!(dups, 0);
 }
+
+#[test]
+fn a_zombie_is_fenced_by_the_next_owner_of_its_partition_and_writes_nothing_more() {
+    use churnsignal::kafka::{Service, StartOptions};
+    use rdkafka::producer::{BaseProducer, Producer};
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "zombie");
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    create_all(&cfg, 1);
+    let t = cfg.kafka.topics.clone();
+    let nps = |i: u32| {
+        Rec::new(
+            &t.orders,
+            &format!("z{i}"),
+            format!(r#"{{"event_id":"n{i}","customer_id":"z{i}","type":"engagement.nps","occurred_at":"2026-03-01T10:00:00Z","score":1}}"#),
+        )
+    };
+    produce(b, &[nps(0)]);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the first alert committed", LONG, || {
+        checkpointed(&cfg, 0, &t.orders) == Some(1)
+    });
+    // The partition's next owner: the same transactional id, initialised.
+    let next_owner: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("transactional.id", cfg.kafka.transactional_id(0))
+        .create()
+        .unwrap();
+    next_owner.init_transactions(Duration::from_secs(30)).unwrap();
+    produce(b, &[nps(1), nps(2)]);
+    wait_for("the zombie notices", LONG, || service.status().failure().is_some());
+    let err = service.stop().unwrap_err().to_string();
+    assert!(err.contains("fenced") || err.contains("Fenced"), "{err}");
+    let alerts = read_all(b, &t.alerts, true);
+    let customers: Vec<&str> = alerts.iter().map(|a| a["customer_id"].as_str().unwrap()).collect();
+    assert_eq!(customers, vec!["z0"], "nothing of the zombie's after the fence is visible");
+    assert_eq!(checkpointed(&cfg, 0, &t.orders), Some(1));
+}
