@@ -129,6 +129,9 @@ enum BenchCommand {
         /// Generator seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Customers in the changelog of the restore phase.
+        #[arg(long, default_value_t = 1_000_000)]
+        restore_customers: u32,
         /// Configuration file (engine and service settings; topics and group are fresh).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -371,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
                     rate,
                     latency_secs,
                     seed,
+                    restore_customers,
                     config,
                     json,
                 },
@@ -389,6 +393,7 @@ fn run(cli: Cli) -> Result<()> {
                 rate,
                 latency_secs,
                 seed,
+                restore_customers,
             };
             let r = bench::kafka::run(&opts, &cfg).map_err(anyhow::Error::msg)?;
             if json {

@@ -10,6 +10,10 @@
 //! 4. With the service caught up, a continuation of the history is offered at a fixed
 //!    rate, and event-to-alert latency (input message timestamp to alert
 //!    acknowledgement) is recorded for every alert.
+//! 5. `run` in exactly-once mode (transactions every 100 ms) on the same messages, in
+//!    a group of its own: its rate against at-least-once's of step 3.
+//! 6. Restore: a changelog partition holding the records of `restore_customers`
+//!    customers is read back into an engine, as a newly assigned partition is.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +46,8 @@ pub struct Options {
     pub latency_secs: u32,
     /// Generator seed.
     pub seed: u64,
+    /// Customers in the restore phase.
+    pub restore_customers: u32,
 }
 
 /// Results.
@@ -77,6 +83,18 @@ pub struct Report {
     pub latency_samples: usize,
     /// Event-to-alert latency percentiles, ms: p50, p90, p99, max.
     pub latency_ms: [f64; 4],
+    /// `run` in exactly-once mode (transactions every 100 ms), events/s.
+    pub exactly_once_rate: f64,
+    /// exactly-once / at-least-once.
+    pub exactly_once_ratio: f64,
+    /// Customers restored in the restore phase.
+    pub restore_customers: usize,
+    /// Changelog records read.
+    pub restore_records: u64,
+    /// Changelog bytes read.
+    pub restore_bytes: u64,
+    /// Time to restore them, seconds.
+    pub restore_secs: f64,
 }
 
 impl Report {
@@ -90,7 +108,9 @@ impl Report {
              run per CPU-second:         {:>10.0} events  ({:.2} CPU-s of this process)\n\
              run / bare consumer:        {:>10.2}\n\
              latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
-             event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+             event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+             exactly-once run (100 ms transactions): {:>10.0} events/s  ({:.2} of at-least-once)\n\
+             restore {} customers ({} records, {:.0} MB): {:.2} s, {:.0} customers/s",
             self.events,
             self.mean_event_bytes,
             self.partitions,
@@ -109,6 +129,13 @@ impl Report {
             self.latency_ms[1],
             self.latency_ms[2],
             self.latency_ms[3],
+            self.exactly_once_rate,
+            self.exactly_once_ratio,
+            self.restore_customers,
+            self.restore_records,
+            self.restore_bytes as f64 / 1e6,
+            self.restore_secs,
+            self.restore_customers as f64 / self.restore_secs.max(1e-9),
         )
     }
 }
@@ -164,6 +191,8 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     cfg.kafka.topics.engagement = format!("{p}-engagement");
     cfg.kafka.topics.alerts = format!("{p}-alerts");
     cfg.kafka.topics.dead_letters = format!("{p}-dead");
+    cfg.kafka.topics.changelog = format!("{p}-state");
+    cfg.kafka.processing.guarantee = crate::config::Guarantee::AtLeastOnce;
     cfg.http.listen = String::new();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -235,30 +264,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     )
     .map_err(|e| e.to_string())?;
     let s = service.status().clone();
-    let mut first: Option<Instant> = None;
-    let cpu0 = process_cpu_secs();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done = s.events.load(Ordering::Relaxed);
-        if done > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        let records =
-            s.alerts_sent.load(Ordering::Relaxed) + s.dead_letters.load(Ordering::Relaxed);
-        if done >= n && s.acked.load(Ordering::Relaxed) >= records {
-            break;
-        }
-        if Instant::now() > deadline || s.failure().is_some() {
-            return Err(format!(
-                "run did not finish: {done} of {n} events, failure {:?}",
-                s.failure()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let run_secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
-    let run_rate = n as f64 / run_secs;
-    let run_cpu = process_cpu_secs() - cpu0;
+    let (run_rate, run_cpu) = time_run(&s, n)?;
     let alerts = s.alerts_sent.load(Ordering::Relaxed);
     eprintln!("bench kafka: run processed {n} events at {run_rate:.0}/s, {alerts} alerts");
     if let Some(l) = &s.latencies_us {
@@ -315,6 +321,23 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         .unwrap_or_default();
     service.stop().map_err(|e| e.to_string())?;
     lat.sort_unstable();
+
+    // 5. Exactly-once on the same messages (the history only), in a group of its own.
+    let mut eos = cfg.clone();
+    eos.kafka.group_id = format!("{p}-eos");
+    eos.kafka.topics.alerts = format!("{p}-alerts-eos");
+    eos.kafka.topics.dead_letters = format!("{p}-dead-eos");
+    eos.kafka.topics.changelog = format!("{p}-state-eos");
+    eos.kafka.processing.guarantee = crate::config::Guarantee::ExactlyOnce;
+    rt.block_on(crate::kafka::topics::create(&eos.kafka, opts.partitions, 1))?;
+    let service = Service::start(eos, StartOptions::default()).map_err(|e| e.to_string())?;
+    let (eos_rate, _) = time_run(service.status(), n)?;
+    service.stop().map_err(|e| e.to_string())?;
+    eprintln!("bench kafka: exactly-once run at {eos_rate:.0}/s");
+
+    // 6. Restore.
+    let (restore_records, restore_bytes, restored, restore_secs) =
+        restore_phase(&cfg, opts.restore_customers)?;
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
             return f64::NAN;
@@ -338,7 +361,117 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         achieved_rate: achieved,
         latency_samples: lat.len(),
         latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
+        exactly_once_rate: eos_rate,
+        exactly_once_ratio: eos_rate / run_rate,
+        restore_customers: restored,
+        restore_records,
+        restore_bytes,
+        restore_secs,
     })
+}
+
+/// Waits until the service processed `n` events and every record it sent is
+/// acknowledged; returns events/s from its first event and the process CPU used.
+fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), String> {
+    let mut first: Option<Instant> = None;
+    let cpu0 = process_cpu_secs();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = s.events.load(Ordering::Relaxed);
+        if done > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        let records =
+            s.alerts_sent.load(Ordering::Relaxed) + s.dead_letters.load(Ordering::Relaxed);
+        if done >= n && s.acked.load(Ordering::Relaxed) >= records {
+            break;
+        }
+        if Instant::now() > deadline || s.failure().is_some() {
+            return Err(format!(
+                "run did not finish: {done} of {n} events, failure {:?}",
+                s.failure()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+    Ok((n as f64 / secs, process_cpu_secs() - cpu0))
+}
+
+/// Writes the state of `customers` customers (one order each, from an engine) to
+/// partition 0 of a fresh changelog, then times reading it back into an engine.
+/// Returns (records read, bytes written, customers restored, seconds).
+fn restore_phase(cfg: &Config, customers: u32) -> Result<(u64, u64, usize, f64), String> {
+    use crate::engine::Engine;
+    use crate::event::{Event, EventKind};
+    use std::borrow::Cow;
+    let mut cfg = cfg.clone();
+    cfg.kafka.topics.changelog = format!("{}-restore", cfg.kafka.topics.changelog);
+    let mut engine = Engine::new(cfg.clone());
+    engine.reserve(customers as usize);
+    let day0 = 1_767_571_200_000i64;
+    let mut out = Vec::new();
+    let mut batch = Vec::with_capacity(4096);
+    for i in 0..customers {
+        let id = format!("cust-{i:08}");
+        batch.push(Event {
+            event_id: Cow::Owned(format!("o{i}")),
+            customer_id: Cow::Owned(id),
+            occurred_at: Timestamp(day0 + i64::from(i) * 10),
+            kind: EventKind::OrderPlaced {
+                order_id: Cow::Owned(format!("o{i}")),
+                amount: 10.0 + f64::from(i % 1000),
+                discount_pct: 0.0,
+            },
+        });
+        if batch.len() == 4096 {
+            engine.apply_batch(&batch, &mut out);
+            batch.clear();
+            out.clear();
+        }
+    }
+    engine.apply_batch(&batch, &mut out);
+    let prod = producer(&cfg.kafka.brokers, 20)?;
+    let topic = cfg.kafka.topics.changelog.clone();
+    crate::kafka::topics::ensure_changelog(&cfg.kafka, 1, 1)?;
+    let mut bytes = 0u64;
+    let mut rec = Vec::with_capacity(512);
+    engine.take_changed(|id, c| {
+        rec.clear();
+        c.encode(&mut rec);
+        bytes += (rec.len() + id.len()) as u64;
+        let mut r = BaseRecord::to(&topic)
+            .key(id)
+            .payload(&rec[..])
+            .partition(0);
+        loop {
+            match prod.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    });
+    rec.clear();
+    crate::kafka::changelog::encode_partition_record(&[], &engine, &mut rec);
+    let r = BaseRecord::to(&topic)
+        .key(crate::kafka::changelog::ENGINE_KEY)
+        .payload(&rec[..])
+        .partition(0);
+    prod.send(r).map_err(|(e, _)| e.to_string())?;
+    prod.flush(Duration::from_secs(300))
+        .map_err(|e| format!("flush: {e}"))?;
+    drop(engine);
+    eprintln!("bench kafka: changelog of {customers} customers written; restoring");
+    let restored = crate::kafka::changelog::restore(&cfg, 0, || true).map_err(|e| e.to_string())?;
+    Ok((
+        restored.records,
+        bytes,
+        restored.engine.customers(),
+        restored.elapsed.as_secs_f64(),
+    ))
 }
 
 /// User + system CPU time of this process so far, seconds (Linux; 0 elsewhere).

@@ -16,6 +16,20 @@ use crate::config::{is_secret, KafkaConfig};
 /// `bench kafka`, 170k events/s at 1000 ms, 670-810k/s at 20 ms, same machine and data.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20")];
 
+/// Transactional producer defaults that differ from librdkafka's (a user's properties
+/// override them).
+///
+/// `retry.backoff.ms`: right after a commit the broker answers the next transaction's
+/// first request with CONCURRENT_TRANSACTIONS until the markers are written, and
+/// librdkafka retries after this backoff (100 ms by default): a pause per transaction,
+/// every 100 ms. `linger.ms`: a checkpoint's records go out at once when it commits.
+/// `compression.type`: state records are numbers in rings, lz4 shrinks them cheaply.
+pub const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] = &[
+    ("retry.backoff.ms", "5"),
+    ("retry.backoff.max.ms", "100"),
+    ("compression.type", "lz4"),
+];
+
 /// How often librdkafka reports statistics (consumer lag), ms.
 pub const STATS_INTERVAL_MS: u32 = 2000;
 
@@ -66,6 +80,11 @@ pub fn transactional_producer_config(cfg: &KafkaConfig, partition: i32) -> Clien
     c.set("transactional.id", cfg.transactional_id(partition))
         .set("transaction.timeout.ms", "60000")
         .set("message.timeout.ms", "60000");
+    for (k, v) in TRANSACTIONAL_DEFAULTS {
+        if !cfg.producer_properties.0.contains_key(*k) && !cfg.properties.0.contains_key(*k) {
+            c.set(*k, *v);
+        }
+    }
     c
 }
 

@@ -163,6 +163,15 @@ struct PartitionEngine {
     txn: Txn,
     /// Input processed since the last checkpoint: processed again after an abort.
     replay: Vec<InMsg>,
+    /// A checkpoint committing on a helper thread (processing goes on meanwhile).
+    committing: Option<std::thread::JoinHandle<Result<(), TxnFailure>>>,
+    /// The input that checkpoint covers, kept until it is committed.
+    replay_committing: Vec<InMsg>,
+    /// Exactly-once outputs made while a checkpoint commits: sent in the next
+    /// transaction once it has.
+    held: Vec<(OutRecord, bool, Delivery)>,
+    /// A transactional call failed abortably outside a checkpoint: rewind.
+    needs_rewind: bool,
     /// Something changed since the last checkpoint.
     dirty: bool,
     /// At-least-once outputs not acknowledged yet.
@@ -219,7 +228,7 @@ struct Input {
 
 /// A transactional call that did not succeed.
 #[derive(Debug)]
-enum TxnFailure {
+pub(crate) enum TxnFailure {
     /// The transaction must be aborted (and the partition rewound).
     Abortable(String),
     /// The producer is unusable (fenced: another instance owns the partition).
@@ -304,6 +313,13 @@ impl Worker {
             }
             let now = Instant::now();
             self.status.beat_at(1 + self.id, now);
+            let parts: Vec<i32> = self.engines.keys().copied().collect();
+            for p in parts {
+                self.settle(p, false);
+                if self.engines.get(&p).is_some_and(|pe| pe.needs_rewind) {
+                    self.rewind(p);
+                }
+            }
             if now.saturating_duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.tick(now);
@@ -312,9 +328,13 @@ impl Worker {
                 self.last_checkpoint = now;
                 let all: Vec<i32> = self.engines.keys().copied().collect();
                 for p in all {
-                    self.checkpoint(p);
+                    self.checkpoint(p, false);
                 }
             }
+        }
+        let all: Vec<i32> = self.engines.keys().copied().collect();
+        for p in all {
+            self.settle(p, true);
         }
         for p in self.engines.keys() {
             telemetry::partition_state(*p, 0, 0, None);
@@ -354,7 +374,7 @@ impl Worker {
                 for p in gone {
                     // Its state goes to the changelog with its offsets; the next owner
                     // restores it from there.
-                    self.checkpoint(p);
+                    self.checkpoint(p, true);
                     if let Some(pe) = self.engines.remove(&p) {
                         self.close(p, pe);
                     }
@@ -371,7 +391,7 @@ impl Worker {
             Work::Drain(reply) => {
                 let all: Vec<i32> = self.engines.keys().copied().collect();
                 for p in all {
-                    self.checkpoint(p);
+                    self.checkpoint(p, true);
                 }
                 let _ = reply.send(());
             }
@@ -380,7 +400,10 @@ impl Worker {
 
     /// A partition leaves: an open transaction (nothing worth keeping: a failed
     /// checkpoint) is aborted, gauges reset.
-    fn close(&mut self, p: i32, pe: PartitionEngine) {
+    fn close(&mut self, p: i32, mut pe: PartitionEngine) {
+        if let Some(h) = pe.committing.take() {
+            let _ = h.join();
+        }
         if pe.txn.open {
             let _ = pe.txn.producer.abort_transaction(Duration::from_secs(5));
         }
@@ -504,6 +527,10 @@ impl Worker {
                 open: false,
             },
             replay: Vec::new(),
+            committing: None,
+            replay_committing: Vec::new(),
+            held: Vec::new(),
+            needs_rewind: false,
             dirty: false,
             pending: Arc::new(AtomicI64::new(0)),
             evicted,
@@ -512,11 +539,20 @@ impl Worker {
 
     /// Runs a transactional API call: retriable errors are retried (until shutdown gives
     /// up), abortable and fatal ones are returned by class.
-    fn txn_call<T>(
-        &self,
-        what: &str,
-        mut f: impl FnMut() -> KafkaResult<T>,
-    ) -> Result<T, TxnFailure> {
+    fn txn_call<T>(&self, what: &str, f: impl FnMut() -> KafkaResult<T>) -> Result<T, TxnFailure> {
+        txn_call(&self.status, self.id, what, f)
+    }
+}
+
+/// Runs a transactional API call: retriable errors are retried (until shutdown gives
+/// up), abortable and fatal ones are returned by class.
+fn txn_call<T>(
+    status: &Status,
+    id: usize,
+    what: &str,
+    mut f: impl FnMut() -> KafkaResult<T>,
+) -> Result<T, TxnFailure> {
+    {
         let mut backoff = Duration::from_millis(50);
         loop {
             match f() {
@@ -542,17 +578,84 @@ impl Worker {
                     return Err(TxnFailure::Abortable(format!("{what}: {e}")));
                 }
             }
-            if self.status.abandon_sends() {
+            if status.abandon_sends() {
                 return Err(TxnFailure::Abandoned);
             }
-            self.status.beat(1 + self.id);
+            status.beat(1 + id);
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The end of a checkpoint, on a helper thread: the offsets go into the transaction,
+/// its records are delivered, it commits.
+fn finish_checkpoint(
+    status: Arc<Status>,
+    id: usize,
+    producer: ThreadedProducer<ProducerCtx>,
+    offsets: TopicPartitionList,
+    group: Arc<ConsumerGroupMetadata>,
+) -> Result<(), TxnFailure> {
+    let timeout = Duration::from_secs(30);
+    if offsets.count() > 0 {
+        txn_call(&status, id, "send_offsets_to_transaction", || {
+            producer.send_offsets_to_transaction(&offsets, &group, timeout)
+        })?;
+    }
+    // Delivered before the commit: rdkafka's commit_transaction flushes first, and its
+    // flush polls in 100 ms steps (a fixed 100 ms per transaction); the producer's own
+    // thread serves delivery reports as they come.
+    while producer.in_flight_count() > 0 {
+        if status.abandon_sends() {
+            return Err(TxnFailure::Abandoned);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    txn_call(&status, id, "commit_transaction", || {
+        producer.commit_transaction(timeout)
+    })
+}
+
+impl Worker {
+    /// Takes the result of partition `p`'s committing checkpoint if it is done (or
+    /// waits for it with `block`); on success sends the outputs held meanwhile.
+    fn settle(&mut self, p: i32, block: bool) {
+        let Some(pe) = self.engines.get_mut(&p) else {
+            return;
+        };
+        let Some(h) = pe.committing.take() else {
+            return;
+        };
+        if !block && !h.is_finished() {
+            pe.committing = Some(h);
+            return;
+        }
+        let result = h
+            .join()
+            .unwrap_or_else(|_| Err(TxnFailure::Fatal("checkpoint thread panicked".into())));
+        match result {
+            Ok(()) => {
+                pe.replay_committing.clear();
+                telemetry::checkpoint(true);
+                telemetry::commit(true);
+                self.status.commits.fetch_add(1, Ordering::Relaxed);
+                for (rec, dead, d) in std::mem::take(&mut pe.held) {
+                    self.emit(p, &rec, d, dead);
+                }
+            }
+            Err(TxnFailure::Abandoned) => {}
+            Err(TxnFailure::Abortable(why)) => {
+                tracing::warn!(partition = p, error = %why, "checkpoint aborted; rewinding the partition");
+                self.rewind(p);
+            }
+            Err(TxnFailure::Fatal(why)) => self.fatal(p, why),
         }
     }
 
     /// Opens partition `p`'s transaction if it is not open.
     fn begin(&mut self, p: i32) -> Result<(), TxnFailure> {
+        self.settle(p, true);
         let Some(pe) = self.engines.get(&p) else {
             return Ok(());
         };
@@ -568,9 +671,14 @@ impl Worker {
     }
 
     /// Checkpoints partition `p` if anything changed; handles failures by class.
-    fn checkpoint(&mut self, p: i32) {
+    fn checkpoint(&mut self, p: i32, wait: bool) {
         match self.try_checkpoint(p) {
-            Ok(()) | Err(TxnFailure::Abandoned) => {}
+            Ok(()) => {
+                if wait {
+                    self.settle(p, true);
+                }
+            }
+            Err(TxnFailure::Abandoned) => {}
             Err(TxnFailure::Abortable(why)) => {
                 tracing::warn!(partition = p, error = %why, "checkpoint aborted; rewinding the partition");
                 self.rewind(p);
@@ -591,6 +699,7 @@ impl Worker {
 
     fn try_checkpoint(&mut self, p: i32) -> Result<(), TxnFailure> {
         let eos = self.exactly_once();
+        self.settle(p, true);
         let Some(pe) = self.engines.get(&p) else {
             return Ok(());
         };
@@ -698,25 +807,20 @@ impl Worker {
         for (name, next) in &names {
             let _ = offsets.add_partition_offset(name, p, Offset::Offset(*next));
         }
-        let timeout = Duration::from_secs(30);
-        if offsets.count() > 0 {
-            self.txn_call("send_offsets_to_transaction", || {
-                producer.send_offsets_to_transaction(&offsets, &group, timeout)
-            })?;
-        }
-        self.txn_call("commit_transaction", || {
-            producer.commit_transaction(timeout)
-        })?;
         let pe = self.engines.get_mut(&p).expect("present");
         pe.txn.open = false;
         pe.dirty = false;
-        pe.replay.clear();
-        telemetry::checkpoint(true);
-        telemetry::commit(true);
+        pe.replay_committing = std::mem::take(&mut pe.replay);
         telemetry::state_records("customer", customers);
         telemetry::state_records("tombstone", tombstones);
         telemetry::state_records("partition", 1);
-        self.status.commits.fetch_add(1, Ordering::Relaxed);
+        let (status, id) = (self.status.clone(), self.id);
+        let producer = producer.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("churnsignal-commit-{p}"))
+            .spawn(move || finish_checkpoint(status, id, producer, offsets, group))
+            .map_err(|e| TxnFailure::Fatal(format!("checkpoint thread: {e}")))?;
+        pe.committing = Some(handle);
         Ok(())
     }
 
@@ -729,15 +833,21 @@ impl Worker {
         };
         telemetry::checkpoint(false);
         let producer = pe.txn.producer.clone();
-        if pe.txn.open {
-            if let Err(TxnFailure::Fatal(why)) = self.txn_call("abort_transaction", || {
-                producer.abort_transaction(Duration::from_secs(30))
-            }) {
-                return self.fatal(p, why);
-            }
-            pe.txn.open = false;
+        // Whatever transaction is open or failed to commit is aborted (an error for
+        // "none in progress" is fine).
+        if let Err(TxnFailure::Fatal(why)) = self.txn_call("abort_transaction", || {
+            producer.abort_transaction(Duration::from_secs(30))
+        }) {
+            return self.fatal(p, why);
         }
-        let replay = std::mem::take(&mut pe.replay);
+        pe.txn.open = false;
+        if let Some(h) = pe.committing.take() {
+            let _ = h.join();
+        }
+        let mut replay = std::mem::take(&mut pe.replay_committing);
+        replay.append(&mut pe.replay);
+        pe.held.clear();
+        pe.needs_rewind = false;
         let epoch = pe.inputs.values().map(|i| i.epoch).max().unwrap_or(0);
         let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
         let restored = changelog::restore(&self.cfg, p, || {
@@ -896,11 +1006,23 @@ impl Worker {
             headers: &rec.headers,
         };
         if self.exactly_once() {
+            self.settle(p, false);
+            if let Some(pe) = self.engines.get_mut(&p) {
+                if pe.committing.is_some() || pe.needs_rewind {
+                    // The previous transaction is still committing: this goes in the
+                    // next one.
+                    pe.held.push((rec.clone(), dead, delivery));
+                    return;
+                }
+            }
             if let Err(f) = self.begin(p) {
                 match f {
                     TxnFailure::Fatal(why) => self.fatal(p, why),
                     TxnFailure::Abortable(why) => {
-                        tracing::warn!(partition = p, error = %why, "rewinding");
+                        tracing::warn!(partition = p, error = %why, "cannot begin a transaction; rewinding");
+                        if let Some(pe) = self.engines.get_mut(&p) {
+                            pe.needs_rewind = true;
+                        }
                     }
                     TxnFailure::Abandoned => {}
                 }

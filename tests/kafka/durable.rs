@@ -648,7 +648,9 @@ fn a_zombie_is_fenced_by_the_next_owner_of_its_partition_and_writes_nothing_more
         Rec::new(
             &t.orders,
             &format!("z{i}"),
-            format!(r#"{{"event_id":"n{i}","customer_id":"z{i}","type":"engagement.nps","occurred_at":"2026-03-01T10:00:00Z","score":1}}"#),
+            format!(
+                r#"{{"event_id":"n{i}","customer_id":"z{i}","type":"engagement.nps","occurred_at":"2026-03-01T10:00:00Z","score":1}}"#
+            ),
         )
     };
     produce(b, &[nps(0)]);
@@ -662,13 +664,24 @@ fn a_zombie_is_fenced_by_the_next_owner_of_its_partition_and_writes_nothing_more
         .set("transactional.id", cfg.kafka.transactional_id(0))
         .create()
         .unwrap();
-    next_owner.init_transactions(Duration::from_secs(30)).unwrap();
+    next_owner
+        .init_transactions(Duration::from_secs(30))
+        .unwrap();
     produce(b, &[nps(1), nps(2)]);
-    wait_for("the zombie notices", LONG, || service.status().failure().is_some());
+    wait_for("the zombie notices", LONG, || {
+        service.status().failure().is_some()
+    });
     let err = service.stop().unwrap_err().to_string();
     assert!(err.contains("fenced") || err.contains("Fenced"), "{err}");
     let alerts = read_all(b, &t.alerts, true);
-    let customers: Vec<&str> = alerts.iter().map(|a| a["customer_id"].as_str().unwrap()).collect();
-    assert_eq!(customers, vec!["z0"], "nothing of the zombie's after the fence is visible");
+    let customers: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["customer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        customers,
+        vec!["z0"],
+        "nothing of the zombie's after the fence is visible"
+    );
     assert_eq!(checkpointed(&cfg, 0, &t.orders), Some(1));
 }
