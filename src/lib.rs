@@ -21,8 +21,9 @@
 //! - [`signals`]: the seven health signals, one module each.
 //! - [`alert`]: alerts and health records, JSON and protobuf.
 //! - [`replay`]: the engine over a file of events, as `churnsignal replay` runs it.
-//! - [`kafka`]: the Kafka shell's pure parts (commit positions, the records it produces),
-//!   tested without a broker.
+//! - [`kafka`]: the live service around the engine: consumer group, partition engines
+//!   on worker threads, the state changelog (restore on assignment, checkpoints in
+//!   Kafka transactions with the input offsets), alerts and dead letters out.
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`](mod@bench): `churnsignal bench engine`.
 #![deny(missing_docs)]

@@ -99,7 +99,22 @@ pub fn restore(
     let topic = &cfg.kafka.topics.changelog;
     let consumer: BaseConsumer = restore_consumer_config(&cfg.kafka).create()?;
     let timeout = Duration::from_secs(cfg.kafka.startup_timeout_secs);
-    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    // A changelog created moments ago may have no leader yet: asked again until the
+    // startup timeout.
+    let asked = Instant::now();
+    let (low, high) = loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Ok(w) => break w,
+            Err(e) if asked.elapsed() < timeout => {
+                tracing::debug!(partition, error = %e, "changelog watermarks; asking again");
+                if !keep_going() {
+                    return Err(RestoreError::Cancelled);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut customers: HashMap<Box<[u8]>, Box<[u8]>> = HashMap::new();
     let mut partition_record: Option<(i64, Box<[u8]>)> = None;
     let mut records = 0u64;

@@ -1,21 +1,20 @@
 //! The live service: one consumer group member reading the input topics, partition
-//! engines on worker threads, an idempotent producer for alerts and dead letters, and
-//! commits of acknowledged progress.
+//! engines on worker threads restoring from and checkpointing to the state changelog,
+//! an idempotent producer for at-least-once alerts and dead letters.
 //!
 //! Threads:
 //! - the poll thread owns the consumer: it polls, hands messages to the worker that owns
 //!   their partition in batches, pauses the consumer while a worker's queue is full
-//!   (back-pressure instead of unbounded buffers), commits acknowledged progress every
-//!   `commit_interval_ms`, and runs the rebalance callbacks;
-//! - `workers` threads each run the engines of their partitions ([`super::worker`]);
-//! - librdkafka's producer thread calls [`ProducerCtx::delivery`], which acknowledges
-//!   the input offset of each delivered record in its partition's commit tracker;
+//!   (back-pressure instead of unbounded buffers), and runs the rebalance callbacks
+//!   (assignment: workers restore; revocation: workers checkpoint and drop);
+//! - `workers` threads each run the engines of their partitions ([`super::worker`]),
+//!   each partition with its transactional producer, whose checkpoint transactions
+//!   carry the state records and the input offsets (and, exactly-once, the outputs);
+//! - librdkafka's producer threads call [`ProducerCtx::delivery`], which settles each
+//!   delivered record (a checkpoint waits for its partition's);
 //! - the HTTP thread serves metrics, health and the customer API.
 //!
-//! Delivery is at-least-once: an input offset is committed only after every record it
-//! and everything before it on its partition caused is acknowledged
-//! ([`super::offsets`]). After a crash, what was not committed is read and processed
-//! again. Records are retried until delivered (no message timeout); when the broker is
+//! Records are retried until delivered (no message timeout); when the broker is
 //! unreachable the producer queue fills, workers wait, their queues fill, and the
 //! consumer pauses, so memory stays bounded.
 
@@ -924,6 +923,33 @@ impl http::Probe for Probe {
     }
 }
 
+/// A topic's partition count and whether any partition has no leader yet (`None`: not
+/// known to the broker), and how many brokers the cluster has.
+fn describe_topic(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    cfg: &Config,
+    name: &str,
+) -> Result<(Option<(usize, bool)>, usize), RunError> {
+    let k = &cfg.kafka;
+    let md = consumer
+        .fetch_metadata(Some(name), Duration::from_secs(k.startup_timeout_secs))
+        .map_err(|e| RunError::Metadata {
+            topic: name.to_owned(),
+            brokers: k.brokers.clone(),
+            message: e.to_string(),
+        })?;
+    let found = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == name)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| {
+            let leaderless = t.partitions().iter().any(|p| p.leader() < 0);
+            (t.partitions().len(), leaderless)
+        });
+    Ok((found, md.brokers().len()))
+}
+
 /// The changelog is created when missing; it must have the inputs' partition count.
 fn check_changelog(
     consumer: &BaseConsumer<ConsumerCtx>,
@@ -936,22 +962,7 @@ fn check_changelog(
     let started = Instant::now();
     let mut created = false;
     loop {
-        let md = consumer
-            .fetch_metadata(Some(name), timeout)
-            .map_err(|e| RunError::Metadata {
-                topic: name.clone(),
-                brokers: k.brokers.clone(),
-                message: e.to_string(),
-            })?;
-        let found = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == name)
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| {
-                let leaderless = t.partitions().iter().any(|p| p.leader() < 0);
-                (t.partitions().len(), leaderless)
-            });
+        let (found, brokers) = describe_topic(consumer, cfg, name)?;
         match found {
             Some((n, _)) if n != partitions => {
                 return Err(RunError::NotCoPartitioned(format!(
@@ -962,7 +973,7 @@ fn check_changelog(
             Some((_, true)) if started.elapsed() >= timeout => return Ok(()),
             Some(_) => {}
             None if !created => {
-                let made = super::topics::ensure_changelog(k, partitions as i32, md.brokers().len())
+                let made = super::topics::ensure_changelog(k, partitions as i32, brokers)
                     .map_err(RunError::Client)?;
                 if made {
                     tracing::info!(topic = %name, partitions, "state changelog created (compacted)");
@@ -993,24 +1004,7 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<us
         // partitions until the startup timeout) before the topic counts as missing.
         let asked = Instant::now();
         let partitions = loop {
-            let md =
-                consumer
-                    .fetch_metadata(Some(name), timeout)
-                    .map_err(|e| RunError::Metadata {
-                        topic: name.to_owned(),
-                        brokers: k.brokers.clone(),
-                        message: e.to_string(),
-                    })?;
-            let found = md
-                .topics()
-                .iter()
-                .find(|x| x.name() == name)
-                .and_then(|mt| {
-                    (mt.error().is_none() && !mt.partitions().is_empty()).then(|| {
-                        let leaderless = mt.partitions().iter().any(|p| p.leader() < 0);
-                        (mt.partitions().len(), leaderless)
-                    })
-                });
+            let (found, _) = describe_topic(consumer, cfg, name)?;
             let waited = asked.elapsed();
             match found {
                 Some((n, false)) => break n,

@@ -17,13 +17,7 @@ pub async fn create(
     partitions: i32,
     replication: i32,
 ) -> Result<Vec<String>, String> {
-    let mut client = rdkafka::ClientConfig::new();
-    for (k, v) in cfg.properties.pairs() {
-        client.set(k, v);
-    }
-    client.set("bootstrap.servers", &cfg.brokers);
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().map_err(|e| format!("admin client: {e}"))?;
+    let admin = admin(cfg)?;
     let names = cfg.topics.distinct();
     let mut new: Vec<NewTopic<'_>> = names
         .iter()
@@ -44,6 +38,16 @@ pub async fn create(
         }
     }
     Ok(created)
+}
+
+/// An admin client with the user's connection properties (TLS, SASL).
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
+    let mut client = rdkafka::ClientConfig::new();
+    for (k, v) in cfg.properties.pairs() {
+        client.set(k, v);
+    }
+    client.set("bootstrap.servers", &cfg.brokers);
+    client.create().map_err(|e| format!("admin client: {e}"))
 }
 
 /// The changelog's settings: compacted (one record per customer survives), in segments
@@ -82,13 +86,7 @@ pub fn ensure_changelog(
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let mut client = rdkafka::ClientConfig::new();
-            for (k, v) in cfg.properties.pairs() {
-                client.set(k, v);
-            }
-            client.set("bootstrap.servers", &cfg.brokers);
-            let admin: AdminClient<DefaultClientContext> =
-                client.create().map_err(|e| format!("admin client: {e}"))?;
+            let admin = admin(&cfg)?;
             let replication = (brokers as i32).clamp(1, 3);
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
             let results = admin

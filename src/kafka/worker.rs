@@ -734,48 +734,32 @@ impl Worker {
             let status = &self.status;
             let queue_full = &self.queue_full;
             let id = self.id;
+            let mut send_state = |key: &[u8], payload: Option<&[u8]>| {
+                let out = Out {
+                    topic: &topic,
+                    partition: Some(p),
+                    key: Some(key),
+                    payload,
+                    headers: &[],
+                };
+                let d = Box::new(Delivery::untracked());
+                if let Err(e) = send(&producer, status, queue_full, id, out, d) {
+                    failed = Some(e);
+                }
+            };
+            // Tombstones first: a customer forgotten and back since has a record after.
             let mut evicted: Vec<String> = Vec::new();
             pe.engine.take_evicted(|c| evicted.push(c.to_owned()));
             for c in &evicted {
                 tombstones += 1;
-                if let Err(e) = send(
-                    &producer,
-                    status,
-                    queue_full,
-                    id,
-                    Out {
-                        topic: &topic,
-                        partition: Some(p),
-                        key: Some(c.as_bytes()),
-                        payload: None,
-                        headers: &[],
-                    },
-                    Box::new(Delivery::untracked()),
-                ) {
-                    failed = Some(e);
-                }
+                send_state(c.as_bytes(), None);
             }
             let record = &mut self.record;
             pe.engine.take_changed(|c, state| {
                 customers += 1;
                 record.clear();
                 state.encode(record);
-                if let Err(e) = send(
-                    &producer,
-                    status,
-                    queue_full,
-                    id,
-                    Out {
-                        topic: &topic,
-                        partition: Some(p),
-                        key: Some(c.as_bytes()),
-                        payload: Some(record),
-                        headers: &[],
-                    },
-                    Box::new(Delivery::untracked()),
-                ) {
-                    failed = Some(e);
-                }
+                send_state(c.as_bytes(), Some(record));
             });
         }
         if let Some(e) = failed {

@@ -411,21 +411,8 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
         l.local_addr().unwrap().port()
     };
     const SECRET: &str = "s3cr3t-hunter2-Zq9";
-    let t = &cfg.kafka.topics;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_churnsignal"))
-        .arg("run")
+    let mut child = run_command(&cfg, port)
         .env("RUST_LOG", "debug")
-        .env("CHURNSIGNAL__KAFKA__BROKERS", b)
-        .env("CHURNSIGNAL__KAFKA__GROUP_ID", &cfg.kafka.group_id)
-        .env("CHURNSIGNAL__KAFKA__TOPICS__ORDERS", &t.orders)
-        .env(
-            "CHURNSIGNAL__KAFKA__TOPICS__SUPPORT_TICKETS",
-            &t.support_tickets,
-        )
-        .env("CHURNSIGNAL__KAFKA__TOPICS__ENGAGEMENT", &t.engagement)
-        .env("CHURNSIGNAL__KAFKA__TOPICS__ALERTS", &t.alerts)
-        .env("CHURNSIGNAL__KAFKA__TOPICS__DEAD_LETTERS", &t.dead_letters)
-        .env("CHURNSIGNAL__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__SASL.USERNAME", "svc")
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__SASL.PASSWORD", SECRET)
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__SSL.KEY.PASSWORD", SECRET)
@@ -497,7 +484,7 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
         assert!(metrics.contains(zero), "{zero} missing");
     }
     // What was committed was processed: a second run takes over exactly from there.
-    let done: i64 = committed(b, &cfg.kafka.group_id, &t.orders, 2)
+    let done: i64 = committed(b, &cfg.kafka.group_id, &cfg.kafka.topics.orders, 2)
         .iter()
         .map(|o| o.unwrap_or(0))
         .sum();

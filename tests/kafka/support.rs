@@ -450,3 +450,50 @@ pub fn checkpointed(cfg: &Config, partition: i32, topic: &str) -> Option<i64> {
     }
     last
 }
+
+/// `churnsignal run` configured like `cfg` through the environment (`CHURNSIGNAL__*`),
+/// HTTP on `port`.
+pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
+    use churnsignal::config::Guarantee;
+    let k = &cfg.kafka;
+    let t = &k.topics;
+    let guarantee = match k.processing.guarantee {
+        Guarantee::AtLeastOnce => "at_least_once",
+        Guarantee::ExactlyOnce => "exactly_once",
+    };
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnsignal"));
+    c.arg("run");
+    for (key, value) in [
+        ("KAFKA__BROKERS", k.brokers.clone()),
+        ("KAFKA__GROUP_ID", k.group_id.clone()),
+        ("KAFKA__GROUP_INSTANCE_ID", k.group_instance_id.clone()),
+        ("KAFKA__TOPICS__ORDERS", t.orders.clone()),
+        ("KAFKA__TOPICS__SUPPORT_TICKETS", t.support_tickets.clone()),
+        ("KAFKA__TOPICS__ENGAGEMENT", t.engagement.clone()),
+        ("KAFKA__TOPICS__ALERTS", t.alerts.clone()),
+        ("KAFKA__TOPICS__DEAD_LETTERS", t.dead_letters.clone()),
+        ("KAFKA__TOPICS__CHANGELOG", t.changelog.clone()),
+        ("KAFKA__PROCESSING__GUARANTEE", guarantee.to_owned()),
+        (
+            "KAFKA__COMMIT_INTERVAL_MS",
+            k.commit_interval_ms.to_string(),
+        ),
+        ("KAFKA__WORKERS", k.workers.to_string()),
+        (
+            "ENGINE__ALLOWED_LATENESS_SECS",
+            cfg.engine.allowed_lateness_secs.to_string(),
+        ),
+        (
+            "ENGINE__EVICT_AFTER_DAYS",
+            cfg.engine.evict_after_days.to_string(),
+        ),
+        (
+            "ENGINE__MAX_CUSTOMERS",
+            cfg.engine.max_customers.to_string(),
+        ),
+        ("HTTP__LISTEN", format!("127.0.0.1:{port}")),
+    ] {
+        c.env(format!("CHURNSIGNAL__{key}"), value);
+    }
+    c
+}
