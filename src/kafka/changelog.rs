@@ -57,6 +57,20 @@ pub fn decode_partition_record(bytes: &[u8]) -> Result<(Positions, &[u8]), Codec
     Ok((positions, r.rest()))
 }
 
+/// The restore consumer's context: the end of the partition is how a restore knows it
+/// is done, not an error worth a log line.
+pub struct RestoreCtx;
+
+impl rdkafka::ClientContext for RestoreCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(target: "librdkafka", error = %error, "restore consumer: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreCtx {}
+
 /// A partition's state read back from the changelog.
 pub struct Restored {
     /// The engine (a new one when the changelog had nothing for the partition).
@@ -97,7 +111,8 @@ pub fn restore(
 ) -> Result<Restored, RestoreError> {
     let start = Instant::now();
     let topic = &cfg.kafka.topics.changelog;
-    let consumer: BaseConsumer = restore_consumer_config(&cfg.kafka).create()?;
+    let consumer: BaseConsumer<RestoreCtx> =
+        restore_consumer_config(&cfg.kafka).create_with_context(RestoreCtx)?;
     let timeout = Duration::from_secs(cfg.kafka.startup_timeout_secs);
     // A changelog created moments ago may have no leader yet: asked again until the
     // startup timeout.

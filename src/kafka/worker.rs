@@ -264,6 +264,11 @@ pub(crate) struct Worker {
 /// How long a worker blocks for work before it looks at idle partitions.
 const TICK: Duration = Duration::from_millis(200);
 
+/// Input messages a partition keeps for a rewind (those since its last committed
+/// checkpoint) before it checkpoints early: at most two such runs are held (one
+/// committing, one filling), tens of megabytes.
+const REPLAY_LIMIT: usize = 100_000;
+
 impl Worker {
     pub fn new(
         id: usize,
@@ -967,8 +972,13 @@ impl Worker {
         self.out = outs;
         self.out.clear();
         self.note_evictions(partition);
-        if let Some(pe) = self.engines.get_mut(&partition) {
+        let full = self.engines.get_mut(&partition).is_some_and(|pe| {
             pe.replay.push(m);
+            pe.replay.len() >= REPLAY_LIMIT
+        });
+        if full {
+            // The input kept for a rewind stays bounded: checkpoint early.
+            self.checkpoint(partition, false);
         }
         Some(n_alerts as u64)
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant};
 
 use churnsignal::config::{Config, Guarantee};
@@ -15,9 +16,31 @@ use super::support::*;
 
 const LONG: Duration = Duration::from_secs(240);
 
+/// A child process killed (SIGKILL) when dropped, so that a failing test leaves none.
+struct Proc(Child);
+
+impl Proc {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `churnsignal run` as a child process configured like `cfg`, its own log on stderr.
-fn spawn_run(cfg: &Config, port: u16) -> Child {
-    run_command(cfg, port)
+fn spawn_run(cfg: &Config, port: u16) -> Proc {
+    let child = run_command(cfg, port)
         .env("RUST_LOG", "warn")
         .env(
             "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
@@ -30,7 +53,8 @@ fn spawn_run(cfg: &Config, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Proc(child)
 }
 
 fn free_port() -> u16 {
@@ -509,6 +533,8 @@ fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     a.kill().unwrap();
     a.wait().unwrap();
     produce(b, rest);
+    // From here on the usual pace of checkpoints.
+    cfg.kafka.commit_interval_ms = 200;
     // Restart during restore: killed as soon as it says it is restoring.
     let port = free_port();
     let mut a = spawn_run(&cfg, port);

@@ -420,14 +420,14 @@ pub fn replay_alerts(c: &Config, lines: &[u8]) -> Vec<serde_json::Value> {
 /// from. On a real broker the group's committed offset, sent in the same transaction,
 /// is the same; librdkafka's mock cluster does not keep offsets sent to transactions.
 pub fn checkpointed(cfg: &Config, partition: i32, topic: &str) -> Option<i64> {
-    use churnsignal::kafka::changelog::{decode_partition_record, ENGINE_KEY};
-    let c: BaseConsumer = ClientConfig::new()
+    use churnsignal::kafka::changelog::{decode_partition_record, RestoreCtx, ENGINE_KEY};
+    let c: BaseConsumer<RestoreCtx> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .set("group.id", "checkpoint-reader")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(RestoreCtx)
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&cfg.kafka.topics.changelog, partition, Offset::Beginning)
