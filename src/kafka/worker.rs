@@ -1022,36 +1022,20 @@ impl Worker {
                 }
                 return;
             }
-            let Some(pe) = self.engines.get(&p) else {
-                return;
-            };
-            let producer = pe.txn.producer.clone();
-            if let Err(e) = send(
-                &producer,
-                &self.status,
-                &self.queue_full,
-                self.id,
-                out,
-                Box::new(delivery),
-            ) {
-                self.status.fail(e);
-            }
+        }
+        let Some(pe) = self.engines.get(&p) else {
+            return;
+        };
+        let producer = if self.exactly_once() {
+            pe.txn.producer.clone()
         } else {
-            let Some(pe) = self.engines.get(&p) else {
-                return;
-            };
             pe.pending.fetch_add(1, Ordering::AcqRel);
             delivery.pending = Some(pe.pending.clone());
-            if let Err(e) = send(
-                &self.producer,
-                &self.status,
-                &self.queue_full,
-                self.id,
-                out,
-                Box::new(delivery),
-            ) {
-                self.status.fail(e);
-            }
+            self.producer.clone()
+        };
+        let d = Box::new(delivery);
+        if let Err(e) = send(&producer, &self.status, &self.queue_full, self.id, out, d) {
+            self.status.fail(e);
         }
     }
 
