@@ -164,7 +164,7 @@ struct PartitionEngine {
     /// Input processed since the last checkpoint: processed again after an abort.
     replay: Vec<InMsg>,
     /// A checkpoint committing on a helper thread (processing goes on meanwhile).
-    committing: Option<std::thread::JoinHandle<Result<(), TxnFailure>>>,
+    committing: Option<(Instant, std::thread::JoinHandle<Result<(), TxnFailure>>)>,
     /// The input that checkpoint covers, kept until it is committed.
     replay_committing: Vec<InMsg>,
     /// Exactly-once outputs made while a checkpoint commits: sent in the next
@@ -263,6 +263,28 @@ pub(crate) struct Worker {
 
 /// How long a worker blocks for work before it looks at idle partitions.
 const TICK: Duration = Duration::from_millis(200);
+
+/// A checkpoint's commit that has not finished after this long is given up (its calls
+/// have 30 s timeouts; librdkafka's send_offsets_to_transaction was seen to ignore its
+/// own across a coordinator outage): the partition gets a new producer and rewinds.
+const COMMIT_STUCK: Duration = Duration::from_secs(45);
+
+/// Waits up to `limit` for a thread to finish (calling `tick` meanwhile); true if it did.
+fn wait_for_thread<T>(
+    h: &std::thread::JoinHandle<T>,
+    limit: Duration,
+    mut tick: impl FnMut(),
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while !h.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tick();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
 
 /// Input messages a partition keeps for a rewind (those since its last committed
 /// checkpoint) before it checkpoints early: at most two such runs are held (one
@@ -406,8 +428,10 @@ impl Worker {
     /// A partition leaves: an open transaction (nothing worth keeping: a failed
     /// checkpoint) is aborted, gauges reset.
     fn close(&mut self, p: i32, mut pe: PartitionEngine) {
-        if let Some(h) = pe.committing.take() {
-            let _ = h.join();
+        if let Some((_, h)) = pe.committing.take() {
+            if wait_for_thread(&h, COMMIT_STUCK, || {}) {
+                let _ = h.join();
+            }
         }
         if pe.txn.open {
             let _ = pe.txn.producer.abort_transaction(Duration::from_secs(5));
@@ -629,16 +653,30 @@ impl Worker {
         let Some(pe) = self.engines.get_mut(&p) else {
             return;
         };
-        let Some(h) = pe.committing.take() else {
+        let Some((since, h)) = pe.committing.take() else {
             return;
         };
         if !block && !h.is_finished() {
-            pe.committing = Some(h);
+            pe.committing = Some((since, h));
             return;
         }
-        let result = h
-            .join()
-            .unwrap_or_else(|_| Err(TxnFailure::Fatal("checkpoint thread panicked".into())));
+        let left = COMMIT_STUCK.saturating_sub(since.elapsed());
+        let (status, id) = (self.status.clone(), self.id);
+        let result = if wait_for_thread(&h, left, || status.beat(1 + id)) {
+            h.join()
+                .unwrap_or_else(|_| Err(TxnFailure::Fatal("checkpoint thread panicked".into())))
+        } else {
+            // librdkafka's send_offsets_to_transaction has been seen to wait forever
+            // across a coordinator outage: the producer is replaced (the new one fences
+            // it and aborts its transaction) and the partition rewound.
+            tracing::error!(
+                partition = p,
+                "a checkpoint did not finish in {} s; replacing the partition's producer",
+                COMMIT_STUCK.as_secs()
+            );
+            self.rewind_with(p, true);
+            return;
+        };
         match result {
             Ok(()) => {
                 pe.replay_committing.clear();
@@ -809,7 +847,7 @@ impl Worker {
             .name(format!("churnsignal-commit-{p}"))
             .spawn(move || finish_checkpoint(status, id, producer, offsets, group))
             .map_err(|e| TxnFailure::Fatal(format!("checkpoint thread: {e}")))?;
-        pe.committing = Some(handle);
+        pe.committing = Some((Instant::now(), handle));
         Ok(())
     }
 
@@ -817,10 +855,36 @@ impl Worker {
     /// the changelog (the last committed checkpoint) and the input since then
     /// processed again.
     fn rewind(&mut self, p: i32) {
+        self.rewind_with(p, false);
+    }
+
+    /// [`Worker::rewind`], with a new producer when the old one is stuck.
+    fn rewind_with(&mut self, p: i32, new_producer: bool) {
         let Some(mut pe) = self.engines.remove(&p) else {
             return;
         };
         telemetry::checkpoint(false);
+        if new_producer {
+            let pcfg = transactional_producer_config(&self.cfg.kafka, p);
+            let created: Result<ThreadedProducer<ProducerCtx>, _> =
+                pcfg.create_with_context(ProducerCtx::transactional(self.status.clone()));
+            let producer = match created {
+                Ok(producer) => producer,
+                Err(e) => return self.fatal(p, format!("transactional producer: {e}")),
+            };
+            let timeout = Duration::from_secs(self.cfg.kafka.startup_timeout_secs);
+            match self.txn_call("init_transactions", || producer.init_transactions(timeout)) {
+                Ok(()) => {}
+                Err(TxnFailure::Abandoned) => return,
+                Err(TxnFailure::Abortable(why)) | Err(TxnFailure::Fatal(why)) => {
+                    return self.fatal(p, why)
+                }
+            }
+            pe.txn = Txn {
+                producer,
+                open: false,
+            };
+        }
         let producer = pe.txn.producer.clone();
         // Whatever transaction is open or failed to commit is aborted (an error for
         // "none in progress" is fine).
@@ -830,8 +894,10 @@ impl Worker {
             return self.fatal(p, why);
         }
         pe.txn.open = false;
-        if let Some(h) = pe.committing.take() {
-            let _ = h.join();
+        if let Some((_, h)) = pe.committing.take() {
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
         let mut replay = std::mem::take(&mut pe.replay_committing);
         replay.append(&mut pe.replay);
