@@ -669,6 +669,15 @@ impl Worker {
             // librdkafka's send_offsets_to_transaction has been seen to wait forever
             // across a coordinator outage: the producer is replaced (the new one fences
             // it and aborts its transaction) and the partition rewound.
+            if self.status.failure().is_some() || self.status.stopping.load(Ordering::SeqCst) {
+                // Stopping (perhaps fenced): a new producer would fence the next owner.
+                tracing::error!(partition = p, "a checkpoint did not finish; given up");
+                if let Some(pe) = self.engines.remove(&p) {
+                    telemetry::partition_state(p, 0, 0, None);
+                    drop(pe);
+                }
+                return;
+            }
             tracing::error!(
                 partition = p,
                 "a checkpoint did not finish in {} s; replacing the partition's producer",

@@ -503,8 +503,7 @@ fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
         })
         .collect();
     assert_eq!(ends.iter().sum::<i64>() as usize, total);
-    // Long: under a full test run on two cores, a debug build checkpointing every
-    // 10 ms is slow.
+    // Long: a debug build under a full test run on two cores.
     wait_for("every partition checkpointed at its end", LONG * 3, || {
         (0..partitions).all(|p| checkpointed(cfg, p, topic) == Some(ends[p as usize]))
     });
@@ -514,9 +513,10 @@ fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
 fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     let b = shared_bootstrap();
     let mut cfg = one_topic_config(b, "restore");
-    // A checkpoint every 10 ms: a changelog of hundreds of thousands of records, so
-    // that restoring takes long enough to be interrupted.
-    cfg.kafka.commit_interval_ms = 10;
+    // A checkpoint every 100 ms: nearly every event's customer is written anew each
+    // time, a changelog of over a hundred thousand records, so that restoring takes
+    // long enough to be interrupted.
+    cfg.kafka.commit_interval_ms = 100;
     create_all(&cfg, 2);
     let spec = Spec {
         customers: 1000,
@@ -533,8 +533,6 @@ fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     a.kill().unwrap();
     a.wait().unwrap();
     produce(b, rest);
-    // From here on the usual pace of checkpoints.
-    cfg.kafka.commit_interval_ms = 200;
     // Restart during restore: killed as soon as it says it is restoring.
     let port = free_port();
     let mut a = spawn_run(&cfg, port);
