@@ -150,7 +150,15 @@ fn topic_of(cfg: &Config, f: Family) -> &str {
 }
 
 fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, value: &[u8]) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(value);
+    send_record(p, BaseRecord::to(topic).key(key).payload(value));
+}
+
+/// Sends a record, waiting while the producer queue is full.
+fn send_record<K, V>(p: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, V>)
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    V: rdkafka::message::ToBytes + ?Sized,
+{
     loop {
         match p.send(rec) {
             Ok(()) => return,
@@ -440,19 +448,13 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<(u64, u64, usize, f64),
         rec.clear();
         c.encode(&mut rec);
         bytes += (rec.len() + id.len()) as u64;
-        let mut r = BaseRecord::to(&topic)
-            .key(id)
-            .payload(&rec[..])
-            .partition(0);
-        loop {
-            match prod.send(r) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send_record(
+            &prod,
+            BaseRecord::to(&topic)
+                .key(id)
+                .payload(&rec[..])
+                .partition(0),
+        );
     });
     rec.clear();
     crate::kafka::changelog::encode_partition_record(&[], &engine, &mut rec);
@@ -460,7 +462,7 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<(u64, u64, usize, f64),
         .key(crate::kafka::changelog::ENGINE_KEY)
         .payload(&rec[..])
         .partition(0);
-    prod.send(r).map_err(|(e, _)| e.to_string())?;
+    send_record(&prod, r);
     prod.flush(Duration::from_secs(300))
         .map_err(|e| format!("flush: {e}"))?;
     drop(engine);
