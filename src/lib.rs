@@ -24,6 +24,8 @@
 //! - [`kafka`]: the live service around the engine: consumer group, partition engines
 //!   on worker threads, the state changelog (restore on assignment, checkpoints in
 //!   Kafka transactions with the input offsets), alerts and dead letters out.
+//! - [`slack`]: `churnsignal slack`, the forwarder from the alerts topic to Slack
+//!   incoming webhooks (Block Kit, routing, retries, no repeats).
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`](mod@bench): `churnsignal bench engine`.
 #![deny(missing_docs)]
@@ -39,6 +41,7 @@ pub mod generate;
 pub mod kafka;
 pub mod replay;
 pub mod signals;
+pub mod slack;
 pub mod telemetry;
 pub mod time;
 

@@ -28,6 +28,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Forward the alerts topic to Slack incoming webhooks ([slack] in the config).
+    Slack {
+        /// Configuration file (defaults built in; CHURNSIGNAL__* environment overrides apply).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Zero-setup demo: the live service on an in-process Kafka, fed a generated history.
     Demo {
         /// Customers.
@@ -227,6 +233,17 @@ fn run(cli: Cli) -> Result<()> {
                 alerts = report.alerts,
                 "stopped"
             );
+            Ok(())
+        }
+        Command::Slack { config } => {
+            let cfg = load_config(config.as_deref())?;
+            init_logging(&cfg.log);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(churnsignal::slack::run(cfg, termination()))?;
+            tracing::info!(posted = report.posted, "stopped");
             Ok(())
         }
         Command::Replay {

@@ -15,10 +15,12 @@ use serde::Deserialize;
 use crate::time::{DAY_MS, SECOND_MS};
 
 mod kafka;
+mod slack;
 pub use kafka::{
     is_secret, EncodingConfig, Guarantee, HttpConfig, InputTopic, KafkaConfig, LogConfig,
     LogFormat, OffsetReset, ProcessingConfig, Properties, TopicsConfig, OWNED_PROPERTIES,
 };
+pub use slack::{Route, SlackConfig, WebhookSource};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "CHURNSIGNAL__";
@@ -94,6 +96,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Slack forwarder (`churnsignal slack`).
+    pub slack: SlackConfig,
 }
 
 /// `[input]`
@@ -774,6 +778,7 @@ impl Config {
         )?;
         self.kafka.validate()?;
         self.http.validate()?;
+        self.slack.validate()?;
         Ok(())
     }
 }

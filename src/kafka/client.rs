@@ -6,7 +6,7 @@
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::ClientConfig;
 
-use crate::config::{is_secret, KafkaConfig};
+use crate::config::{is_secret, Config, KafkaConfig};
 
 /// Consumer defaults that differ from librdkafka's (a user's properties override them).
 ///
@@ -96,6 +96,36 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    c
+}
+
+/// The Slack forwarder's consumer of the alerts topic: its own group, manual commits
+/// (an offset is stored once its alert is posted), `read_committed` (an exactly-once
+/// service's aborted alerts are never posted). It pauses its partitions while it waits
+/// to retry, and keeps polling, so the default `max.poll.interval.ms` holds.
+pub fn slack_consumer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = base(k, &k.consumer_properties, &[]);
+    c.set("group.id", &cfg.slack.group_id)
+        .set("client.id", format!("{}-slack", k.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", cfg.slack.auto_offset_reset.as_str())
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// The Slack forwarder's reader of the alerts before its starting offset (no group).
+pub fn slack_reader_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = base(k, &k.consumer_properties, &[]);
+    c.set("group.id", format!("{}-readback", cfg.slack.group_id))
+        .set("client.id", format!("{}-slack-readback", k.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
     c

@@ -381,7 +381,8 @@ impl ProducerCtx {
     }
 }
 
-fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+/// Routes a librdkafka log line into tracing (target `librdkafka`).
+pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
     use RDKafkaLogLevel::*;
     match level {
         Emerg | Alert | Critical | Error => {

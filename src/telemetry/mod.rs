@@ -73,7 +73,21 @@ pub mod names {
     /// Customers forgotten, by reason (`idle`: silent past the horizon, `cap`).
     pub const CUSTOMERS_EVICTED: &str = "churnsignal_customers_evicted_total";
 
-    /// Every name, for documentation and the dashboard consistency test.
+    /// Slack forwarder: alerts read from the alerts topic, by result (`posted`,
+    /// `duplicate`, `unrouted`, `unreadable`).
+    pub const SLACK_ALERTS: &str = "churnsignal_slack_alerts_total";
+    /// Slack forwarder: POSTs to webhooks, by webhook name and outcome (`accepted`,
+    /// `rate_limited`, `server_error`, `network_error`, `rejected`).
+    pub const SLACK_POSTS: &str = "churnsignal_slack_post_attempts_total";
+    /// Slack forwarder: alerts on its partitions not yet handled, per partition.
+    pub const SLACK_LAG: &str = "churnsignal_slack_lag_messages";
+    /// Slack forwarder: 1 while it waits to retry a post.
+    pub const SLACK_RETRYING: &str = "churnsignal_slack_retrying";
+
+    /// The names the Slack forwarder exports.
+    pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
+
+    /// Every name of the service, for documentation and the dashboard consistency test.
     pub const ALL: [&str; 28] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
@@ -111,8 +125,43 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Installs the process-wide Prometheus recorder once and returns its handle, with the
+/// service's label-less metrics at zero.
 pub fn install() -> PrometheusHandle {
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    let handle = recorder();
+    REGISTERED.get_or_init(register);
+    handle
+}
+
+/// Installs the recorder for the Slack forwarder: its own metrics at zero, for each
+/// webhook, and none of the service's (its `/metrics` must not show a service that is
+/// not running).
+pub fn install_slack<'a>(webhooks: impl IntoIterator<Item = &'a str>) -> PrometheusHandle {
+    let handle = recorder();
+    for result in ["posted", "duplicate", "unrouted", "unreadable"] {
+        counter!(names::SLACK_ALERTS, "result" => result).absolute(0);
+    }
+    for w in webhooks {
+        for outcome in SLACK_OUTCOMES {
+            counter!(names::SLACK_POSTS, "webhook" => w.to_owned(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    gauge!(names::SLACK_RETRYING).set(0.0);
+    handle
+}
+
+/// Outcomes of a POST to Slack.
+pub const SLACK_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "rate_limited",
+    "server_error",
+    "network_error",
+    "rejected",
+];
+
+fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -128,7 +177,6 @@ pub fn install() -> PrometheusHandle {
             // application); the handle then renders nothing, which is all we can do.
             let _ = metrics::set_global_recorder(recorder);
             describe();
-            register();
             handle
         })
         .clone()
@@ -223,6 +271,37 @@ fn describe() {
     describe_counter!(TRANSACTION_ERRORS, "Transactional API errors, by class");
     describe_counter!(STATE_RECORDS, "State records written to the changelog");
     describe_counter!(CUSTOMERS_EVICTED, "Customers forgotten, by reason");
+    describe_counter!(SLACK_ALERTS, "Slack forwarder: alerts read, by result");
+    describe_counter!(
+        SLACK_POSTS,
+        "Slack forwarder: POSTs to webhooks, by webhook and outcome"
+    );
+    describe_gauge!(
+        SLACK_LAG,
+        "Slack forwarder: alerts not yet handled, per partition"
+    );
+    describe_gauge!(SLACK_RETRYING, "Slack forwarder: 1 while waiting to retry");
+}
+
+/// Counts one alert the Slack forwarder read.
+pub fn slack_alert(result: &'static str) {
+    counter!(names::SLACK_ALERTS, "result" => result).increment(1);
+}
+
+/// Counts one POST to a webhook.
+pub fn slack_post(webhook: &str, outcome: &'static str) {
+    counter!(names::SLACK_POSTS, "webhook" => webhook.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Sets the forwarder's lag on one partition.
+pub fn slack_lag(partition: i32, lag: i64) {
+    gauge!(names::SLACK_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
+}
+
+/// Sets the forwarder's retrying flag.
+pub fn slack_retrying(waiting: bool) {
+    gauge!(names::SLACK_RETRYING).set(if waiting { 1.0 } else { 0.0 });
 }
 
 /// A partition's restore progress.

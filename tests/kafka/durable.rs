@@ -2,7 +2,7 @@
 //! scale-out with state moving between instances, eviction under millions of customers.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 use std::time::{Duration, Instant};
 
@@ -15,28 +15,6 @@ use rdkafka::{ClientConfig, Message};
 use super::support::*;
 
 const LONG: Duration = Duration::from_secs(240);
-
-/// A child process killed (SIGKILL) when dropped, so that a failing test leaves none.
-struct Proc(Child);
-
-impl Proc {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `churnsignal run` as a child process configured like `cfg`, its own log on stderr.
 fn spawn_run(cfg: &Config, port: u16) -> Proc {
@@ -55,11 +33,6 @@ fn spawn_run(cfg: &Config, port: u16) -> Proc {
         .spawn()
         .unwrap();
     Proc(child)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn addr(port: u16) -> std::net::SocketAddr {

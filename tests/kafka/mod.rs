@@ -4,4 +4,5 @@ mod demo;
 mod durable;
 mod faults;
 mod live;
+mod slack;
 mod support;

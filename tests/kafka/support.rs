@@ -497,3 +497,31 @@ pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
     }
     c
 }
+
+/// A child process killed (SIGKILL) when dropped, so that a failing test leaves none.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

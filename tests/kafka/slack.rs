@@ -1,0 +1,481 @@
+//! `churnsignal slack` on the real broker, posting to a local HTTP server that plays
+//! Slack (429 with Retry-After, 5xx, then 200).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use churnsignal::alert::Alert;
+use churnsignal::config::Config;
+use churnsignal::engine::lifecycle::Status;
+use churnsignal::engine::Engine;
+use churnsignal::generate::{History, Spec};
+use churnsignal::kafka::records::{alert_record, AlertFormat};
+
+use super::support::*;
+
+/// One request the fake Slack received.
+#[derive(Debug, Clone)]
+struct Request {
+    hook: String,
+    at: Instant,
+    status: u16,
+    body: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Fake {
+    /// Scripted answers per hook (status, Retry-After); 200 when none is left.
+    script: BTreeMap<String, VecDeque<(u16, Option<u64>)>>,
+    log: Vec<Request>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+async fn webhook(
+    State(fake): State<Shared>,
+    Path((_t, _b, hook)): Path<(String, String, String)>,
+    _headers: HeaderMap,
+    body: String,
+) -> (StatusCode, HeaderMap, &'static str) {
+    let mut f = fake.lock().unwrap();
+    let (status, retry_after) = f
+        .script
+        .get_mut(&hook)
+        .and_then(|q| q.pop_front())
+        .unwrap_or((200, None));
+    f.log.push(Request {
+        hook,
+        at: Instant::now(),
+        status,
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    });
+    let mut h = HeaderMap::new();
+    if let Some(s) = retry_after {
+        h.insert("retry-after", s.to_string().parse().unwrap());
+    }
+    let text = match status {
+        200 => "ok",
+        429 => "rate_limited",
+        _ => "internal_error",
+    };
+    (StatusCode::from_u16(status).unwrap(), h, text)
+}
+
+/// Starts the fake on a free port; it runs until the test process ends.
+fn fake_slack(fake: Shared) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = Router::new()
+                .route("/services/{t}/{b}/{hook}", post(webhook))
+                .with_state(fake);
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    port
+}
+
+/// Alerts of a generated history, as the service writes them.
+fn alerts() -> Vec<Alert> {
+    let mut engine = Engine::new(Config::default());
+    let mut out = Vec::new();
+    for g in History::new(Spec {
+        customers: 400,
+        days: 200,
+        seed: 21,
+        ..Default::default()
+    }) {
+        out.extend(engine.apply(&g.to_event()));
+    }
+    out
+}
+
+/// The test's routing rules, stated independently of the forwarder's code.
+fn expected_hook(a: &Alert) -> Option<&'static str> {
+    let risk = a.risk.as_str();
+    if matches!(risk, "high" | "critical") && a.value_tier == "key" {
+        Some("key-s3cr3t-token")
+    } else if a.status == Status::Resolved || matches!(risk, "medium" | "high" | "critical") {
+        Some("everyone-s3cr3t-token")
+    } else {
+        None
+    }
+}
+
+fn record(topic: &str, a: &Alert, format: AlertFormat) -> Rec {
+    let r = alert_record(a, format);
+    Rec {
+        topic: topic.to_owned(),
+        key: r.key,
+        value: r.payload,
+        headers: r.headers,
+    }
+}
+
+fn accepted(fake: &Shared) -> Vec<Request> {
+    fake.lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|r| r.status == 200)
+        .cloned()
+        .collect()
+}
+
+/// (alert_id, sequence) of a posted Block Kit message, from its context line.
+fn key_of(body: &serde_json::Value) -> (String, u64) {
+    let ctx = body["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "context")
+        .expect("a context block")["elements"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // "customer `c` · alert `id` #n · as of ..."
+    let after = ctx.split("alert `").nth(1).unwrap();
+    let id = after.split('`').next().unwrap().to_owned();
+    let seq = after.split('#').nth(1).unwrap().split(' ').next().unwrap();
+    (id, seq.parse().unwrap())
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn spawn_forwarder(config: &std::path::Path, everyone_url: &str, log: &std::path::Path) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_churnsignal"))
+        .args(["slack", "--config"])
+        .arg(config)
+        .env("TEST_SLACK_EVERYONE", format!("{everyone_url}\n"))
+        .env(
+            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
+            "6000",
+        )
+        .env(
+            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
+            "1000",
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+#[test]
+fn the_slack_forwarder_routes_retries_and_never_posts_an_alert_twice_across_a_crash() {
+    let bootstrap = shared_bootstrap();
+    let name = unique("slack");
+    let topic = format!("{name}-alerts");
+    let group = format!("{name}-forwarder");
+    create_topics(bootstrap, &[(&topic, 1)]);
+
+    let fake: Shared = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        // The key-accounts hook: rate limited (wait 2 s), then a server error.
+        f.script.insert(
+            "key-s3cr3t-token".into(),
+            VecDeque::from([(429, Some(2)), (500, None)]),
+        );
+        // The other hook: three server errors in a row (exponential back-off).
+        f.script.insert(
+            "everyone-s3cr3t-token".into(),
+            VecDeque::from([(503, None), (503, None), (503, None)]),
+        );
+    }
+    let fake_port = fake_slack(fake.clone());
+    let key_url = format!("http://127.0.0.1:{fake_port}/services/T0KEY/B0KEY/key-s3cr3t-token");
+    let everyone_url =
+        format!("http://127.0.0.1:{fake_port}/services/T0ALL/B0ALL/everyone-s3cr3t-token");
+
+    // The alerts: 21 of a generated history (both routes, resolved ones, some that no
+    // route takes), one in protobuf, one repeated at once, and a message that is not
+    // an alert.
+    let all = alerts();
+    // Quotas per kind, taken in history order: the key-accounts route, the others,
+    // resolved ones, and alerts no route takes.
+    let kind = |a: &Alert| match (expected_hook(a), a.status) {
+        (_, Status::Resolved) => 2,
+        (Some("key-s3cr3t-token"), _) => 0,
+        (Some(_), _) => 1,
+        (None, _) => 3,
+    };
+    let mut quota = [8, 8, 3, 2];
+    let mut first: Vec<&Alert> = Vec::new();
+    let mut second: Vec<&Alert> = Vec::new();
+    for a in &all {
+        let k = kind(a);
+        if quota[k] > 0 {
+            quota[k] -= 1;
+            first.push(a);
+        } else if second.len() < 4 && k != 3 && quota.iter().take(3).all(|q| *q == 0) {
+            second.push(a);
+        }
+    }
+    assert_eq!(
+        &quota[..3],
+        &[0, 0, 0],
+        "the history has alerts of each kind"
+    );
+    assert_eq!(second.len(), 4);
+    assert!(first
+        .iter()
+        .any(|a| expected_hook(a) == Some("key-s3cr3t-token")));
+    assert!(first
+        .iter()
+        .any(|a| expected_hook(a) == Some("everyone-s3cr3t-token")));
+    assert!(first.iter().any(|a| a.status == Status::Resolved));
+    let mut batch: Vec<Rec> = Vec::new();
+    for (i, a) in first.iter().enumerate() {
+        let format = if i == 5 {
+            AlertFormat::Protobuf
+        } else {
+            AlertFormat::Json
+        };
+        batch.push(record(&topic, a, format));
+        if i == 3 {
+            batch.push(record(&topic, a, AlertFormat::Json));
+        }
+    }
+    batch.push(Rec::new(&topic, "nobody", "this is not an alert"));
+    produce(bootstrap, &batch);
+    let end1 = batch.len() as i64;
+
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key-hook");
+    std::fs::write(&key_file, format!("{key_url}\n")).unwrap();
+    let http_port = free_port();
+    let config = dir.join("slack.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{bootstrap}"
+[kafka.topics]
+alerts = "{topic}"
+[slack]
+group_id = "{group}"
+auto_offset_reset = "earliest"
+listen = "127.0.0.1:{http_port}"
+retry_initial_ms = 200
+retry_max_ms = 2000
+[slack.webhooks]
+key = {{ url_file = "{}" }}
+everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
+[[slack.routes]]
+risk = ["high", "critical"]
+value_tier = ["key"]
+webhook = "key"
+[[slack.routes]]
+status = ["resolved"]
+webhook = "everyone"
+[[slack.routes]]
+risk = ["medium", "high", "critical"]
+webhook = "everyone"
+[log]
+level = "debug"
+"#,
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+
+    // Run 1.
+    let log1 = dir.join("run1.log");
+    let mut run1 = spawn_forwarder(&config, &everyone_url, &log1);
+    wait_for("the first post", Duration::from_secs(60), || {
+        !fake.lock().unwrap().log.is_empty()
+    });
+    // The first post failed and is being retried: no offset is committed meanwhile.
+    assert_eq!(
+        committed(bootstrap, &group, &topic, 1),
+        vec![None],
+        "an offset committed before Slack accepted the post"
+    );
+    let routed1: Vec<(String, u64)> = first
+        .iter()
+        .filter(|a| expected_hook(a).is_some())
+        .map(|a| (a.alert_id.clone(), u64::from(a.sequence)))
+        .collect();
+    wait_for("batch 1 posted", Duration::from_secs(90), || {
+        accepted(&fake).len() >= routed1.len()
+    });
+    wait_for("batch 1 committed", Duration::from_secs(30), || {
+        committed(bootstrap, &group, &topic, 1) == vec![Some(end1)]
+    });
+    let (_, metrics1) = http_get(metrics_addr, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics1,
+            "churnsignal_slack_alerts_total{result=\"duplicate\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics1,
+            "churnsignal_slack_alerts_total{result=\"unreadable\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics1,
+            "churnsignal_slack_alerts_total{result=\"unrouted\"}"
+        ),
+        (first.len() - routed1.len()) as f64
+    );
+    assert_eq!(
+        metric(
+            &metrics1,
+            "churnsignal_slack_post_attempts_total{webhook=\"key\",outcome=\"rate_limited\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics1,
+            "churnsignal_slack_post_attempts_total{webhook=\"everyone\",outcome=\"server_error\"}"
+        ),
+        3.0
+    );
+    // A crash: no graceful anything.
+    run1.kill().unwrap();
+    run1.wait().unwrap();
+
+    // The service repeats five alerts (at-least-once after its own crash) and writes
+    // four new ones; the forwarder restarts.
+    let mut batch2: Vec<Rec> = first[..5]
+        .iter()
+        .map(|a| record(&topic, a, AlertFormat::Json))
+        .collect();
+    batch2.extend(second.iter().map(|a| record(&topic, a, AlertFormat::Json)));
+    produce(bootstrap, &batch2);
+    let end2 = end1 + batch2.len() as i64;
+    let routed2 = second.iter().filter(|a| expected_hook(a).is_some()).count();
+    let log2 = dir.join("run2.log");
+    let mut run2 = spawn_forwarder(&config, &everyone_url, &log2);
+    wait_for("batch 2 committed", Duration::from_secs(90), || {
+        committed(bootstrap, &group, &topic, 1) == vec![Some(end2)]
+    });
+    let (_, metrics2) = http_get(metrics_addr, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics2,
+            "churnsignal_slack_alerts_total{result=\"duplicate\"}"
+        ),
+        5.0,
+        "the repeats of alerts posted before the crash"
+    );
+    assert_eq!(http_get(metrics_addr, "/readyz").0, 200);
+    sigterm(run2.id());
+    let status = run2.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the forwarder cleanly: {status}"
+    );
+
+    // Every routed alert exactly once, to its hook, as valid Block Kit.
+    let posts = accepted(&fake);
+    assert_eq!(
+        posts.len(),
+        routed1.len() + routed2,
+        "no alert twice, none lost"
+    );
+    let mut keys: Vec<(String, u64)> = posts.iter().map(|r| key_of(&r.body)).collect();
+    keys.sort();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "an (alert_id, sequence) posted twice");
+    for r in &posts {
+        let key = key_of(&r.body);
+        let a = first
+            .iter()
+            .chain(second.iter())
+            .find(|a| (a.alert_id.clone(), u64::from(a.sequence)) == key)
+            .expect("a posted alert is one of ours");
+        assert_eq!(
+            Some(r.hook.as_str()),
+            expected_hook(a),
+            "routed by risk and tier"
+        );
+        let blocks = r.body["blocks"].as_array().unwrap();
+        assert_eq!(blocks[0]["type"], "header");
+        assert_eq!(blocks[0]["text"]["text"], a.summary.as_str());
+        assert!(r.body["text"].as_str().unwrap().contains(&a.summary));
+        let status_line = blocks[1]["text"]["text"].as_str().unwrap();
+        match a.status {
+            Status::Resolved => assert!(status_line.starts_with("*Resolved*")),
+            Status::Open => assert!(status_line.starts_with("*New risk*")),
+            Status::Escalated => assert!(status_line.starts_with("*Risk up*")),
+        }
+    }
+
+    // Back-off: the 429's Retry-After (2 s) and doubling waits after 5xx.
+    let log = fake.lock().unwrap().log.clone();
+    let times = |hook: &str| -> Vec<(Instant, u16)> {
+        log.iter()
+            .filter(|r| r.hook == hook)
+            .map(|r| (r.at, r.status))
+            .collect()
+    };
+    let key = times("key-s3cr3t-token");
+    assert_eq!((key[0].1, key[1].1, key[2].1), (429, 500, 200));
+    assert!(
+        key[1].0 - key[0].0 >= Duration::from_millis(1990),
+        "Retry-After honoured: {:?}",
+        key[1].0 - key[0].0
+    );
+    assert!(key[2].0 - key[1].0 >= Duration::from_millis(100));
+    let all_hook = times("everyone-s3cr3t-token");
+    for i in 0..3 {
+        assert_eq!(all_hook[i].1, 503);
+        let gap = all_hook[i + 1].0 - all_hook[i].0;
+        let least = Duration::from_millis(100 << i);
+        assert!(gap >= least, "wait {i} after a 503: {gap:?} < {least:?}");
+    }
+
+    // The URLs are secrets: in no log line.
+    for log in [&log1, &log2] {
+        let mut text = String::new();
+        std::fs::File::open(log)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert!(text.contains("posted to slack"), "the log says what it did");
+        for secret in ["s3cr3t", "T0KEY", "B0ALL", "/services/"] {
+            assert!(!text.contains(secret), "{secret} in {}", log.display());
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
