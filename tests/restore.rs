@@ -265,3 +265,52 @@ mod eviction {
         assert_eq!(original.customers(), rebuilt.customers());
     }
 }
+
+#[test]
+fn customers_at_risk_are_those_whose_episode_is_open_by_the_highest_risk_announced() {
+    use churnsignal::engine::lifecycle::Status;
+    use std::collections::HashMap;
+    let mut engine = Engine::new(Config::default());
+    let mut alerts = Vec::new();
+    for e in events(5) {
+        alerts.extend(engine.apply(&e));
+    }
+    let level = |r: &str| {
+        ["low", "medium", "high", "critical"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for a in &alerts {
+        let r = level(a.risk.as_str());
+        match a.status {
+            Status::Open => {
+                open.insert(&a.customer_id, r);
+            }
+            Status::Escalated => {
+                let cur = open
+                    .get_mut(a.customer_id.as_str())
+                    .expect("escalated within an episode");
+                *cur = (*cur).max(r);
+            }
+            Status::Resolved => {
+                open.remove(a.customer_id.as_str());
+            }
+        }
+    }
+    let mut want = [0u64; 4];
+    for r in open.values() {
+        want[*r] += 1;
+    }
+    let got = engine.at_risk();
+    assert_eq!(got.map(|tiers| tiers.iter().sum::<u64>()), want);
+    assert!(
+        want.iter().sum::<u64>() > 10,
+        "the history leaves customers at risk: {want:?}"
+    );
+    assert!(
+        got.iter().any(|tiers| tiers[2] > 0),
+        "key accounts among them: {got:?}"
+    );
+}

@@ -180,6 +180,21 @@ impl Engine {
         self.customers.len() - self.free.len()
     }
 
+    /// Customers with an open alert, by the highest risk announced in their episode
+    /// (`[low, medium, high, critical]`) and the value tier they are in now (`[tail,
+    /// core, key]`). A scan of the customers (for gauges, every few seconds).
+    pub fn at_risk(&self) -> [[u64; 3]; 4] {
+        let t = &self.cfg.value_tiers;
+        let mut out = [[0; 3]; 4];
+        for c in self.customers.iter().filter(|c| c.episode.open) {
+            let tier = self
+                .tiers
+                .tier(c.value_bin, t.key_top_fraction, t.core_top_fraction);
+            out[usize::from(c.episode.announced_risk.min(3))][tier as usize] += 1;
+        }
+        out
+    }
+
     /// The watermark (`None` before the first event).
     pub fn stream_time(&self) -> Option<Timestamp> {
         (self.stream_time != NEVER).then_some(self.stream_time)

@@ -133,7 +133,10 @@ pub fn restore(
     let mut customers: HashMap<Box<[u8]>, Box<[u8]>> = HashMap::new();
     let mut partition_record: Option<(i64, Box<[u8]>)> = None;
     let mut records = 0u64;
-    if high > low {
+    if high <= low {
+        // Nothing to read: the gauge says so (0 left) from the start.
+        telemetry::restore_progress(partition, 0, 0);
+    } else {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
         consumer.assign(&tpl)?;

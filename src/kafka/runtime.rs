@@ -691,6 +691,13 @@ impl Service {
         let inputs = Arc::new(k.input_topics());
         let status = Arc::new(Status::new(workers, opts.record_latencies));
         let metrics = telemetry::install();
+        for t in inputs.iter() {
+            // Zero for every reason from the start: rates and ratios in the alert rules
+            // see a topic's dead letters before the first one.
+            for reason in crate::decode::Reason::ALL {
+                telemetry::dead_letters(&t.name, reason.code()).increment(0);
+            }
+        }
         let pcfg = producer_config(k);
         tracing::debug!(config = %describe(&pcfg), "producer");
         let producer: ThreadedProducer<ProducerCtx> = pcfg

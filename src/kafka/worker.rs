@@ -364,7 +364,7 @@ impl Worker {
             self.settle(p, true);
         }
         for p in self.engines.keys() {
-            telemetry::partition_state(*p, 0, 0, None);
+            telemetry::partition_state(*p, 0, 0, None, &[[0; 3]; 4]);
         }
     }
 
@@ -436,7 +436,7 @@ impl Worker {
         if pe.txn.open {
             let _ = pe.txn.producer.abort_transaction(Duration::from_secs(5));
         }
-        telemetry::partition_state(p, 0, 0, None);
+        telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
         drop(pe);
     }
 
@@ -673,7 +673,7 @@ impl Worker {
                 // Stopping (perhaps fenced): a new producer would fence the next owner.
                 tracing::error!(partition = p, "a checkpoint did not finish; given up");
                 if let Some(pe) = self.engines.remove(&p) {
-                    telemetry::partition_state(p, 0, 0, None);
+                    telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
                     drop(pe);
                 }
                 return;
@@ -741,7 +741,7 @@ impl Worker {
 
     fn fatal(&mut self, p: i32, why: String) {
         if let Some(pe) = self.engines.remove(&p) {
-            telemetry::partition_state(p, 0, 0, None);
+            telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
             drop(pe);
         }
         self.status.fail(format!(
@@ -1198,6 +1198,7 @@ impl Worker {
                     pe.engine.customers(),
                     pe.engine.state_bytes(),
                     pe.engine.stream_time().map(|t| t.0),
+                    &pe.engine.at_risk(),
                 );
             }
         }

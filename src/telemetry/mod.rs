@@ -72,6 +72,8 @@ pub mod names {
     pub const STATE_RECORDS: &str = "churnsignal_state_records_written_total";
     /// Customers forgotten, by reason (`idle`: silent past the horizon, `cap`).
     pub const CUSTOMERS_EVICTED: &str = "churnsignal_customers_evicted_total";
+    /// Customers with an open alert, per partition, by announced risk and value tier.
+    pub const CUSTOMERS_AT_RISK: &str = "churnsignal_customers_at_risk";
 
     /// Slack forwarder: alerts read from the alerts topic, by result (`posted`,
     /// `duplicate`, `unrouted`, `unreadable`).
@@ -88,7 +90,7 @@ pub mod names {
     pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
@@ -117,6 +119,7 @@ pub mod names {
         TRANSACTION_ERRORS,
         STATE_RECORDS,
         CUSTOMERS_EVICTED,
+        CUSTOMERS_AT_RISK,
     ];
 }
 
@@ -271,6 +274,10 @@ fn describe() {
     describe_counter!(TRANSACTION_ERRORS, "Transactional API errors, by class");
     describe_counter!(STATE_RECORDS, "State records written to the changelog");
     describe_counter!(CUSTOMERS_EVICTED, "Customers forgotten, by reason");
+    describe_gauge!(
+        CUSTOMERS_AT_RISK,
+        "Customers with an open alert, per partition, by announced risk and value tier"
+    );
     describe_counter!(SLACK_ALERTS, "Slack forwarder: alerts read, by result");
     describe_counter!(
         SLACK_POSTS,
@@ -364,9 +371,26 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
         .set(lag as f64);
 }
 
-/// Sets one partition engine's size.
-pub fn partition_state(partition: i32, customers: usize, bytes: usize, watermark_ms: Option<i64>) {
+/// Sets one partition engine's size and its customers at risk (`[risk][tier]`, see
+/// [`Engine::at_risk`](crate::engine::Engine::at_risk)).
+pub fn partition_state(
+    partition: i32,
+    customers: usize,
+    bytes: usize,
+    watermark_ms: Option<i64>,
+    at_risk: &[[u64; 3]; 4],
+) {
     let p = partition.to_string();
+    for (r, risk) in ["low", "medium", "high", "critical"]
+        .into_iter()
+        .enumerate()
+    {
+        for (t, tier) in ["tail", "core", "key"].into_iter().enumerate() {
+            gauge!(names::CUSTOMERS_AT_RISK, "partition" => p.clone(), "risk" => risk,
+                "value_tier" => tier)
+            .set(at_risk[r][t] as f64);
+        }
+    }
     gauge!(names::CUSTOMERS_TRACKED, "partition" => p.clone()).set(customers as f64);
     gauge!(names::STATE_BYTES, "partition" => p.clone()).set(bytes as f64);
     if let Some(ms) = watermark_ms {
