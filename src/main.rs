@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// GET an HTTP endpoint and exit 0 on a 2xx answer (container health checks).
+    Probe {
+        /// The URL (http only).
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Zero-setup demo: the live service on an in-process Kafka, fed a generated history.
     Demo {
         /// Customers.
@@ -244,6 +250,15 @@ fn run(cli: Cli) -> Result<()> {
                 .build()?;
             let report = rt.block_on(churnsignal::slack::run(cfg, termination()))?;
             tracing::info!(posted = report.posted, "stopped");
+            Ok(())
+        }
+        Command::Probe { url } => {
+            let status =
+                churnsignal::telemetry::http::probe(&url, std::time::Duration::from_secs(3))
+                    .map_err(anyhow::Error::msg)?;
+            if !(200..300).contains(&status) {
+                bail!("{url} answered {status}");
+            }
             Ok(())
         }
         Command::Replay {

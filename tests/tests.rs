@@ -1,6 +1,7 @@
 //! All integration tests, compiled as one binary.
 
 mod accuracy;
+mod deploy;
 mod kafka;
 mod properties;
 mod replay;
