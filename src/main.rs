@@ -207,6 +207,15 @@ fn init_logging(cfg: &churnsignal::config::LogConfig) {
     }
 }
 
+/// The small runtime the long-running commands wait for their signals on (their work
+/// runs on threads of their own).
+fn signal_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn termination() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -228,11 +237,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config } => {
             let cfg = load_config(config.as_deref())?;
             init_logging(&cfg.log);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(churnsignal::kafka::run(cfg, termination()))?;
+            let report = signal_runtime()?.block_on(churnsignal::kafka::run(cfg, termination()))?;
             tracing::info!(
                 events = report.events,
                 dead_letters = report.dead_letters,
@@ -244,11 +249,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Slack { config } => {
             let cfg = load_config(config.as_deref())?;
             init_logging(&cfg.log);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(churnsignal::slack::run(cfg, termination()))?;
+            let report = signal_runtime()?.block_on(churnsignal::slack::run(cfg, termination()))?;
             tracing::info!(posted = report.posted, "stopped");
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::{check_range, invalid, ConfigError};
+use super::{check_listen, check_range, invalid, ConfigError};
 use crate::decode::wire::Encoding;
 use crate::event::Family;
 use crate::kafka::records::AlertFormat;
@@ -528,13 +528,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "http.listen",
-                format!("\"{}\"", self.listen),
-                "an address like \"0.0.0.0:8080\" (port 0: any free port), or \"\" to disable",
-            ));
-        }
+        check_listen("http.listen", &self.listen, 8080)?;
         check_range(
             "http.liveness_timeout_secs",
             self.liveness_timeout_secs as f64,

@@ -799,6 +799,18 @@ fn check_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
     }
 }
 
+/// An HTTP listen address: empty (disabled) or `ip:port`.
+fn check_listen(key: &str, v: &str, example_port: u16) -> Result<(), ConfigError> {
+    if v.is_empty() || v.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!("\"{v}\""),
+        format!("an address like \"0.0.0.0:{example_port}\" (port 0: any free port), or \"\" to disable"),
+    ))
+}
+
 /// Applies `CHURNSIGNAL__A__B=v` overrides onto the parsed table.
 fn apply_env(
     table: &mut toml::Table,

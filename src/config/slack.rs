@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::{check_range, invalid, ConfigError, OffsetReset};
+use super::{check_listen, check_range, invalid, ConfigError, OffsetReset};
 
 /// `[slack]`
 #[derive(Debug, Clone, Deserialize)]
@@ -101,13 +101,7 @@ impl SlackConfig {
         if self.group_id.is_empty() {
             return Err(invalid("slack.group_id", "\"\"", "a consumer group name"));
         }
-        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "slack.listen",
-                format!("\"{}\"", self.listen),
-                "an address like \"0.0.0.0:8081\" (port 0: any free port), or \"\" to disable",
-            ));
-        }
+        check_listen("slack.listen", &self.listen, 8081)?;
         check_range("slack.timeout_secs", self.timeout_secs as f64, 1.0, 300.0)?;
         check_range(
             "slack.retry_initial_ms",

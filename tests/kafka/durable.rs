@@ -18,16 +18,7 @@ const LONG: Duration = Duration::from_secs(240);
 
 /// `churnsignal run` as a child process configured like `cfg`, its own log on stderr.
 fn spawn_run(cfg: &Config, port: u16) -> Proc {
-    let child = run_command(cfg, port)
-        .env("RUST_LOG", "warn")
-        .env(
-            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
-            "6000",
-        )
-        .env(
-            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
-            "1000",
-        )
+    let child = quick_group_exit(run_command(cfg, port).env("RUST_LOG", "warn"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -163,18 +163,11 @@ fn metric(text: &str, line_start: &str) -> f64 {
 }
 
 fn spawn_forwarder(config: &std::path::Path, everyone_url: &str, log: &std::path::Path) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_churnsignal"))
-        .args(["slack", "--config"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_churnsignal"));
+    c.args(["slack", "--config"])
         .arg(config)
-        .env("TEST_SLACK_EVERYONE", format!("{everyone_url}\n"))
-        .env(
-            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
-            "6000",
-        )
-        .env(
-            "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
-            "1000",
-        )
+        .env("TEST_SLACK_EVERYONE", format!("{everyone_url}\n"));
+    let child = quick_group_exit(&mut c)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()

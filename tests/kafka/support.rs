@@ -525,3 +525,16 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// Session timeouts short enough for tests that kill group members (the default, 45 s,
+/// would hold a killed member's partitions that long).
+pub fn quick_group_exit(c: &mut std::process::Command) -> &mut std::process::Command {
+    c.env(
+        "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
+        "6000",
+    )
+    .env(
+        "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
+        "1000",
+    )
+}
