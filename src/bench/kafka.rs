@@ -95,6 +95,11 @@ pub struct Report {
     pub restore_bytes: u64,
     /// Time to restore them, seconds.
     pub restore_secs: f64,
+    /// Resident memory the restored engine holds, bytes per customer.
+    pub restored_rss_per_customer: f64,
+    /// Resident memory at the peak of the restore, bytes per customer (above what the
+    /// process held before it).
+    pub restore_peak_rss_per_customer: f64,
 }
 
 impl Report {
@@ -110,7 +115,8 @@ impl Report {
              latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
              event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
              exactly-once run (100 ms transactions): {:>10.0} events/s  ({:.2} of at-least-once)\n\
-             restore {} customers ({} records, {:.0} MB): {:.2} s, {:.0} customers/s",
+             restore {} customers ({} records, {:.0} MB): {:.2} s, {:.0} customers/s\n\
+             restore memory: {:.0} B/customer held after, {:.0} B/customer at the peak",
             self.events,
             self.mean_event_bytes,
             self.partitions,
@@ -136,6 +142,8 @@ impl Report {
             self.restore_bytes as f64 / 1e6,
             self.restore_secs,
             self.restore_customers as f64 / self.restore_secs.max(1e-9),
+            self.restored_rss_per_customer,
+            self.restore_peak_rss_per_customer,
         )
     }
 }
@@ -344,8 +352,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     eprintln!("bench kafka: exactly-once run at {eos_rate:.0}/s");
 
     // 6. Restore.
-    let (restore_records, restore_bytes, restored, restore_secs) =
-        restore_phase(&cfg, opts.restore_customers)?;
+    let r = restore_phase(&cfg, opts.restore_customers)?;
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
             return f64::NAN;
@@ -371,10 +378,12 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
         exactly_once_rate: eos_rate,
         exactly_once_ratio: eos_rate / run_rate,
-        restore_customers: restored,
-        restore_records,
-        restore_bytes,
-        restore_secs,
+        restore_customers: r.customers,
+        restore_records: r.records,
+        restore_bytes: r.bytes,
+        restore_secs: r.secs,
+        restored_rss_per_customer: r.held_rss as f64 / r.customers.max(1) as f64,
+        restore_peak_rss_per_customer: r.peak_rss as f64 / r.customers.max(1) as f64,
     })
 }
 
@@ -406,10 +415,22 @@ fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), String> {
     Ok((n as f64 / secs, process_cpu_secs() - cpu0))
 }
 
+/// What the restore phase measured.
+struct RestoreFigures {
+    records: u64,
+    bytes: u64,
+    customers: usize,
+    secs: f64,
+    /// Resident bytes the restored engine added.
+    held_rss: u64,
+    /// Resident bytes at the peak of the restore, above the start.
+    peak_rss: u64,
+}
+
 /// Writes the state of `customers` customers (one order each, from an engine) to
-/// partition 0 of a fresh changelog, then times reading it back into an engine.
-/// Returns (records read, bytes written, customers restored, seconds).
-fn restore_phase(cfg: &Config, customers: u32) -> Result<(u64, u64, usize, f64), String> {
+/// partition 0 of a fresh changelog, then times reading it back into an engine, and
+/// the memory that takes.
+fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, String> {
     use crate::engine::Engine;
     use crate::event::{Event, EventKind};
     use std::borrow::Cow;
@@ -466,14 +487,21 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<(u64, u64, usize, f64),
     prod.flush(Duration::from_secs(300))
         .map_err(|e| format!("flush: {e}"))?;
     drop(engine);
+    drop(prod);
     eprintln!("bench kafka: changelog of {customers} customers written; restoring");
+    let before = super::rss_bytes();
+    super::reset_peak_rss();
     let restored = crate::kafka::changelog::restore(&cfg, 0, || true).map_err(|e| e.to_string())?;
-    Ok((
-        restored.records,
+    let peak = super::peak_rss_bytes();
+    let after = super::rss_bytes();
+    Ok(RestoreFigures {
+        records: restored.records,
         bytes,
-        restored.engine.customers(),
-        restored.elapsed.as_secs_f64(),
-    ))
+        customers: restored.engine.customers(),
+        secs: restored.elapsed.as_secs_f64(),
+        held_rss: after.saturating_sub(before),
+        peak_rss: peak.saturating_sub(before),
+    })
 }
 
 /// User + system CPU time of this process so far, seconds (Linux; 0 elsewhere).

@@ -85,6 +85,24 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Peak resident set size of this process since the last [`reset_peak_rss`], bytes
+/// (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resets the peak resident set size to the current one (Linux `clear_refs` 5).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Runs the benchmark. `events` is rounded down to whole batches of 1,024.
 pub fn engine(opts: &Options, cfg: &Config) -> Results {
     let spec = Spec {
