@@ -34,6 +34,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Produce contract events (JSON Lines) to the configured input topics, keyed by customer.
+    Produce {
+        /// Events file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        input: String,
+        /// Configuration file (defaults built in; CHURNSIGNAL__* environment overrides apply).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// GET an HTTP endpoint and exit 0 on a 2xx answer (container health checks).
     Probe {
         /// The URL (http only).
@@ -251,6 +260,32 @@ fn run(cli: Cli) -> Result<()> {
             init_logging(&cfg.log);
             let report = signal_runtime()?.block_on(churnsignal::slack::run(cfg, termination()))?;
             tracing::info!(posted = report.posted, "stopped");
+            Ok(())
+        }
+        Command::Produce { input, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let reader: Box<dyn BufRead> = if input == "-" {
+                Box::new(io::stdin().lock())
+            } else {
+                Box::new(BufReader::new(
+                    File::open(&input).with_context(|| format!("cannot open {input}"))?,
+                ))
+            };
+            let p =
+                churnsignal::kafka::produce::produce(&cfg, reader).map_err(anyhow::Error::msg)?;
+            for (line, why) in &p.first_invalid {
+                eprintln!("line {line}: {why}");
+            }
+            let total: u64 = p.by_topic.values().sum();
+            eprintln!(
+                "produced {total} events ({}), skipped {} invalid lines",
+                p.by_topic
+                    .iter()
+                    .map(|(t, n)| format!("{t}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.invalid
+            );
             Ok(())
         }
         Command::Probe { url } => {

@@ -5,6 +5,7 @@
 pub mod changelog;
 pub mod client;
 pub mod offsets;
+pub mod produce;
 pub mod records;
 pub mod runtime;
 pub mod topics;

@@ -622,3 +622,86 @@ fn alerts_can_be_protobuf_with_their_content_type() {
     assert_eq!(a.sequence, 1);
     assert_eq!(a.signals[0].signal, "nps_detractor");
 }
+
+#[test]
+fn produce_loads_events_to_their_familys_topic_keyed_and_co_partitioned_by_customer() {
+    use std::collections::BTreeMap;
+    let b = shared_bootstrap();
+    let cfg = config(b, "produce");
+    create_all(&cfg, 3);
+    let lines = churnsignal::generate::History::new(Spec {
+        customers: 40,
+        days: 40,
+        seed: 5,
+        ..Spec::default()
+    })
+    .fold(Vec::new(), |mut out, g| {
+        g.write_json(&mut out).unwrap();
+        out
+    });
+    let text = String::from_utf8(lines).unwrap();
+    let mut input = text.clone();
+    input.push_str("this is not an event\n");
+    let t = &cfg.kafka.topics;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_churnsignal"))
+        .args(["produce", "--input", "-"])
+        .env("CHURNSIGNAL__KAFKA__BROKERS", b)
+        .env("CHURNSIGNAL__KAFKA__TOPICS__ORDERS", &t.orders)
+        .env(
+            "CHURNSIGNAL__KAFKA__TOPICS__SUPPORT_TICKETS",
+            &t.support_tickets,
+        )
+        .env("CHURNSIGNAL__KAFKA__TOPICS__ENGAGEMENT", &t.engagement)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("line ") && stderr.contains("skipped 1 invalid"),
+        "{stderr}"
+    );
+    // Expected: each event by its type's family.
+    let mut want: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let ty = v["type"].as_str().unwrap();
+        let topic = if ty.starts_with("order.") {
+            t.orders.as_str()
+        } else if ty.starts_with("ticket.") {
+            t.support_tickets.as_str()
+        } else {
+            t.engagement.as_str()
+        };
+        *want.entry(topic).or_default() += 1;
+    }
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    for (topic, n) in &want {
+        let msgs = read(b, topic, *n, Duration::from_secs(60));
+        assert_eq!(msgs.len(), *n, "{topic}");
+        for m in &msgs {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let customer = v["customer_id"].as_str().unwrap();
+            assert_eq!(m.key(), Some(customer.as_bytes()), "keyed by customer");
+            assert_eq!(
+                header(m, "content-type").as_deref(),
+                Some("application/json")
+            );
+            let p = *partition_of
+                .entry(customer.to_owned())
+                .or_insert(m.partition());
+            assert_eq!(
+                p,
+                m.partition(),
+                "{customer}: one partition number in every topic"
+            );
+        }
+    }
+    assert!(want.len() == 3 && partition_of.len() == 40);
+}
