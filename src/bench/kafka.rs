@@ -87,6 +87,8 @@ pub struct Report {
     pub exactly_once_rate: f64,
     /// exactly-once / at-least-once.
     pub exactly_once_ratio: f64,
+    /// Exactly-once events per CPU-second of this process (the broker's work aside).
+    pub exactly_once_events_per_cpu_sec: f64,
     /// Customers restored in the restore phase.
     pub restore_customers: usize,
     /// Changelog records read.
@@ -114,7 +116,7 @@ impl Report {
              run / bare consumer:        {:>10.2}\n\
              latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
              event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
-             exactly-once run (100 ms transactions): {:>10.0} events/s  ({:.2} of at-least-once)\n\
+             exactly-once run (100 ms transactions): {:>10.0} events/s  ({:.2} of at-least-once), {:.0} events per CPU-second\n\
              restore {} customers ({} records, {:.0} MB): {:.2} s, {:.0} customers/s\n\
              restore memory: {:.0} B/customer held after, {:.0} B/customer at the peak",
             self.events,
@@ -137,6 +139,7 @@ impl Report {
             self.latency_ms[3],
             self.exactly_once_rate,
             self.exactly_once_ratio,
+            self.exactly_once_events_per_cpu_sec,
             self.restore_customers,
             self.restore_records,
             self.restore_bytes as f64 / 1e6,
@@ -347,7 +350,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     eos.kafka.processing.guarantee = crate::config::Guarantee::ExactlyOnce;
     rt.block_on(crate::kafka::topics::create(&eos.kafka, opts.partitions, 1))?;
     let service = Service::start(eos, StartOptions::default()).map_err(|e| e.to_string())?;
-    let (eos_rate, _) = time_run(service.status(), n)?;
+    let (eos_rate, eos_cpu) = time_run(service.status(), n)?;
     service.stop().map_err(|e| e.to_string())?;
     eprintln!("bench kafka: exactly-once run at {eos_rate:.0}/s");
 
@@ -378,6 +381,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
         exactly_once_rate: eos_rate,
         exactly_once_ratio: eos_rate / run_rate,
+        exactly_once_events_per_cpu_sec: n as f64 / eos_cpu.max(1e-9),
         restore_customers: r.customers,
         restore_records: r.records,
         restore_bytes: r.bytes,

@@ -178,6 +178,10 @@ struct PartitionEngine {
     pending: Arc<AtomicI64>,
     /// Eviction counters already reported.
     evicted: (u64, u64),
+    /// The checkpoint interval has passed: checkpoint as soon as the previous commit is
+    /// done (never wait for it: the interval is a minimum, and when commits take
+    /// longer, processing goes on and the next transaction carries more).
+    checkpoint_due: bool,
 }
 
 impl PartitionEngine {
@@ -353,10 +357,21 @@ impl Worker {
             }
             if now.saturating_duration_since(self.last_checkpoint) >= every {
                 self.last_checkpoint = now;
-                let all: Vec<i32> = self.engines.keys().copied().collect();
-                for p in all {
-                    self.checkpoint(p, false);
+                for pe in self.engines.values_mut() {
+                    pe.checkpoint_due = true;
                 }
+            }
+            let due: Vec<i32> = self
+                .engines
+                .iter()
+                .filter(|(_, pe)| pe.checkpoint_due && pe.committing.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                if let Some(pe) = self.engines.get_mut(&p) {
+                    pe.checkpoint_due = false;
+                }
+                self.checkpoint(p, false);
             }
         }
         let all: Vec<i32> = self.engines.keys().copied().collect();
@@ -563,6 +578,7 @@ impl Worker {
             dirty: false,
             pending: Arc::new(AtomicI64::new(0)),
             evicted,
+            checkpoint_due: false,
         })
     }
 
