@@ -672,7 +672,9 @@ impl Worker {
         let Some((since, h)) = pe.committing.take() else {
             return;
         };
-        if !block && !h.is_finished() {
+        // Not waited for, unless it has been stuck for too long: then it is given up
+        // below, also when no one blocks on it (a due checkpoint never does).
+        if !block && !h.is_finished() && since.elapsed() < COMMIT_STUCK {
             pe.committing = Some((since, h));
             return;
         }
