@@ -203,6 +203,18 @@ pub struct Forwarder {
     last_lag: Instant,
 }
 
+/// What became of one message of the alerts topic.
+enum Handled {
+    /// Not posted (unreadable, a repeat, unrouted): its offset may be committed with
+    /// the next commit.
+    Skipped,
+    /// Posted: its offset is committed at once.
+    Posted,
+    /// Not done (stopping, or the partition revoked): read again, by us or the next
+    /// owner.
+    Abandoned,
+}
+
 enum Delivery {
     Accepted,
     /// Stopping, or the partition was revoked meanwhile: not posted, not committed.
@@ -291,15 +303,18 @@ impl Forwarder {
                     tracing::warn!(error = %e, "consumer error");
                     telemetry::kafka_error(format!("{:?}", e.rdkafka_error_code()));
                 }
-                Some(Ok(m)) => {
-                    if self.handle(&m) {
+                Some(Ok(m)) => match self.handle(&m) {
+                    Handled::Skipped => self.mark_done(m.topic(), m.partition(), m.offset()),
+                    Handled::Posted => {
+                        // Committed before anything else happens: the window in which
+                        // a crash would post it again is this commit's round trip.
                         self.mark_done(m.topic(), m.partition(), m.offset());
-                    } else {
-                        // Abandoned: do not move past it. When the partition is still
-                        // ours (we are stopping), the next owner starts here.
-                        continue;
+                        self.commit(CommitMode::Sync);
                     }
-                }
+                    // Do not move past it. When the partition is still ours (we are
+                    // stopping), the next owner starts here.
+                    Handled::Abandoned => continue,
+                },
             }
             if self.dirty && self.last_commit.elapsed() >= Duration::from_secs(1) {
                 self.commit(CommitMode::Async);
@@ -372,8 +387,8 @@ impl Forwarder {
         }
     }
 
-    /// Handles one message; false when it must be read again (delivery abandoned).
-    fn handle(&mut self, m: &OwnedMessage) -> bool {
+    /// Handles one message: read, dropped as a repeat, routed, posted.
+    fn handle(&mut self, m: &OwnedMessage) -> Handled {
         let p = m.partition();
         if !self.seen.contains_key(&p) {
             let seen = self.read_back(m.topic(), p, m.offset());
@@ -391,7 +406,7 @@ impl Forwarder {
                 tracing::warn!(partition = p, offset = m.offset(), error = %e, "not an alert; skipped");
                 telemetry::slack_alert("unreadable");
                 self.report.unreadable += 1;
-                return true;
+                return Handled::Skipped;
             }
         };
         let key = alert.key();
@@ -399,7 +414,7 @@ impl Forwarder {
             tracing::debug!(alert_id = %key.0, sequence = key.1, "repeat; not posted again");
             telemetry::slack_alert("duplicate");
             self.report.duplicates += 1;
-            return true;
+            return Handled::Skipped;
         }
         let Some(name) = self
             .cfg
@@ -410,17 +425,13 @@ impl Forwarder {
             telemetry::slack_alert("unrouted");
             self.report.unrouted += 1;
             self.remember(p, key);
-            return true;
+            return Handled::Skipped;
         };
         match self.deliver(&name, &alert, p) {
             Delivery::Accepted => {
                 telemetry::slack_alert("posted");
                 self.report.posted += 1;
                 self.remember(p, key);
-                // Committed before anything else happens: the window in which a crash
-                // would post it again is this commit's round trip.
-                self.mark_done(m.topic(), p, m.offset());
-                self.commit(CommitMode::Sync);
                 tracing::info!(
                     alert_id = %alert.alert_id,
                     sequence = alert.sequence,
@@ -428,9 +439,9 @@ impl Forwarder {
                     webhook = %name,
                     "posted to slack"
                 );
-                true
+                Handled::Posted
             }
-            Delivery::Abandoned => false,
+            Delivery::Abandoned => Handled::Abandoned,
         }
     }
 

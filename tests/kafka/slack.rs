@@ -162,6 +162,14 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `churnsignal_slack_alerts_total{result=...}` in a scrape.
+fn alerts_counted(metrics: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("churnsignal_slack_alerts_total{{result=\"{result}\"}}"),
+    )
+}
+
 fn spawn_forwarder(config: &std::path::Path, everyone_url: &str, log: &std::path::Path) -> Proc {
     let mut c = Command::new(env!("CARGO_BIN_EXE_churnsignal"));
     c.args(["slack", "--config"])
@@ -320,25 +328,10 @@ level = "debug"
         committed(bootstrap, &group, &topic, 1) == vec![Some(end1)]
     });
     let (_, metrics1) = http_get(metrics_addr, "/metrics");
+    assert_eq!(alerts_counted(&metrics1, "duplicate"), 1.0);
+    assert_eq!(alerts_counted(&metrics1, "unreadable"), 1.0);
     assert_eq!(
-        metric(
-            &metrics1,
-            "churnsignal_slack_alerts_total{result=\"duplicate\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics1,
-            "churnsignal_slack_alerts_total{result=\"unreadable\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics1,
-            "churnsignal_slack_alerts_total{result=\"unrouted\"}"
-        ),
+        alerts_counted(&metrics1, "unrouted"),
         (first.len() - routed1.len()) as f64
     );
     assert_eq!(
@@ -376,10 +369,7 @@ level = "debug"
     });
     let (_, metrics2) = http_get(metrics_addr, "/metrics");
     assert_eq!(
-        metric(
-            &metrics2,
-            "churnsignal_slack_alerts_total{result=\"duplicate\"}"
-        ),
+        alerts_counted(&metrics2, "duplicate"),
         5.0,
         "the repeats of alerts posted before the crash"
     );
