@@ -413,6 +413,13 @@ struct Shared {
     tracked: Mutex<BTreeSet<(usize, i32)>>,
     epoch: Arc<AtomicU64>,
     producer: ThreadedProducer<ProducerCtx>,
+    /// The poll loop has paused the consumer (back-pressure). librdkafka keeps a
+    /// partition's pause across a rebalance, but a resume only reaches the partitions
+    /// assigned when it is called: each rebalance therefore resumes the partitions it
+    /// takes away and gives the ones it brings this state.
+    paused: AtomicBool,
+    /// Input partitions whose lag gauge this instance has set.
+    lag_reported: Mutex<BTreeSet<(usize, i32)>>,
 }
 
 impl Shared {
@@ -556,26 +563,25 @@ impl Shared {
 
     fn lag(&self, stats: &Statistics) {
         let mut max: Option<i64> = None;
-        for t in self.inputs.iter() {
+        let mut reported = self.lag_reported.lock().expect("lag lock");
+        for (ti, t) in self.inputs.iter().enumerate() {
             let Some(ts) = stats.topics.get(&t.name) else {
                 continue;
             };
             for (p, ps) in &ts.partitions {
-                if *p < 0 || !ps.desired {
+                if *p < 0 {
                     continue;
                 }
-                let lag = if ps.consumer_lag >= 0 {
-                    Some(ps.consumer_lag)
-                } else if ps.hi_offset >= 0 {
-                    let from = [ps.app_offset, ps.committed_offset, ps.lo_offset]
-                        .into_iter()
-                        .find(|o| *o >= 0);
-                    from.map(|f| (ps.hi_offset - f).max(0))
-                } else {
-                    None
-                };
-                match lag {
+                if !ps.desired {
+                    // Gone in a rebalance: its next owner reports it now.
+                    if reported.remove(&(ti, *p)) {
+                        telemetry::consumer_lag(&t.name, *p, 0);
+                    }
+                    continue;
+                }
+                match partition_lag(ps) {
                     Some(l) => {
+                        reported.insert((ti, *p));
                         telemetry::consumer_lag(&t.name, *p, l);
                         max = Some(max.map_or(l, |m: i64| m.max(l)));
                     }
@@ -590,6 +596,33 @@ impl Shared {
         self.status.max_lag.store(v, Ordering::Relaxed);
         telemetry::ready(self.status.ready(self.cfg.kafka.ready_max_lag).is_ok());
     }
+}
+
+/// A partition's lag from librdkafka's statistics: its end (the last stable offset, as
+/// the consumer reads `read_committed`) minus the position the application has
+/// consumed to. Not librdkafka's own `consumer_lag`: that counts from the consumer's
+/// committed offset, which transactional checkpoints (offsets sent by a producer) never
+/// update, so it would stay where it was at assignment. Before the first message
+/// since assignment, the committed offset fetched at assignment is the position.
+/// `None` while the end or the position is unknown.
+fn partition_lag(ps: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if ps.ls_offset >= 0 {
+        ps.ls_offset
+    } else {
+        ps.hi_offset
+    };
+    if end < 0 {
+        return None;
+    }
+    let position = ps.app_offset.max(ps.committed_offset);
+    let position = if position >= 0 {
+        position
+    } else if ps.lo_offset >= 0 {
+        ps.lo_offset
+    } else {
+        return None;
+    };
+    Some((end - position).max(0))
 }
 
 /// The consumer's context: rebalances, commits, statistics, logs.
@@ -614,7 +647,14 @@ impl ClientContext for ConsumerCtx {
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) => self.shared.revoke(consumer, tpl),
+            Rebalance::Revoke(tpl) => {
+                // A partition that leaves paused would come back paused in a later
+                // assignment, with nothing left to resume it.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming revoked partitions");
+                }
+                self.shared.revoke(consumer, tpl)
+            }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
                 telemetry::rebalance("error");
@@ -625,6 +665,15 @@ impl ConsumerContext for ConsumerCtx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let paused = self.shared.paused.load(Ordering::SeqCst);
+            let r = if paused {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, paused, "pause state of assigned partitions");
+            }
             self.shared.assign(consumer, tpl);
         }
     }
@@ -664,7 +713,8 @@ const BATCH: usize = 512;
 /// How long the poll loop waits for room in a worker queue before it pauses the consumer.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
-fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, pause: bool) {
+fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, pause: bool) {
+    shared.paused.store(pause, Ordering::SeqCst);
     if let Ok(a) = consumer.assignment() {
         let r = if pause {
             consumer.pause(&a)
@@ -722,6 +772,8 @@ impl Service {
             tracked: Mutex::new(BTreeSet::new()),
             epoch: Arc::new(AtomicU64::new(0)),
             producer: producer.clone(),
+            paused: AtomicBool::new(false),
+            lag_reported: Mutex::new(BTreeSet::new()),
         });
         let ccfg = consumer_config(k);
         tracing::debug!(config = %describe(&ccfg), "consumer");
@@ -1131,13 +1183,13 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             now = Instant::now();
             let since = *blocked_since.get_or_insert(now);
             if !paused && now.saturating_duration_since(since) >= PAUSE_AFTER {
-                set_paused(&consumer, true);
+                set_paused(&consumer, &shared, true);
                 paused = true;
             }
         } else {
             blocked_since = None;
             if paused {
-                set_paused(&consumer, false);
+                set_paused(&consumer, &shared, false);
                 paused = false;
             }
         }
@@ -1203,4 +1255,64 @@ fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<V
         "consumer closing"
     );
     drop(consumer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+    use rdkafka::statistics::Partition;
+
+    fn stats(ls: i64, hi: i64, app: i64, committed: i64, lo: i64) -> Partition {
+        Partition {
+            ls_offset: ls,
+            hi_offset: hi,
+            app_offset: app,
+            committed_offset: committed,
+            lo_offset: lo,
+            // What librdkafka reports after transactional checkpoints: counted from the
+            // committed offset it fetched at assignment, never updated.
+            consumer_lag: ls - committed,
+            ..Partition::default()
+        }
+    }
+
+    #[test]
+    fn lag_counts_from_what_was_consumed_not_from_the_committed_offset_at_assignment() {
+        // Assigned at 1,000 with the end at 20,000, now consumed to the end: caught up,
+        // though librdkafka's consumer_lag still says 19,000.
+        assert_eq!(
+            partition_lag(&stats(20_000, 20_000, 20_000, 1_000, 0)),
+            Some(0)
+        );
+        assert_eq!(
+            partition_lag(&stats(20_000, 20_000, 15_000, 1_000, 0)),
+            Some(5_000)
+        );
+    }
+
+    #[test]
+    fn before_the_first_message_the_committed_offset_is_the_position() {
+        assert_eq!(
+            partition_lag(&stats(20_000, 20_000, -1, 1_000, 0)),
+            Some(19_000)
+        );
+        // Nothing committed either: counted from the log's start.
+        assert_eq!(
+            partition_lag(&stats(20_000, 20_000, -1, -1001, 300)),
+            Some(19_700)
+        );
+    }
+
+    #[test]
+    fn the_end_is_the_last_stable_offset_when_known() {
+        // An open transaction on the input: read_committed stops at the LSO.
+        assert_eq!(partition_lag(&stats(900, 1_000, 900, 0, 0)), Some(0));
+        assert_eq!(partition_lag(&stats(-1, 1_000, 900, 0, 0)), Some(100));
+    }
+
+    #[test]
+    fn unknown_end_or_position_is_no_figure() {
+        assert_eq!(partition_lag(&stats(-1, -1, 10, 10, 0)), None);
+        assert_eq!(partition_lag(&stats(100, 100, -1, -1001, -1)), None);
+    }
 }

@@ -109,6 +109,11 @@ struct Changes {
 
 struct Ctx {
     changes: Mutex<Changes>,
+    /// Partitions are paused while a post is retried. librdkafka keeps a partition's
+    /// pause across a rebalance, but a resume reaches only the partitions assigned when
+    /// it is called: a rebalance resumes what it takes away and gives what it brings
+    /// this state.
+    paused: AtomicBool,
 }
 
 impl ClientContext for Ctx {
@@ -118,7 +123,20 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let _ = consumer.resume(tpl);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let _ = if self.paused.load(Ordering::SeqCst) {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+        }
         let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         match rebalance {
             Rebalance::Assign(tpl) => c
@@ -241,6 +259,7 @@ impl Forwarder {
         let consumer: BaseConsumer<Ctx> = crate::kafka::client::slack_consumer_config(&cfg)
             .create_with_context(Ctx {
                 changes: Mutex::new(Changes::default()),
+                paused: AtomicBool::new(false),
             })
             .map_err(|e| SlackError::Start(format!("Kafka consumer: {e}")))?;
         consumer
@@ -498,9 +517,9 @@ impl Forwarder {
     /// group. False when stopping or when partition `p` was revoked meanwhile.
     fn wait(&mut self, d: Duration, p: i32) -> bool {
         telemetry::slack_retrying(true);
-        let paused = self.consumer.assignment().ok();
-        if let Some(a) = &paused {
-            let _ = self.consumer.pause(a);
+        self.consumer.context().paused.store(true, Ordering::SeqCst);
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
         }
         let until = Instant::now() + d;
         let mut keep = true;
@@ -538,6 +557,10 @@ impl Forwarder {
                 break;
             }
         }
+        self.consumer
+            .context()
+            .paused
+            .store(false, Ordering::SeqCst);
         if let Ok(a) = self.consumer.assignment() {
             let _ = self.consumer.resume(&a);
         }

@@ -473,6 +473,9 @@ fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
     });
 }
 
+/// Tombstones padding each changelog partition in the restore test.
+const PAD: usize = 1_500_000;
+
 #[test]
 fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     let b = shared_bootstrap();
@@ -497,6 +500,11 @@ fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     a.kill().unwrap();
     a.wait().unwrap();
     produce(b, rest);
+    // Restoring then takes seconds: long enough for the input piling up meanwhile to
+    // fill the workers' queues and pause the consumer.
+    for p in 0..2 {
+        pad_changelog(&cfg, p, PAD);
+    }
     // Restart during restore: killed as soon as it says it is restoring.
     let port = free_port();
     let mut a = spawn_run(&cfg, port);
@@ -507,8 +515,24 @@ fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     let (p1, p2) = (free_port(), free_port());
     let mut a = spawn_run(&cfg, p1);
     wait_for("restoring again", LONG, || restoring(p1));
+    // Paused by back-pressure when the group moves: a partition must not come back
+    // from the rebalance still paused (librdkafka keeps the pause; nothing would lift it).
+    wait_for("the consumer paused while restoring", LONG, || {
+        metric(p1, "churnsignal_backpressure_active ") == 1.0
+    });
+    assert!(restoring(p1), "the restore outlasted the pause");
     let mut c = spawn_run(&cfg, p2);
     wait_checkpointed_at_end(&cfg, 2, recs.len());
+    // Caught up, and both say so: each assignment began over 10,000 (ready_max_lag)
+    // behind; the lag counts from what was consumed since, not from the offset the
+    // group had committed when the partitions came, and a partition that moved away is
+    // no longer reported by its old owner.
+    wait_for("lag back to zero and both ready", LONG, || {
+        [p1, p2].iter().all(|&p| {
+            metric(p, "churnsignal_consumer_lag_messages{") == 0.0
+                && http_get(addr(p), "/readyz").0 == 200
+        })
+    });
     for child in [&mut a, &mut c] {
         child.kill().unwrap();
         child.wait().unwrap();

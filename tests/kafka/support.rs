@@ -419,8 +419,11 @@ pub fn replay_alerts(c: &Config, lines: &[u8]) -> Vec<serde_json::Value> {
 /// partition record in the changelog, read `read_committed`): what a restore resumes
 /// from. On a real broker the group's committed offset, sent in the same transaction,
 /// is the same; librdkafka's mock cluster does not keep offsets sent to transactions.
+/// Reads back from the changelog's end in widening windows, so that a long changelog
+/// costs a check no more than its tail.
 pub fn checkpointed(cfg: &Config, partition: i32, topic: &str) -> Option<i64> {
     use churnsignal::kafka::changelog::{decode_partition_record, RestoreCtx, ENGINE_KEY};
+    let changelog = &cfg.kafka.topics.changelog;
     let c: BaseConsumer<RestoreCtx> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .set("group.id", "checkpoint-reader")
@@ -429,26 +432,60 @@ pub fn checkpointed(cfg: &Config, partition: i32, topic: &str) -> Option<i64> {
         .set("auto.offset.reset", "earliest")
         .create_with_context(RestoreCtx)
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&cfg.kafka.topics.changelog, partition, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = None;
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.key() == Some(ENGINE_KEY) => {
-                let (positions, _) = decode_partition_record(m.payload().unwrap()).unwrap();
-                last = positions
-                    .into_iter()
-                    .find(|(t, _)| t == topic)
-                    .map(|(_, o)| o);
+    let (low, high) = c
+        .fetch_watermarks(changelog, partition, Duration::from_secs(10))
+        .ok()?;
+    let mut window = 4096;
+    loop {
+        let from = (high - window).max(low);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(changelog, partition, Offset::Offset(from))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        while Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.key() == Some(ENGINE_KEY) => {
+                    let (positions, _) = decode_partition_record(m.payload().unwrap()).unwrap();
+                    last = positions
+                        .into_iter()
+                        .find(|(t, _)| t == topic)
+                        .map(|(_, o)| o);
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                _ => {}
             }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-            _ => {}
+        }
+        if last.is_some() || from == low {
+            return last;
+        }
+        window *= 8;
+    }
+}
+
+/// Appends `n` tombstones of customers that never existed to partition `partition` of
+/// the changelog: a restore reads them all and keeps nothing of them, so they make it
+/// take longer without changing what it restores.
+pub fn pad_changelog(cfg: &Config, partition: i32, n: usize) {
+    let p = producer(&cfg.kafka.brokers);
+    let topic = &cfg.kafka.topics.changelog;
+    for i in 0..n {
+        let key = format!("pad-{partition}-{i}");
+        let mut rec = BaseRecord::<String, [u8]>::to(topic)
+            .key(&key)
+            .partition(partition);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
     }
-    last
+    p.flush(Duration::from_secs(60)).expect("flush");
 }
 
 /// `churnsignal run` configured like `cfg` through the environment (`CHURNSIGNAL__*`),
