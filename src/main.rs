@@ -153,6 +153,9 @@ enum BenchCommand {
         /// Customers in the changelog of the restore phase.
         #[arg(long, default_value_t = 1_000_000)]
         restore_customers: u32,
+        /// Runs of each guarantee, alternating, in the exactly-once comparison.
+        #[arg(long, default_value_t = 3)]
+        guarantee_trials: u32,
         /// Configuration file (engine and service settings; topics and group are fresh).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -443,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
                     latency_secs,
                     seed,
                     restore_customers,
+                    guarantee_trials,
                     config,
                     json,
                 },
@@ -462,6 +466,7 @@ fn run(cli: Cli) -> Result<()> {
                 latency_secs,
                 seed,
                 restore_customers,
+                guarantee_trials,
             };
             let r = bench::kafka::run(&opts, &cfg).map_err(anyhow::Error::msg)?;
             if json {

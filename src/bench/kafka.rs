@@ -10,8 +10,12 @@
 //! 4. With the service caught up, a continuation of the history is offered at a fixed
 //!    rate, and event-to-alert latency (input message timestamp to alert
 //!    acknowledgement) is recorded for every alert.
-//! 5. `run` in exactly-once mode (transactions every 100 ms) on the same messages, in
-//!    a group of its own: its rate against at-least-once's of step 3.
+//! 5. Exactly-once against at-least-once: `run` in exactly-once mode (transactions
+//!    every 100 ms) on the same messages, alternating with further at-least-once runs
+//!    (`guarantee_trials` of each, step 3 the first at-least-once one), each in a group
+//!    and with output topics of its own. Single runs on a two-core machine that also
+//!    hosts the broker vary by ±15%; the medians of alternating runs compare the
+//!    modes under the same conditions, and every trial's figures are reported.
 //! 6. Restore: a changelog partition holding the records of `restore_customers`
 //!    customers is read back into an engine, as a newly assigned partition is.
 
@@ -48,6 +52,8 @@ pub struct Options {
     pub seed: u64,
     /// Customers in the restore phase.
     pub restore_customers: u32,
+    /// Runs of each guarantee in the exactly-once comparison (at least 1).
+    pub guarantee_trials: u32,
 }
 
 /// Results.
@@ -83,12 +89,20 @@ pub struct Report {
     pub latency_samples: usize,
     /// Event-to-alert latency percentiles, ms: p50, p90, p99, max.
     pub latency_ms: [f64; 4],
-    /// `run` in exactly-once mode (transactions every 100 ms), events/s.
+    /// `run` in exactly-once mode (transactions every 100 ms), events/s: the median of
+    /// its trials.
     pub exactly_once_rate: f64,
-    /// exactly-once / at-least-once.
+    /// At-least-once, events/s: the median of its trials (the first is `run_rate`).
+    pub at_least_once_median_rate: f64,
+    /// Median exactly-once rate / median at-least-once rate.
     pub exactly_once_ratio: f64,
-    /// Exactly-once events per CPU-second of this process (the broker's work aside).
+    /// Exactly-once events per CPU-second of this process (the broker's work aside),
+    /// median of the trials.
     pub exactly_once_events_per_cpu_sec: f64,
+    /// At-least-once events per CPU-second, median of the trials.
+    pub at_least_once_events_per_cpu_sec: f64,
+    /// Each trial in the order run: (guarantee, events/s, events per CPU-second).
+    pub guarantee_trials: Vec<(String, f64, f64)>,
     /// Customers restored in the restore phase.
     pub restore_customers: usize,
     /// Changelog records read.
@@ -116,7 +130,9 @@ impl Report {
              run / bare consumer:        {:>10.2}\n\
              latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
              event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
-             exactly-once run (100 ms transactions): {:>10.0} events/s  ({:.2} of at-least-once), {:.0} events per CPU-second\n\
+             exactly-once (100 ms transactions) against at-least-once, medians of {} alternating runs each:\n\
+             exactly-once {:.0} events/s, at-least-once {:.0} events/s: {:.2}; per CPU-second {:.0} against {:.0}\n\
+             trials: {}\n\
              restore {} customers ({} records, {:.0} MB): {:.2} s, {:.0} customers/s\n\
              restore memory: {:.0} B/customer held after, {:.0} B/customer at the peak",
             self.events,
@@ -137,9 +153,17 @@ impl Report {
             self.latency_ms[1],
             self.latency_ms[2],
             self.latency_ms[3],
+            self.guarantee_trials.len() / 2,
             self.exactly_once_rate,
+            self.at_least_once_median_rate,
             self.exactly_once_ratio,
             self.exactly_once_events_per_cpu_sec,
+            self.at_least_once_events_per_cpu_sec,
+            self.guarantee_trials
+                .iter()
+                .map(|(g, r, c)| format!("{g} {:.0}k/s ({:.0}k per CPU-s)", r / 1e3, c / 1e3))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.restore_customers,
             self.restore_records,
             self.restore_bytes as f64 / 1e6,
@@ -341,18 +365,32 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     service.stop().map_err(|e| e.to_string())?;
     lat.sort_unstable();
 
-    // 5. Exactly-once on the same messages (the history only), in a group of its own.
-    let mut eos = cfg.clone();
-    eos.kafka.group_id = format!("{p}-eos");
-    eos.kafka.topics.alerts = format!("{p}-alerts-eos");
-    eos.kafka.topics.dead_letters = format!("{p}-dead-eos");
-    eos.kafka.topics.changelog = format!("{p}-state-eos");
-    eos.kafka.processing.guarantee = crate::config::Guarantee::ExactlyOnce;
-    rt.block_on(crate::kafka::topics::create(&eos.kafka, opts.partitions, 1))?;
-    let service = Service::start(eos, StartOptions::default()).map_err(|e| e.to_string())?;
-    let (eos_rate, eos_cpu) = time_run(service.status(), n)?;
-    service.stop().map_err(|e| e.to_string())?;
-    eprintln!("bench kafka: exactly-once run at {eos_rate:.0}/s");
+    // 5. Exactly-once against at-least-once, alternating, each run in a group and with
+    // output topics of its own.
+    let mut trials = vec![(
+        "at-least-once".to_owned(),
+        run_rate,
+        n as f64 / run_cpu.max(1e-9),
+    )];
+    let rounds = opts.guarantee_trials.max(1);
+    for i in 0..rounds {
+        for exactly in [true, false] {
+            if !exactly && i + 1 == rounds {
+                break;
+            }
+            let (label, rate, cpu) = guarantee_trial(&cfg, &rt, opts, &p, i, exactly, n)?;
+            eprintln!("bench kafka: {label} run at {rate:.0}/s");
+            trials.push((label, rate, n as f64 / cpu.max(1e-9)));
+        }
+    }
+    let median_of = |label: &str, f: fn(&(String, f64, f64)) -> f64| -> f64 {
+        let mut v: Vec<f64> = trials.iter().filter(|t| t.0 == label).map(f).collect();
+        median(&mut v)
+    };
+    let eos_rate = median_of("exactly-once", |t| t.1);
+    let alos_rate = median_of("at-least-once", |t| t.1);
+    let eos_per_cpu = median_of("exactly-once", |t| t.2);
+    let alos_per_cpu = median_of("at-least-once", |t| t.2);
 
     // 6. Restore.
     let r = restore_phase(&cfg, opts.restore_customers)?;
@@ -380,8 +418,11 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         latency_samples: lat.len(),
         latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
         exactly_once_rate: eos_rate,
-        exactly_once_ratio: eos_rate / run_rate,
-        exactly_once_events_per_cpu_sec: n as f64 / eos_cpu.max(1e-9),
+        at_least_once_median_rate: alos_rate,
+        exactly_once_ratio: eos_rate / alos_rate,
+        exactly_once_events_per_cpu_sec: eos_per_cpu,
+        at_least_once_events_per_cpu_sec: alos_per_cpu,
+        guarantee_trials: trials,
         restore_customers: r.customers,
         restore_records: r.records,
         restore_bytes: r.bytes,
@@ -389,6 +430,51 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         restored_rss_per_customer: r.held_rss as f64 / r.customers.max(1) as f64,
         restore_peak_rss_per_customer: r.peak_rss as f64 / r.customers.max(1) as f64,
     })
+}
+
+/// One run of the comparison: the service on the history in a fresh group with fresh
+/// output topics; (label, events/s, CPU seconds).
+fn guarantee_trial(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    opts: &Options,
+    prefix: &str,
+    round: u32,
+    exactly: bool,
+    n: u64,
+) -> Result<(String, f64, f64), String> {
+    use crate::config::Guarantee;
+    let (tag, guarantee, label) = if exactly {
+        ("eos", Guarantee::ExactlyOnce, "exactly-once")
+    } else {
+        ("alos", Guarantee::AtLeastOnce, "at-least-once")
+    };
+    let mut c = cfg.clone();
+    let name = format!("{prefix}-{tag}{round}");
+    c.kafka.group_id = name.clone();
+    c.kafka.topics.alerts = format!("{name}-alerts");
+    c.kafka.topics.dead_letters = format!("{name}-dead");
+    c.kafka.topics.changelog = format!("{name}-state");
+    c.kafka.processing.guarantee = guarantee;
+    rt.block_on(crate::kafka::topics::create(&c.kafka, opts.partitions, 1))?;
+    let service = Service::start(c, StartOptions::default()).map_err(|e| e.to_string())?;
+    let (rate, cpu) = time_run(service.status(), n)?;
+    service.stop().map_err(|e| e.to_string())?;
+    Ok((label.to_owned(), rate, cpu))
+}
+
+/// The median (the mean of the middle two for an even count); NaN when empty.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// Waits until the service processed `n` events and every record it sent is
@@ -521,4 +607,16 @@ pub fn process_cpu_secs() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat; here 0-based after ")" they are 11, 12.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_trial_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
 }
