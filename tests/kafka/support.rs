@@ -249,18 +249,20 @@ pub fn produce(bootstrap: &str, recs: &[Rec]) {
         if let Some(k) = &r.key {
             rec = rec.key(k);
         }
-        let mut rec = rec;
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send(&p, rec);
     }
     p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+fn send<K: rdkafka::message::ToBytes + ?Sized, V: rdkafka::message::ToBytes + ?Sized>(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    mut rec: BaseRecord<'_, K, V>,
+) {
+    while let Err((_, back)) = p.send(rec) {
+        rec = back;
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A consumer of `topic` from its beginning, in a group of its own.
@@ -472,18 +474,12 @@ pub fn pad_changelog(cfg: &Config, partition: i32, n: usize) {
     let topic = &cfg.kafka.topics.changelog;
     for i in 0..n {
         let key = format!("pad-{partition}-{i}");
-        let mut rec = BaseRecord::<String, [u8]>::to(topic)
-            .key(&key)
-            .partition(partition);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send(
+            &p,
+            BaseRecord::<String, [u8]>::to(topic)
+                .key(&key)
+                .partition(partition),
+        );
     }
     p.flush(Duration::from_secs(60)).expect("flush");
 }
