@@ -394,6 +394,14 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
 
     // 6. Restore.
     let r = restore_phase(&cfg, opts.restore_customers)?;
+    // The benchmark's topics (history, outputs and changelogs of every run) go.
+    match rt.block_on(crate::kafka::topics::delete_prefixed(
+        &cfg.kafka,
+        &format!("{p}-"),
+    )) {
+        Ok(k) => eprintln!("bench kafka: deleted its {k} topics"),
+        Err(e) => eprintln!("bench kafka: its topics (prefix {p}-) were not deleted: {e}"),
+    }
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
             return f64::NAN;

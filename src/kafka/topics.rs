@@ -103,3 +103,34 @@ pub fn ensure_changelog(
     .join()
     .map_err(|_| "topic creation thread panicked".to_owned())?
 }
+
+/// Deletes every topic whose name starts with `prefix` (a benchmark's own); returns
+/// how many.
+pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str) -> Result<usize, String> {
+    let admin = admin(cfg)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(|e| format!("metadata: {e}"))?;
+    let names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(&refs, &opts)
+        .await
+        .map_err(|e| format!("delete topics: {e}"))?;
+    for r in results {
+        if let Err((name, code)) = r {
+            return Err(format!("delete topic {name}: {code}"));
+        }
+    }
+    Ok(names.len())
+}
