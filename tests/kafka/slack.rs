@@ -462,3 +462,97 @@ fn sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn a_rebalance_while_a_post_is_retried_leaves_no_partition_paused() {
+    let bootstrap = shared_bootstrap();
+    let name = unique("slack-moved");
+    let topic = format!("{name}-alerts");
+    let group = format!("{name}-forwarder");
+    create_topics(bootstrap, &[(&topic, 2)]);
+    let fake: Shared = Arc::default();
+    // Slack fails the first twenty posts: the first forwarder waits to retry, its
+    // partitions paused, long enough for a second one to join the group.
+    fake.lock().unwrap().script.insert(
+        "everyone-s3cr3t-token".into(),
+        VecDeque::from(vec![(503, None); 20]),
+    );
+    let fake_port = fake_slack(fake.clone());
+    let url = format!("http://127.0.0.1:{fake_port}/services/T0ALL/B0ALL/everyone-s3cr3t-token");
+    // Forty alerts that the one route takes, keyed by customer over both partitions.
+    let all = alerts();
+    let routed: Vec<&Alert> = all
+        .iter()
+        .filter(|a| expected_hook(a) == Some("everyone-s3cr3t-token"))
+        .take(40)
+        .collect();
+    assert_eq!(routed.len(), 40);
+    let recs: Vec<Rec> = routed
+        .iter()
+        .map(|a| record(&topic, a, AlertFormat::Json))
+        .collect();
+    produce(bootstrap, &recs);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("slack.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{bootstrap}"
+[kafka.topics]
+alerts = "{topic}"
+[slack]
+group_id = "{group}"
+auto_offset_reset = "earliest"
+listen = ""
+retry_initial_ms = 300
+retry_max_ms = 600
+[slack.webhooks]
+everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
+[[slack.routes]]
+status = ["resolved"]
+webhook = "everyone"
+[[slack.routes]]
+risk = ["medium", "high", "critical"]
+webhook = "everyone"
+[log]
+level = "info"
+"#
+        ),
+    )
+    .unwrap();
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let _a = spawn_forwarder(&config, &url, &log_a);
+    wait_for("a post being retried", Duration::from_secs(60), || {
+        !fake.lock().unwrap().log.is_empty()
+    });
+    let _b = spawn_forwarder(&config, &url, &log_b);
+    let want: BTreeMap<(String, u64), usize> = routed
+        .iter()
+        .map(|a| ((a.alert_id.clone(), u64::from(a.sequence)), 1))
+        .collect();
+    let posted = || {
+        let mut got: BTreeMap<(String, u64), usize> = BTreeMap::new();
+        for r in accepted(&fake) {
+            *got.entry(key_of(&r.body)).or_default() += 1;
+        }
+        got
+    };
+    wait_for(
+        "every alert posted, on both partitions",
+        Duration::from_secs(120),
+        || posted().len() == want.len(),
+    );
+    // The group moved while the first forwarder was waiting to retry: the scenario.
+    let mut text = String::new();
+    std::fs::File::open(&log_a)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        text.contains("revoked while retrying"),
+        "the rebalance came after the retries: {text}"
+    );
+    assert_eq!(posted(), want, "each alert posted once");
+}
