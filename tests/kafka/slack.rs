@@ -170,6 +170,42 @@ fn alerts_counted(metrics: &str, result: &str) -> f64 {
     )
 }
 
+/// The forwarder's configuration: the `everyone` webhook (from the environment) takes
+/// resolved alerts and medium risk or more; `first` (webhooks, then routes) comes before.
+fn forwarder_config(
+    listen: &str,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    (retry_initial_ms, retry_max_ms): (u64, u64),
+    first: &str,
+    level: &str,
+) -> String {
+    format!(
+        r#"[kafka]
+brokers = "{bootstrap}"
+[kafka.topics]
+alerts = "{topic}"
+[slack]
+group_id = "{group}"
+auto_offset_reset = "earliest"
+listen = "{listen}"
+retry_initial_ms = {retry_initial_ms}
+retry_max_ms = {retry_max_ms}
+[slack.webhooks]
+everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
+{first}[[slack.routes]]
+status = ["resolved"]
+webhook = "everyone"
+[[slack.routes]]
+risk = ["medium", "high", "critical"]
+webhook = "everyone"
+[log]
+level = "{level}"
+"#
+    )
+}
+
 fn spawn_forwarder(config: &std::path::Path, everyone_url: &str, log: &std::path::Path) -> Proc {
     let mut c = Command::new(env!("CARGO_BIN_EXE_churnsignal"));
     c.args(["slack", "--config"])
@@ -271,34 +307,22 @@ fn the_slack_forwarder_routes_retries_and_never_posts_an_alert_twice_across_a_cr
     let config = dir.join("slack.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"[kafka]
-brokers = "{bootstrap}"
-[kafka.topics]
-alerts = "{topic}"
-[slack]
-group_id = "{group}"
-auto_offset_reset = "earliest"
-listen = "127.0.0.1:{http_port}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-[slack.webhooks]
-key = {{ url_file = "{}" }}
-everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
+        forwarder_config(
+            &format!("127.0.0.1:{http_port}"),
+            bootstrap,
+            &topic,
+            &group,
+            (200, 2000),
+            &format!(
+                r#"key = {{ url_file = "{}" }}
 [[slack.routes]]
 risk = ["high", "critical"]
 value_tier = ["key"]
 webhook = "key"
-[[slack.routes]]
-status = ["resolved"]
-webhook = "everyone"
-[[slack.routes]]
-risk = ["medium", "high", "critical"]
-webhook = "everyone"
-[log]
-level = "debug"
 "#,
-            key_file.display()
+                key_file.display()
+            ),
+            "debug",
         ),
     )
     .unwrap();
@@ -497,29 +521,7 @@ fn a_rebalance_while_a_post_is_retried_leaves_no_partition_paused() {
     let config = dir.join("slack.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"[kafka]
-brokers = "{bootstrap}"
-[kafka.topics]
-alerts = "{topic}"
-[slack]
-group_id = "{group}"
-auto_offset_reset = "earliest"
-listen = ""
-retry_initial_ms = 300
-retry_max_ms = 600
-[slack.webhooks]
-everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
-[[slack.routes]]
-status = ["resolved"]
-webhook = "everyone"
-[[slack.routes]]
-risk = ["medium", "high", "critical"]
-webhook = "everyone"
-[log]
-level = "info"
-"#
-        ),
+        forwarder_config("", bootstrap, &topic, &group, (300, 600), "", "info"),
     )
     .unwrap();
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
