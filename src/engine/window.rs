@@ -105,22 +105,95 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// Version 3: the head, a mask of the buckets in use, and of each one in use a mask
+    /// of its non-zero fields followed by those fields (counts as varints).
+    #[inline]
     pub(crate) fn encode(&self, w: &mut super::codec::Writer<'_>) {
-        w.i32(self.head);
-        for b in &self.buckets {
-            w.f32(b.value);
-            w.f32(b.discount_value);
-            w.u16(b.orders);
-            w.u16(b.engagement);
-            w.u8(b.requests);
-            w.u8(b.tickets);
-            w.u8(b.trouble);
+        const _: () = assert!(RING <= 16, "the bucket mask is 16 bits");
+        w.ivar(i64::from(self.head));
+        let fields: [u8; RING] = std::array::from_fn(|i| self.buckets[i].fields());
+        let used = fields
+            .iter()
+            .enumerate()
+            .fold(0u16, |m, (i, f)| if *f != 0 { m | 1 << i } else { m });
+        w.u16(used);
+        for (b, f) in self.buckets.iter().zip(fields) {
+            if f == 0 {
+                continue;
+            }
+            w.u8(f);
+            if f & F_VALUE != 0 {
+                w.f32(b.value);
+            }
+            if f & F_DISCOUNT != 0 {
+                w.f32(b.discount_value);
+            }
+            if f & F_ORDERS != 0 {
+                w.var(b.orders.into());
+            }
+            if f & F_ENGAGEMENT != 0 {
+                w.var(b.engagement.into());
+            }
+            if f & F_REQUESTS != 0 {
+                w.u8(b.requests);
+            }
+            if f & F_TICKETS != 0 {
+                w.u8(b.tickets);
+            }
+            if f & F_TROUBLE != 0 {
+                w.u8(b.trouble);
+            }
         }
     }
 
     pub(crate) fn decode(
         r: &mut super::codec::Reader<'_>,
     ) -> Result<Ring, super::codec::CodecError> {
+        use super::codec::CodecError::Invalid;
+        if r.version() == 2 {
+            return Ring::decode_v2(r);
+        }
+        let head = i32::try_from(r.ivar()?).map_err(|_| Invalid("a ring head out of range"))?;
+        let mut ring = Ring {
+            head,
+            ..Ring::default()
+        };
+        let used = r.u16()?;
+        for (i, b) in ring.buckets.iter_mut().enumerate() {
+            if used & 1 << i == 0 {
+                continue;
+            }
+            let f = r.u8()?;
+            if f == 0 || f & !F_ALL != 0 {
+                return Err(Invalid("a bucket's field mask"));
+            }
+            if f & F_VALUE != 0 {
+                b.value = r.f32()?;
+            }
+            if f & F_DISCOUNT != 0 {
+                b.discount_value = r.f32()?;
+            }
+            if f & F_ORDERS != 0 {
+                b.orders = r.var_as()?;
+            }
+            if f & F_ENGAGEMENT != 0 {
+                b.engagement = r.var_as()?;
+            }
+            if f & F_REQUESTS != 0 {
+                b.requests = r.u8()?;
+            }
+            if f & F_TICKETS != 0 {
+                b.tickets = r.u8()?;
+            }
+            if f & F_TROUBLE != 0 {
+                b.trouble = r.u8()?;
+            }
+        }
+        Ok(ring)
+    }
+
+    /// Version 2: the head and every bucket, fixed-width.
+    fn decode_v2(r: &mut super::codec::Reader<'_>) -> Result<Ring, super::codec::CodecError> {
         let mut ring = Ring {
             head: r.i32()?,
             ..Ring::default()
@@ -135,6 +208,62 @@ impl Ring {
             b.trouble = r.u8()?;
         }
         Ok(ring)
+    }
+
+    /// A ring of the given buckets (tests of the record layout).
+    #[cfg(test)]
+    pub(crate) fn from_parts(buckets: [Bucket; RING], head: i32) -> Ring {
+        Ring { buckets, head }
+    }
+}
+
+const F_VALUE: u8 = 1;
+const F_DISCOUNT: u8 = 1 << 1;
+const F_ORDERS: u8 = 1 << 2;
+const F_ENGAGEMENT: u8 = 1 << 3;
+const F_REQUESTS: u8 = 1 << 4;
+const F_TICKETS: u8 = 1 << 5;
+const F_TROUBLE: u8 = 1 << 6;
+const F_ALL: u8 = (1 << 7) - 1;
+
+impl Bucket {
+    /// Which fields are non-zero (bit for bit: -0.0 counts, so it is kept).
+    fn fields(&self) -> u8 {
+        let mut f = 0;
+        for (on, bit) in [
+            (self.value.to_bits() != 0, F_VALUE),
+            (self.discount_value.to_bits() != 0, F_DISCOUNT),
+            (self.orders != 0, F_ORDERS),
+            (self.engagement != 0, F_ENGAGEMENT),
+            (self.requests != 0, F_REQUESTS),
+            (self.tickets != 0, F_TICKETS),
+            (self.trouble != 0, F_TROUBLE),
+        ] {
+            if on {
+                f |= bit;
+            }
+        }
+        f
+    }
+
+    /// A bucket with these fields (tests of the record layout).
+    #[cfg(test)]
+    pub(crate) fn from_fields(
+        value: f32,
+        discount_value: f32,
+        counts: (u16, u16, u8, u8, u8),
+    ) -> Bucket {
+        let (orders, engagement, requests, tickets, trouble) = counts;
+        Bucket {
+            value,
+            discount_value,
+            orders,
+            engagement,
+            requests,
+            tickets,
+            trouble,
+            _pad: 0,
+        }
     }
 }
 
