@@ -474,7 +474,7 @@ fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
 }
 
 /// Tombstones padding each changelog partition in the restore test.
-const PAD: usize = 1_500_000;
+const PAD: usize = 2_500_000;
 
 #[test]
 fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
@@ -484,6 +484,9 @@ fn a_restart_and_a_rebalance_during_restore_end_in_the_same_alerts() {
     // time, a changelog of over a hundred thousand records, so that restoring takes
     // long enough to be interrupted.
     cfg.kafka.commit_interval_ms = 100;
+    // One batch per worker queue: full at once when a restore holds the worker up, so
+    // that the consumer pauses within the restore (a second later).
+    cfg.kafka.worker_queue_events = 100;
     create_all(&cfg, 2);
     let spec = Spec {
         customers: 1000,

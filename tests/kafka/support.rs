@@ -513,6 +513,10 @@ pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
         ),
         ("KAFKA__WORKERS", k.workers.to_string()),
         (
+            "KAFKA__WORKER_QUEUE_EVENTS",
+            k.worker_queue_events.to_string(),
+        ),
+        (
             "ENGINE__ALLOWED_LATENESS_SECS",
             cfg.engine.allowed_lateness_secs.to_string(),
         ),
