@@ -525,7 +525,7 @@ struct RestoreFigures {
     peak_rss: u64,
 }
 
-/// Writes the state of `customers` customers (one order each, from an engine) to
+/// Writes the state of `customers` customers (16 weekly orders each, from an engine) to
 /// partition 0 of a fresh changelog, then times reading it back into an engine, and
 /// the memory that takes.
 fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, String> {
@@ -539,22 +539,28 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, String>
     let day0 = 1_767_571_200_000i64;
     let mut out = Vec::new();
     let mut batch = Vec::with_capacity(4096);
-    for i in 0..customers {
-        let id = format!("cust-{i:08}");
-        batch.push(Event {
-            event_id: Cow::Owned(format!("o{i}")),
-            customer_id: Cow::Owned(id),
-            occurred_at: Timestamp(day0 + i64::from(i) * 10),
-            kind: EventKind::OrderPlaced {
-                order_id: Cow::Owned(format!("o{i}")),
-                amount: 10.0 + f64::from(i % 1000),
-                discount_pct: 0.0,
-            },
-        });
-        if batch.len() == 4096 {
-            engine.apply_batch(&batch, &mut out);
-            batch.clear();
-            out.clear();
+    // Each customer orders once a week for 16 weeks (a discount on two orders in
+    // three): every bucket of the ring in use, records about the size of the active
+    // customers of the throughput phase (about 220 bytes).
+    for week in 0..16i64 {
+        for i in 0..customers {
+            let id = format!("cust-{i:08}");
+            let order = format!("o{i}-{week}");
+            batch.push(Event {
+                event_id: Cow::Owned(order.clone()),
+                customer_id: Cow::Owned(id),
+                occurred_at: Timestamp(day0 + week * 7 * DAY_MS + i64::from(i) * 10),
+                kind: EventKind::OrderPlaced {
+                    order_id: Cow::Owned(order),
+                    amount: 10.37 + f64::from(i % 1000),
+                    discount_pct: f64::from(i % 3) * 5.0,
+                },
+            });
+            if batch.len() == 4096 {
+                engine.apply_batch(&batch, &mut out);
+                batch.clear();
+                out.clear();
+            }
         }
     }
     engine.apply_batch(&batch, &mut out);
