@@ -285,7 +285,7 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// A record whose delivery nothing waits for one by one (state records: their
-    /// transaction's commit waits for all of them).
+    /// transaction's commit waits for all of them). One is shared by all.
     pub fn untracked() -> Delivery {
         Delivery {
             progress: None,
@@ -326,9 +326,9 @@ impl ClientContext for ProducerCtx {
 }
 
 impl ProducerContext for ProducerCtx {
-    type DeliveryOpaque = Box<Delivery>;
+    type DeliveryOpaque = Arc<Delivery>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Arc<Delivery>) {
         self.settle(result);
         if let Some(p) = &d.pending {
             // Refused records count as settled too, after the failure is recorded: a

@@ -263,6 +263,8 @@ pub(crate) struct Worker {
     last_checkpoint: Instant,
     last_cap_warning: Option<Instant>,
     record: Vec<u8>,
+    /// The delivery of every state record: shared, since nothing waits for one by one.
+    untracked: Arc<Delivery>,
 }
 
 /// How long a worker blocks for work before it looks at idle partitions.
@@ -325,6 +327,7 @@ impl Worker {
             last_checkpoint: Instant::now(),
             last_cap_warning: None,
             record: Vec::with_capacity(512),
+            untracked: Arc::new(Delivery::untracked()),
         }
     }
 
@@ -804,6 +807,7 @@ impl Worker {
             let status = &self.status;
             let queue_full = &self.queue_full;
             let id = self.id;
+            let untracked = &self.untracked;
             let mut send_state = |key: &[u8], payload: Option<&[u8]>| {
                 let out = Out {
                     topic: &topic,
@@ -812,7 +816,7 @@ impl Worker {
                     payload,
                     headers: &[],
                 };
-                let d = Box::new(Delivery::untracked());
+                let d = untracked.clone();
                 if let Err(e) = send(&producer, status, queue_full, id, out, d) {
                     failed = Some(e);
                 }
@@ -854,7 +858,7 @@ impl Worker {
                 payload: Some(&self.record),
                 headers: &[],
             },
-            Box::new(Delivery::untracked()),
+            self.untracked.clone(),
         )
         .map_err(TxnFailure::Abortable)?;
         let mut offsets = TopicPartitionList::new();
@@ -1126,7 +1130,7 @@ impl Worker {
             delivery.pending = Some(pe.pending.clone());
             self.producer.clone()
         };
-        let d = Box::new(delivery);
+        let d = Arc::new(delivery);
         if let Err(e) = send(&producer, &self.status, &self.queue_full, self.id, out, d) {
             self.status.fail(e);
         }
@@ -1238,23 +1242,27 @@ struct Out<'a> {
 /// shutdown past the deadline the record is abandoned (its input offset is then never
 /// committed, so it is produced again after restart). A send refused for another
 /// reason is returned.
-fn send<C: ClientContext + rdkafka::producer::ProducerContext<DeliveryOpaque = Box<Delivery>>>(
+fn send<C: ClientContext + rdkafka::producer::ProducerContext<DeliveryOpaque = Arc<Delivery>>>(
     producer: &ThreadedProducer<C>,
     status: &Status,
     queue_full: &Counter,
     id: usize,
     out: Out<'_>,
-    delivery: Box<Delivery>,
+    delivery: Arc<Delivery>,
 ) -> Result<(), String> {
-    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-    for (k, v) in out.headers {
-        headers = headers.insert(rdkafka::message::Header {
-            key: k,
-            value: Some(v),
-        });
+    let mut record: BaseRecord<'_, [u8], [u8], Arc<Delivery>> =
+        BaseRecord::with_opaque_to(out.topic, delivery);
+    // State records have none: no header list to allocate and free for each.
+    if !out.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+        for (k, v) in out.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        record = record.headers(headers);
     }
-    let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
-        BaseRecord::with_opaque_to(out.topic, delivery).headers(headers);
     if let Some(p) = out.payload {
         record = record.payload(p);
     }
