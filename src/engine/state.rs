@@ -423,7 +423,7 @@ fn used_mask(used: impl Iterator<Item = bool>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::window::Bucket;
+    use crate::engine::window::{Bucket, RING};
     use proptest::prelude::*;
 
     fn instant() -> impl Strategy<Value = Timestamp> {
@@ -461,24 +461,24 @@ mod tests {
     prop_compose! {
         fn customer()(
             id in "[a-z0-9<>&-]{0,40}",
-            buckets in proptest::array::uniform16(bucket()),
+            buckets in proptest::collection::vec(bucket(), RING),
             head in prop_oneof![Just(i32::MIN), any::<i32>()],
-            times in proptest::array::uniform8(instant()),
+            times in proptest::collection::vec(instant(), 8),
             last_alert_at in instant(),
             counts in (any::<u32>(), any::<u8>(), any::<u16>(), any::<u8>()),
-            fps in proptest::array::uniform8(prop_oneof![Just(0u32), any::<u32>()]),
+            fps in proptest::collection::vec(prop_oneof![Just(0u32), any::<u32>()], DEDUP_SLOTS),
             next in 0..DEDUP_SLOTS as u8,
-            slots in proptest::array::uniform4(prop_oneof![Just((0u32, 0u32)), any::<(u32, u32)>()]),
+            slots in proptest::collection::vec(prop_oneof![Just((0u32, 0u32)), any::<(u32, u32)>()], TICKET_SLOTS),
             overflow in any::<u8>(),
             episode in (prop_oneof![Just(0u64), any::<u64>()], any::<u16>(), any::<(u8, u8, u8)>(), any::<bool>()),
         ) -> Customer {
             let mut c = Customer::new(&id);
-            c.ring = crate::engine::window::Ring::from_parts(buckets, head);
+            c.ring = crate::engine::window::Ring::from_parts(buckets.try_into().unwrap(), head);
             [c.first_seen, c.last_seen, c.first_order, c.second_order, c.last_order,
-                c.last_engagement, c.nps_at, c.scheduled] = times;
+                c.last_engagement, c.nps_at, c.scheduled] = times.try_into().unwrap();
             (c.orders_total, c.nps, c.value_bin, c.gap_bin) = counts;
-            c.dedup = Dedup { fps, next };
-            c.tickets = OpenTickets { slots, overflow };
+            c.dedup = Dedup { fps: fps.try_into().unwrap(), next };
+            c.tickets = OpenTickets { slots: slots.try_into().unwrap(), overflow };
             let (alert_id, sequence, (active, announced, announced_risk), open) = episode;
             c.episode = Episode { alert_id, last_alert_at, sequence, active, announced, announced_risk, open };
             c
