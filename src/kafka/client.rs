@@ -25,10 +25,10 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20"
 /// every 100 ms.
 ///
 /// No compression (librdkafka's default): state records are compact already (lz4
-/// shrinks them by 12%), and compressing them took more CPU than anything else
-/// exactly-once adds, in the client and in the broker, which decompresses every batch
-/// of a compacted topic to check its keys (`bench kafka`: exactly-once at 0.80–0.89 of
-/// at-least-once with lz4, 0.91–0.96 without).
+/// shrinks them by 12%), and in a profile of `bench kafka` compressing them was the
+/// largest single CPU cost exactly-once added, in the client and in the broker, which
+/// decompresses every batch of a compacted topic to check its keys. (The benchmark's
+/// end-to-end ratio does not tell the two apart beyond its run-to-run spread.)
 pub const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] =
     &[("retry.backoff.ms", "5"), ("retry.backoff.max.ms", "100")];
 
