@@ -1,7 +1,11 @@
 //! The alert lifecycle: a small state machine per customer.
 //!
 //! - `open`: the first signal becomes active (severity ≥ entry). Starts an episode with
-//!   a deterministic `alert_id` (hash of customer id and the instant it opened).
+//!   a deterministic `alert_id`: a hash of the customer id and the instant it opened,
+//!   and of the previous episode's id if the customer had one. Evaluation instants can
+//!   go back (a late event on a topic behind the others is evaluated at its own time),
+//!   so two episodes of a customer can open at the same instant; the previous id keeps
+//!   their ids apart.
 //! - `escalated`: within the episode, a signal joins that was not announced yet, or the
 //!   risk level rises above the highest announced. Falling back and rising again to an
 //!   already announced level is not news.
@@ -81,6 +85,18 @@ pub fn episode_id(customer_id: &str, at: Timestamp) -> u64 {
     h.digest()
 }
 
+/// Deterministic id of an episode that opened at `at` for `customer_id` after the
+/// episode `previous` (which may have opened at the same instant: [`episode_id`] alone
+/// would give both the same id).
+pub fn next_episode_id(previous: u64, customer_id: &str, at: Timestamp) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(customer_id.as_bytes());
+    h.update(&[1]);
+    h.update(&at.0.to_le_bytes());
+    h.update(&previous.to_le_bytes());
+    h.digest()
+}
+
 /// Settings of the state machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -109,8 +125,13 @@ impl Episode {
             if active == 0 {
                 return None;
             }
+            let alert_id = if self.alert_id != 0 {
+                next_episode_id(self.alert_id, customer_id, now)
+            } else {
+                episode_id(customer_id, now)
+            };
             *self = Episode {
-                alert_id: episode_id(customer_id, now),
+                alert_id,
                 last_alert_at: now,
                 sequence: 1,
                 active,
@@ -255,6 +276,39 @@ mod tests {
         );
         assert_ne!(e.alert_id, id);
         assert_eq!(e.sequence, 1);
+    }
+
+    #[test]
+    fn episodes_opening_at_an_instant_an_earlier_one_opened_get_ids_of_their_own() {
+        // A late event on a topic behind the others is evaluated at its own, earlier
+        // time: an episode opened at 2000 can resolve at 1500 and the next open at
+        // 2000 again (or at the same instant it resolved).
+        let high = with(&[(SignalKind::Inactivity, 0.8)]);
+        let low = with(&[(SignalKind::Inactivity, 0.1)]);
+        let mut e = Episode::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (open, resolve) in [
+            (2_000, 1_500),
+            (2_000, 2_000),
+            (2_000, 2_500),
+            (3_000, 3_000),
+        ] {
+            assert_eq!(
+                e.transition("c", &high, Risk::High, Timestamp(open), RULES),
+                Some(Status::Open)
+            );
+            assert_eq!(e.sequence, 1);
+            assert!(seen.insert(e.alert_id), "a repeated (alert_id, 1)");
+            assert_eq!(
+                e.transition("c", &low, Risk::Low, Timestamp(resolve), RULES),
+                Some(Status::Resolved)
+            );
+        }
+        // The first episode of a customer: its id depends on the customer and instant.
+        assert!(seen.contains(&episode_id("c", Timestamp(2_000))));
+        let mut other = Episode::default();
+        other.transition("c", &high, Risk::High, Timestamp(2_000), RULES);
+        assert_eq!(other.alert_id, episode_id("c", Timestamp(2_000)));
     }
 
     #[test]
