@@ -165,6 +165,11 @@ impl Engine {
         }
     }
 
+    /// The most customers held (0 = no cap).
+    pub fn max_customers(&self) -> u64 {
+        self.max_customers
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg

@@ -4,6 +4,10 @@
 //! tombstone for one forgotten) and its own record (keyed [`ENGINE_KEY`]) holding the
 //! engine's state and the input positions it reflects.
 //!
+//! With exactly-once, the transactions between two such checkpoints write the
+//! partition's journal instead (keyed [`JOURNAL_KEY`], see [`super::journal`]): a
+//! restore replays it over the input since the checkpoint.
+//!
 //! Restoring a partition reads its changelog partition from the start with
 //! `read_committed`: the last committed checkpoint, whole, and nothing of one left
 //! unfinished by a crash. Compaction keeps the partition about the size of the live
@@ -19,6 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::client::restore_consumer_config;
+use super::journal::{Journal, JOURNAL_KEY};
 use crate::config::Config;
 use crate::engine::codec::{CodecError, Reader, Writer};
 use crate::engine::Engine;
@@ -77,6 +82,9 @@ pub struct Restored {
     pub engine: Engine,
     /// Input positions the state reflects (none for a new engine).
     pub positions: Vec<(String, i64)>,
+    /// Exactly-once: the journal of the input applied since the state records, up to
+    /// the last committed transaction, and each input's next offset after it.
+    pub journal: Option<(Journal, Vec<Option<i64>>)>,
     /// Changelog records read.
     pub records: u64,
     /// How long it took.
@@ -92,6 +100,9 @@ pub enum RestoreError {
     /// Kafka failed.
     #[error("reading the changelog: {0}")]
     Kafka(#[from] KafkaError),
+    /// The journal could not be replayed over the input it covers.
+    #[error("replaying the journal: {0}")]
+    Journal(String),
     /// A record could not be decoded.
     #[error("a state record at offset {offset}: {error}")]
     Codec {
@@ -132,6 +143,7 @@ pub fn restore(
     };
     let mut customers: HashMap<Box<[u8]>, Box<[u8]>> = HashMap::new();
     let mut partition_record: Option<(i64, Box<[u8]>)> = None;
+    let mut journal: Option<(i64, Box<[u8]>)> = None;
     let mut records = 0u64;
     if high <= low {
         // Nothing to read: the gauge says so (0 left) from the start.
@@ -162,6 +174,8 @@ pub fn restore(
                         if let Some(v) = m.payload() {
                             partition_record = Some((m.offset(), v.into()));
                         }
+                    } else if key == JOURNAL_KEY {
+                        journal = m.payload().map(|v| (m.offset(), v.into()));
                     } else {
                         match m.payload() {
                             Some(v) => {
@@ -220,9 +234,16 @@ pub fn restore(
             (engine, positions)
         }
     };
+    let journal = match journal {
+        Some((offset, bytes)) => {
+            Some(Journal::decode(&bytes).map_err(|error| RestoreError::Codec { offset, error })?)
+        }
+        None => None,
+    };
     Ok(Restored {
         engine,
         positions,
+        journal,
         records,
         elapsed: start.elapsed(),
     })

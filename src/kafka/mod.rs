@@ -4,6 +4,7 @@
 
 pub mod changelog;
 pub mod client;
+pub mod journal;
 pub mod offsets;
 pub mod produce;
 pub mod records;

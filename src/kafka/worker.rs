@@ -10,7 +10,10 @@
 //! producer; a checkpoint waits until every one of its partition's is acknowledged, so
 //! the offsets it commits never run ahead of an unacknowledged output. Exactly-once:
 //! they go in the partition's transaction, visible to `read_committed` readers when
-//! the checkpoint commits.
+//! the checkpoint commits. Its transactions commit ten times as often as state records
+//! are worth writing: the customer records go out every `commit_interval_ms`, and the
+//! transactions between carry the partition's journal instead (see
+//! [`super::journal`]), which a restore replays over the input since the records.
 //!
 //! Transactional API errors are handled by class, as librdkafka documents: retriable
 //! ones are retried, abortable ones abort the transaction and rewind the partition
@@ -18,22 +21,23 @@
 //! worker keeps, processed again), fatal ones (fenced: another instance owns the
 //! partition now) stop the service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
-use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
 
-use super::changelog::{self, encode_partition_record, ENGINE_KEY};
-use super::client::transactional_producer_config;
+use super::changelog::{self, encode_partition_record, RestoreCtx, ENGINE_KEY};
+use super::client::{restore_consumer_config, transactional_producer_config};
+use super::journal::{Base, Journal, Op, JOURNAL_KEY};
 use super::offsets::PartitionProgress;
 use super::records::{alert_record, dead_letter_record, OutRecord, Source};
 use super::runtime::{Delivery, ProducerCtx, Status};
@@ -182,39 +186,112 @@ struct PartitionEngine {
     /// done (never wait for it: the interval is a minimum, and when commits take
     /// longer, processing goes on and the next transaction carries more).
     checkpoint_due: bool,
+    /// Exactly-once: the input since the last state records (see [`super::journal`]).
+    journal: Journal,
+    /// When the state records were last written.
+    last_state: Instant,
+    /// The next checkpoint writes the state records (revoked, draining, restored).
+    state_due: bool,
 }
 
 impl PartitionEngine {
-    /// Stream time is the minimum over the partition's input topics of their latest
-    /// event time, minus the allowed lateness: a topic behind the others (catching up
-    /// after a restart: the consumer fetches topics by bytes, not by time) keeps its
-    /// events on time and holds back silence-driven signals until it is in. Topics with
-    /// no event yet, and topics idle for `idle`, do not hold it back.
-    fn cap_watermark(
-        &mut self,
-        topic: usize,
-        t: Timestamp,
-        now: Instant,
-        idle: Duration,
-        lateness: i64,
-    ) {
-        if let Some(i) = self.inputs.get_mut(&topic) {
-            i.max_time = i.max_time.max(t.0);
-            i.last_event = now;
-        }
-        let limit = self
-            .inputs
-            .values()
-            .filter(|i| {
-                i.active
-                    && i.max_time != i64::MIN
-                    && now.saturating_duration_since(i.last_event) < idle
-            })
-            .map(|i| i.max_time)
-            .min();
-        self.engine
-            .set_watermark_limit(limit.map(|m| Timestamp(m.saturating_sub(lateness))));
+    /// Index of input `topic` among the partition's inputs (a journal's numbering).
+    fn position(&self, topic: usize) -> usize {
+        self.inputs
+            .keys()
+            .position(|t| *t == topic)
+            .unwrap_or(usize::MAX)
     }
+
+    /// The inputs (by position) that count towards the watermark limit at `now`:
+    /// assigned, and not idle for `idle`.
+    fn live(&self, now: Instant, idle: Duration) -> u64 {
+        self.inputs
+            .values()
+            .enumerate()
+            .filter(|(_, i)| i.active && now.saturating_duration_since(i.last_event) < idle)
+            .fold(0, |m, (k, _)| m | bit(k))
+    }
+
+    /// The journal's inputs as the state records about to be written reflect them.
+    fn journal_base(&self, topics: &[InputTopic]) -> Vec<Base> {
+        self.inputs
+            .iter()
+            .map(|(t, i)| Base {
+                name: topics[*t].name.clone(),
+                next: i.next,
+                max_time: i.max_time,
+            })
+            .collect()
+    }
+
+    /// Sets the engine's customer cap (journaled: a replay must evict as it did).
+    fn set_cap(&mut self, n: u64, eos: bool) {
+        if eos {
+            self.journal.cap(n);
+        }
+        self.engine.set_max_customers(n);
+    }
+
+    /// The journal numbers the inputs as the partition does now.
+    fn journal_matches(&self, topics: &[InputTopic]) -> bool {
+        self.journal.base.len() == self.inputs.len()
+            && self
+                .journal
+                .base
+                .iter()
+                .zip(self.inputs.keys())
+                .all(|(b, t)| b.name == topics[*t].name)
+    }
+}
+
+/// Bit `k` of an input mask.
+fn bit(k: usize) -> u64 {
+    1u64.checked_shl(k as u32).unwrap_or(0)
+}
+
+/// Stream time is the minimum over the partition's input topics of their latest event
+/// time, minus the allowed lateness: a topic behind the others (catching up after a
+/// restart: the consumer fetches topics by bytes, not by time) keeps its events on time
+/// and holds back silence-driven signals until it is in. Only the inputs in `live`
+/// (assigned, not idle: see [`PartitionEngine::live`]) and with an event already hold
+/// it back. Shared by live processing and a journal's replay.
+fn cap_watermark(
+    inputs: &mut BTreeMap<usize, Input>,
+    engine: &mut Engine,
+    topic: usize,
+    t: Timestamp,
+    live: u64,
+    lateness: i64,
+) {
+    if let Some(i) = inputs.get_mut(&topic) {
+        i.max_time = i.max_time.max(t.0);
+    }
+    let limit = inputs
+        .values()
+        .enumerate()
+        .filter(|(k, i)| live & bit(*k) != 0 && i.max_time != i64::MIN)
+        .map(|(_, i)| i.max_time)
+        .min();
+    engine.set_watermark_limit(limit.map(|m| Timestamp(m.saturating_sub(lateness))));
+}
+
+/// Decodes and checks one input message as the partition's engine takes it, against
+/// wall-clock `now` (events too far ahead of it are refused). Shared by live
+/// processing and a journal's replay.
+fn decode_input(
+    cfg: &Config,
+    topic: &InputTopic,
+    m: &InMsg,
+    now: Timestamp,
+) -> Result<Event<'static>, DecodeError> {
+    let limits = Limits {
+        max_event_bytes: cfg.input.max_event_bytes,
+        max_clock_skew_ms: cfg.input.max_clock_skew_secs as i64 * 1000,
+        now: Some(now),
+    };
+    decode_message(m.value(), topic.encoding, m.content_type(), &limits)
+        .and_then(|e| check_placement(e, topic, m.key()))
 }
 
 struct Input {
@@ -228,6 +305,37 @@ struct Input {
     next: Option<i64>,
     /// Assigned now.
     active: bool,
+}
+
+impl Input {
+    /// An input of a restored partition, not assigned yet.
+    fn restored(epoch: u64, next: Option<i64>) -> Input {
+        Input {
+            max_time: i64::MIN,
+            last_event: Instant::now(),
+            progress: Arc::new(Mutex::new(PartitionProgress::default())),
+            epoch,
+            next,
+            active: false,
+        }
+    }
+}
+
+/// A partition's state read back.
+struct Restoration {
+    engine: Engine,
+    /// Its inputs, with the positions (and, after a journal, latest event times) the
+    /// engine reflects; none assigned yet.
+    inputs: BTreeMap<usize, Input>,
+    /// Exactly-once: the journal the engine reflects, to go on with (empty: none).
+    journal: Journal,
+    /// Input messages the journal's replay applied.
+    replayed: u64,
+    /// The state records are behind the engine: write them at the first checkpoint.
+    state_due: bool,
+    /// Changelog records read.
+    records: u64,
+    elapsed: Duration,
 }
 
 /// A transactional call that did not succeed.
@@ -418,7 +526,10 @@ impl Worker {
                 }
                 for p in gone {
                     // Its state goes to the changelog with its offsets; the next owner
-                    // restores it from there.
+                    // restores it from there (without a journal to replay).
+                    if let Some(pe) = self.engines.get_mut(&p) {
+                        pe.state_due = true;
+                    }
                     self.checkpoint(p, true);
                     if let Some(pe) = self.engines.remove(&p) {
                         self.close(p, pe);
@@ -435,6 +546,9 @@ impl Worker {
             }
             Work::Drain(reply) => {
                 let all: Vec<i32> = self.engines.keys().copied().collect();
+                for pe in self.engines.values_mut() {
+                    pe.state_due = true;
+                }
                 for p in all {
                     self.checkpoint(p, true);
                 }
@@ -481,9 +595,10 @@ impl Worker {
                     }
                 }
             }
+            let eos = self.exactly_once();
             let pe = self.engines.get_mut(&p).expect("present");
             if self.cap_share > 0 {
-                pe.engine.set_max_customers(self.cap_share);
+                pe.set_cap(self.cap_share, eos);
             }
             for x in list {
                 let next = pe.inputs.get(&x.topic).and_then(|i| i.next);
@@ -524,11 +639,7 @@ impl Worker {
         self.txn_call("init_transactions", || producer.init_transactions(timeout))?;
         telemetry::restoring(1.0);
         self.status.restoring.fetch_add(1, Ordering::SeqCst);
-        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
-        let restored = changelog::restore(&self.cfg, p, || {
-            status.beat(1 + id);
-            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
-        });
+        let restored = self.restore_partition(p, epoch);
         self.status.restoring.fetch_sub(1, Ordering::SeqCst);
         telemetry::restoring(-1.0);
         let r = match restored {
@@ -544,30 +655,15 @@ impl Worker {
             partition = p,
             customers = r.engine.customers(),
             records = r.records,
+            replayed = r.replayed,
             seconds = secs,
             customers_per_second = (r.engine.customers() as f64 / secs.max(1e-6)) as u64,
             "state restored"
         );
-        let mut inputs = BTreeMap::new();
-        for (name, next) in &r.positions {
-            if let Some(t) = self.inputs.iter().position(|i| &i.name == name) {
-                inputs.insert(
-                    t,
-                    Input {
-                        max_time: i64::MIN,
-                        last_event: Instant::now(),
-                        progress: Arc::new(Mutex::new(PartitionProgress::default())),
-                        epoch,
-                        next: Some(*next),
-                        active: false,
-                    },
-                );
-            }
-        }
         let evicted = (r.engine.stats().evicted_idle, r.engine.stats().evicted_cap);
         Ok(PartitionEngine {
             engine: r.engine,
-            inputs,
+            inputs: r.inputs,
             last_event: Instant::now(),
             txn: Txn {
                 producer,
@@ -578,10 +674,111 @@ impl Worker {
             replay_committing: Vec::new(),
             held: Vec::new(),
             needs_rewind: false,
-            dirty: false,
+            dirty: r.state_due,
             pending: Arc::new(AtomicI64::new(0)),
             evicted,
             checkpoint_due: false,
+            journal: r.journal,
+            last_state: Instant::now(),
+            state_due: r.state_due,
+        })
+    }
+
+    /// Reads partition `p`'s state back: the changelog's records, then (exactly-once)
+    /// the journal of the transactions committed since them, replayed over the input
+    /// it covers. Cancelled when the partition moves on (a newer rebalance epoch).
+    fn restore_partition(
+        &self,
+        p: i32,
+        epoch: u64,
+    ) -> Result<Restoration, changelog::RestoreError> {
+        let started = Instant::now();
+        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
+        let mut keep_going = move || {
+            status.beat(1 + id);
+            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
+        };
+        let r = changelog::restore(&self.cfg, p, &mut keep_going)?;
+        let mut inputs = BTreeMap::new();
+        for (name, next) in &r.positions {
+            if let Some(t) = self.inputs.iter().position(|i| &i.name == name) {
+                inputs.insert(t, Input::restored(epoch, Some(*next)));
+            }
+        }
+        let mut engine = r.engine;
+        let (mut journal, mut replayed, mut stale) = (Journal::default(), 0, false);
+        if let Some((j, ends)) = r.journal {
+            // The journal written with the state records names their positions; one
+            // that does not (never seen: both are written in one transaction) is stale.
+            let ours = r.positions.iter().all(|(name, next)| {
+                j.base
+                    .iter()
+                    .any(|b| &b.name == name && b.next == Some(*next))
+            });
+            if ours {
+                let replay_started = Instant::now();
+                let replay = replay_journal(
+                    &self.cfg,
+                    &self.inputs,
+                    p,
+                    epoch,
+                    &mut engine,
+                    &mut inputs,
+                    (&j, &ends),
+                    &mut keep_going,
+                );
+                match replay {
+                    Ok(n) => {
+                        replayed = n;
+                        telemetry::replayed_messages(n);
+                        if n > 0 {
+                            tracing::info!(
+                                partition = p,
+                                messages = n,
+                                operations = j.ops.len(),
+                                seconds = replay_started.elapsed().as_secs_f64(),
+                                "journal replayed over the input since the state records"
+                            );
+                        }
+                        journal = j;
+                    }
+                    Err(changelog::RestoreError::Journal(why)) => {
+                        // The input is gone (retention, a recreated topic): as a consumer
+                        // whose offset is out of range goes on from what there is, the
+                        // state goes on from its records, at the committed offsets.
+                        tracing::error!(
+                            partition = p,
+                            error = %why,
+                            "the journal cannot be replayed: the state goes on from its records without the input between them and the committed offsets"
+                        );
+                        for (b, end) in j.base.iter().zip(&ends) {
+                            if let Some(t) = self.inputs.iter().position(|i| i.name == b.name) {
+                                let i = inputs
+                                    .entry(t)
+                                    .or_insert_with(|| Input::restored(epoch, None));
+                                i.next = *end;
+                            }
+                        }
+                        // Its state records are written at the first checkpoint.
+                        stale = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                tracing::warn!(
+                    partition = p,
+                    "the changelog's journal does not start at its state records; ignored"
+                );
+            }
+        }
+        Ok(Restoration {
+            engine,
+            inputs,
+            journal,
+            replayed,
+            state_due: replayed > 0 || stale,
+            records: r.records,
+            elapsed: started.elapsed(),
         })
     }
 
@@ -634,6 +831,189 @@ fn txn_call<T>(
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// Replays a journal over the input it covers: the engine and the inputs' positions
+/// and event times become what they were when its transaction committed. Its outputs
+/// were committed then and are not made again. Returns the messages applied.
+#[allow(clippy::too_many_arguments)]
+fn replay_journal(
+    cfg: &Config,
+    topics: &[InputTopic],
+    p: i32,
+    epoch: u64,
+    engine: &mut Engine,
+    inputs: &mut BTreeMap<usize, Input>,
+    (j, ends): (&Journal, &[Option<i64>]),
+    keep_going: &mut impl FnMut() -> bool,
+) -> Result<u64, changelog::RestoreError> {
+    use changelog::RestoreError;
+    let counts = j.counts();
+    // Journal input → input topic index.
+    let mut index = Vec::with_capacity(j.base.len());
+    for (k, b) in j.base.iter().enumerate() {
+        match topics.iter().position(|t| t.name == b.name) {
+            Some(t) => index.push(Some(t)),
+            None if counts[k] == 0 => index.push(None),
+            None => {
+                return Err(RestoreError::Journal(format!(
+                    "it covers {} messages of input topic {}, which is no longer configured",
+                    counts[k], b.name
+                )))
+            }
+        }
+    }
+    for (b, t) in j.base.iter().zip(&index) {
+        let Some(t) = t else { continue };
+        let i = inputs
+            .entry(*t)
+            .or_insert_with(|| Input::restored(epoch, None));
+        i.max_time = b.max_time;
+        i.next = b.next;
+    }
+    // The journal's input masks in the partition's numbering.
+    let bits: Vec<u64> = index
+        .iter()
+        .map(|t| {
+            t.and_then(|t| inputs.keys().position(|x| *x == t))
+                .map_or(0, bit)
+        })
+        .collect();
+    let remap = |live: u64| {
+        bits.iter()
+            .enumerate()
+            .filter(|(k, _)| live & bit(*k) != 0)
+            .fold(0, |m, (_, b)| m | b)
+    };
+    let mut queues: Vec<VecDeque<InMsg>> = j.base.iter().map(|_| VecDeque::new()).collect();
+    if j.messages > 0 {
+        read_journal_input(cfg, p, (j, ends), &index, &counts, &mut queues, keep_going)?;
+    }
+    let lateness = cfg.engine.lateness_ms();
+    let mut scratch = Vec::new();
+    for op in &j.ops {
+        match *op {
+            Op::Run {
+                input,
+                live,
+                now,
+                count,
+            } => {
+                let k = usize::from(input);
+                let Some(t) = index[k] else { continue };
+                let live = remap(live);
+                for _ in 0..count {
+                    let Some(m) = queues[k].pop_front() else {
+                        return Err(RestoreError::Journal(
+                            "it covers more input than was read".into(),
+                        ));
+                    };
+                    if let Some(i) = inputs.get_mut(&t) {
+                        i.next = Some(m.offset + 1);
+                    }
+                    // Refused (a dead letter then): nothing reaches the engine.
+                    if let Ok(event) = decode_input(cfg, &topics[t], &m, Timestamp(now)) {
+                        let time = event.occurred_at;
+                        cap_watermark(inputs, engine, t, time, live, lateness);
+                        engine.apply_into(&event, &mut scratch);
+                        scratch.clear();
+                    }
+                }
+            }
+            Op::Advance { target } => {
+                engine.advance_to_into(Timestamp(target), &mut scratch);
+                scratch.clear();
+            }
+            Op::Cap(n) => engine.set_max_customers(n),
+        }
+    }
+    for (t, end) in index.iter().zip(ends) {
+        if let (Some(t), Some(end)) = (t, end) {
+            if let Some(i) = inputs.get_mut(t) {
+                i.next = Some(*end);
+            }
+        }
+    }
+    Ok(j.messages)
+}
+
+/// Reads the input a journal covers, from its start positions, `counts[k]` messages of
+/// input `k` (before its end), with `read_committed` as the service's consumer reads.
+fn read_journal_input(
+    cfg: &Config,
+    p: i32,
+    (j, ends): (&Journal, &[Option<i64>]),
+    index: &[Option<usize>],
+    counts: &[u64],
+    queues: &mut [VecDeque<InMsg>],
+    keep_going: &mut impl FnMut() -> bool,
+) -> Result<(), changelog::RestoreError> {
+    use changelog::RestoreError;
+    let consumer: BaseConsumer<RestoreCtx> =
+        restore_consumer_config(&cfg.kafka).create_with_context(RestoreCtx)?;
+    let timeout = Duration::from_secs(cfg.kafka.startup_timeout_secs);
+    let mut tpl = TopicPartitionList::new();
+    for (k, b) in j.base.iter().enumerate() {
+        if counts[k] == 0 {
+            continue;
+        }
+        let Some(from) = b.next else {
+            return Err(RestoreError::Journal(format!(
+                "no start position for input topic {}",
+                b.name
+            )));
+        };
+        let (low, _) = consumer.fetch_watermarks(&b.name, p, timeout)?;
+        if low > from {
+            return Err(RestoreError::Journal(format!(
+                "{}[{p}] starts at offset {low} now: retention removed the input from offset {from} the journal covers",
+                b.name
+            )));
+        }
+        tpl.add_partition_offset(&b.name, p, Offset::Offset(from))?;
+    }
+    consumer.assign(&tpl)?;
+    let mut got = vec![0u64; counts.len()];
+    let mut progress = Instant::now();
+    while got != counts {
+        if !keep_going() {
+            return Err(RestoreError::Cancelled);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let Some(k) = j.base.iter().position(|b| b.name == m.topic()) else {
+                    continue;
+                };
+                if got[k] >= counts[k] {
+                    continue;
+                }
+                if ends[k].is_some_and(|end| m.offset() >= end) {
+                    return Err(RestoreError::Journal(format!(
+                        "{}[{p}] holds {} of the {} messages the journal covers before offset {}",
+                        j.base[k].name,
+                        got[k],
+                        counts[k],
+                        ends[k].unwrap_or_default()
+                    )));
+                }
+                let t = index[k].expect("an input with messages is configured");
+                queues[k].push_back(InMsg::new(t, 0, &m));
+                got[k] += 1;
+                progress = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => {
+                tracing::warn!(partition = p, error = %e, "reading the input a journal covers; retrying");
+            }
+        }
+        if progress.elapsed() > timeout {
+            return Err(RestoreError::Journal(format!(
+                "the input it covers did not arrive within {} s",
+                timeout.as_secs()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The end of a checkpoint, on a helper thread: the offsets go into the transaction,
@@ -776,7 +1156,12 @@ impl Worker {
         let Some(pe) = self.engines.get(&p) else {
             return Ok(());
         };
-        if !pe.dirty && !pe.txn.open {
+        // Exactly-once: a journal is not left covering input for long, even when
+        // nothing else changes (a restore needs that input, and retention may delete
+        // it): the state records are written once it is older than the interval.
+        let state_every = Duration::from_millis(self.cfg.kafka.commit_interval_ms);
+        let journal_old = pe.journal.messages > 0 && pe.last_state.elapsed() >= state_every;
+        if !(pe.dirty || pe.txn.open || eos && journal_old) {
             return Ok(());
         }
         let Some(group) = self.group.clone() else {
@@ -799,11 +1184,18 @@ impl Worker {
         }
         self.begin(p)?;
         let pe = self.engines.get_mut(&p).expect("present");
+        // Exactly-once writes the state records every commit interval, as at-least-once
+        // does, and its journal in the transactions between (see `super::journal`).
+        let state = !eos
+            || pe.state_due
+            || pe.journal.full()
+            || pe.last_state.elapsed() >= state_every
+            || !pe.journal_matches(&self.inputs);
         let topic = self.cfg.kafka.topics.changelog.clone();
         let producer = pe.txn.producer.clone();
         let (mut tombstones, mut customers) = (0u64, 0u64);
         let mut failed = None;
-        {
+        if state {
             let status = &self.status;
             let queue_full = &self.queue_full;
             let id = self.id;
@@ -844,23 +1236,63 @@ impl Worker {
             .iter()
             .filter_map(|(t, i)| Some((self.inputs[*t].name.as_str(), i.next?)))
             .collect();
-        self.record.clear();
-        encode_partition_record(&names, &pe.engine, &mut self.record);
-        send(
-            &producer,
-            &self.status,
-            &self.queue_full,
-            self.id,
-            Out {
-                topic: &topic,
-                partition: Some(p),
-                key: Some(ENGINE_KEY),
-                payload: Some(&self.record),
-                headers: &[],
-            },
-            self.untracked.clone(),
-        )
-        .map_err(TxnFailure::Abortable)?;
+        let own = |key: &[u8], record: &[u8]| {
+            send(
+                &producer,
+                &self.status,
+                &self.queue_full,
+                self.id,
+                Out {
+                    topic: &topic,
+                    partition: Some(p),
+                    key: Some(key),
+                    payload: Some(record),
+                    headers: &[],
+                },
+                self.untracked.clone(),
+            )
+            .map_err(TxnFailure::Abortable)
+        };
+        if state {
+            self.record.clear();
+            encode_partition_record(&names, &pe.engine, &mut self.record);
+            own(ENGINE_KEY, &self.record)?;
+            telemetry::state_records("customer", customers);
+            telemetry::state_records("tombstone", tombstones);
+            telemetry::state_records("partition", 1);
+            pe.last_state = Instant::now();
+            pe.state_due = false;
+            if eos {
+                pe.journal = Journal::new(pe.journal_base(&self.inputs));
+                pe.journal.cap(pe.engine.max_customers());
+            } else if !pe.journal.base.is_empty() {
+                // Restored from an exactly-once journal: these state records make it
+                // stale, and its tombstone keeps later restores from reading it.
+                send(
+                    &producer,
+                    &self.status,
+                    &self.queue_full,
+                    self.id,
+                    Out {
+                        topic: &topic,
+                        partition: Some(p),
+                        key: Some(JOURNAL_KEY),
+                        payload: None,
+                        headers: &[],
+                    },
+                    self.untracked.clone(),
+                )
+                .map_err(TxnFailure::Abortable)?;
+                pe.journal = Journal::default();
+            }
+        }
+        if eos {
+            let ends: Vec<Option<i64>> = pe.inputs.values().map(|i| i.next).collect();
+            self.record.clear();
+            pe.journal.encode(&ends, &mut self.record);
+            own(JOURNAL_KEY, &self.record)?;
+            telemetry::state_records("journal", 1);
+        }
         let mut offsets = TopicPartitionList::new();
         for (name, next) in &names {
             let _ = offsets.add_partition_offset(name, p, Offset::Offset(*next));
@@ -869,9 +1301,6 @@ impl Worker {
         pe.txn.open = false;
         pe.dirty = false;
         pe.replay_committing = std::mem::take(&mut pe.replay);
-        telemetry::state_records("customer", customers);
-        telemetry::state_records("tombstone", tombstones);
-        telemetry::state_records("partition", 1);
         let (status, id) = (self.status.clone(), self.id);
         let producer = producer.clone();
         let handle = std::thread::Builder::new()
@@ -935,31 +1364,29 @@ impl Worker {
         pe.held.clear();
         pe.needs_rewind = false;
         let epoch = pe.inputs.values().map(|i| i.epoch).max().unwrap_or(0);
-        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
-        let restored = changelog::restore(&self.cfg, p, || {
-            status.beat(1 + id);
-            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
-        });
-        let r = match restored {
+        let r = match self.restore_partition(p, epoch) {
             Ok(r) => r,
             Err(changelog::RestoreError::Cancelled) => return,
             Err(e) => return self.fatal(p, e.to_string()),
         };
         pe.engine = r.engine;
+        pe.journal = r.journal;
+        pe.state_due = r.state_due;
         if self.cap_share > 0 {
-            pe.engine.set_max_customers(self.cap_share);
+            pe.set_cap(self.cap_share, self.exactly_once());
         }
         for (t, i) in pe.inputs.iter_mut() {
-            i.next = r
-                .positions
-                .iter()
-                .find(|(n, _)| *n == self.inputs[*t].name)
-                .map(|(_, o)| *o);
-            i.max_time = i64::MIN;
+            let restored = r.inputs.get(t);
+            i.next = restored.and_then(|x| x.next);
+            i.max_time = restored.map_or(i64::MIN, |x| x.max_time);
             i.progress = Arc::new(Mutex::new(PartitionProgress::default()));
         }
         pe.pending = Arc::new(AtomicI64::new(0));
-        pe.dirty = false;
+        pe.dirty = r.state_due;
+        pe.evicted = (
+            pe.engine.stats().evicted_idle,
+            pe.engine.stats().evicted_cap,
+        );
         self.engines.insert(p, pe);
         let now = wall_now();
         for m in replay {
@@ -984,14 +1411,9 @@ impl Worker {
         pe.last_event = instant;
         pe.dirty = true;
         let topic = &self.inputs[m.topic];
-        let limits = Limits {
-            max_event_bytes: self.cfg.input.max_event_bytes,
-            max_clock_skew_ms: self.cfg.input.max_clock_skew_secs as i64 * 1000,
-            now: Some(now),
-        };
-        let payload = m.value();
-        let decoded = decode_message(payload, topic.encoding, m.content_type(), &limits)
-            .and_then(|e| check_placement(e, topic, m.key()));
+        let decoded = decode_input(&self.cfg, topic, &m, now);
+        let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
+        let position = pe.position(m.topic);
         self.out.clear();
         match decoded {
             Ok(event) => {
@@ -1001,9 +1423,16 @@ impl Worker {
                     .or_insert_with(|| telemetry::events_consumed(&topic.name, ty))
                     .increment(1);
                 self.alerts.clear();
-                let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
                 let lateness = self.cfg.engine.lateness_ms();
-                pe.cap_watermark(m.topic, event.occurred_at, instant, idle, lateness);
+                if let Some(i) = pe.inputs.get_mut(&m.topic) {
+                    i.last_event = instant;
+                }
+                let live = pe.live(instant, idle);
+                if eos {
+                    pe.journal.message(position, offset, live, now.0);
+                }
+                let t = event.occurred_at;
+                cap_watermark(&mut pe.inputs, &mut pe.engine, m.topic, t, live, lateness);
                 match pe.engine.apply_into(&event, &mut self.alerts) {
                     Outcome::Duplicate => self.duplicate.increment(1),
                     Outcome::AppliedLate | Outcome::DroppedLate => self.late.increment(1),
@@ -1016,6 +1445,10 @@ impl Worker {
                 }
             }
             Err(e) => {
+                if eos {
+                    let live = pe.live(instant, idle);
+                    pe.journal.message(position, offset, live, now.0);
+                }
                 let reason = e.reason.code();
                 self.consumed
                     .entry((m.topic, "invalid"))
@@ -1032,7 +1465,7 @@ impl Worker {
                         offset,
                     },
                     m.key(),
-                    payload,
+                    m.value(),
                     &m.headers,
                     &e,
                 ));
@@ -1171,6 +1604,7 @@ impl Worker {
     /// partition's input stops. Events arriving later with older times are late and
     /// handled as `engine.late_events` says. Also refreshes the size gauges.
     fn tick(&mut self, instant: Instant) {
+        let eos = self.exactly_once();
         let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
         let lateness = self.cfg.engine.allowed_lateness_secs as i64 * 1000;
         let now = wall_now();
@@ -1189,6 +1623,9 @@ impl Worker {
             telemetry::idle_advance();
             pe.dirty = true;
             self.alerts.clear();
+            if eos {
+                pe.journal.advance(target.0);
+            }
             pe.engine.advance_to_into(target, &mut self.alerts);
             for a in &mut self.alerts {
                 a.emitted_at = now;

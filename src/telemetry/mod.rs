@@ -61,6 +61,8 @@ pub mod names {
     pub const RESTORE_REMAINING: &str = "churnsignal_restore_remaining_records";
     /// Changelog records read by restores.
     pub const RESTORED_RECORDS: &str = "churnsignal_restored_records_total";
+    /// Input messages restores replayed from exactly-once journals.
+    pub const REPLAYED_MESSAGES: &str = "churnsignal_restore_replayed_messages_total";
     /// Partitions restoring their state now.
     pub const RESTORING: &str = "churnsignal_restoring_partitions";
     /// Checkpoint transactions (state, offsets; exactly-once: outputs too), by result
@@ -269,6 +271,10 @@ fn describe() {
         "Changelog records still to read by a restoring partition"
     );
     describe_counter!(RESTORED_RECORDS, "Changelog records read by restores");
+    describe_counter!(
+        REPLAYED_MESSAGES,
+        "Input messages restores replayed from exactly-once journals (the input since the last state records)"
+    );
     describe_gauge!(RESTORING, "Partitions restoring their state");
     describe_counter!(CHECKPOINTS, "Checkpoint transactions, by result");
     describe_counter!(TRANSACTION_ERRORS, "Transactional API errors, by class");
@@ -315,6 +321,11 @@ pub fn slack_retrying(waiting: bool) {
 pub fn restore_progress(partition: i32, remaining: u64, read: u64) {
     gauge!(names::RESTORE_REMAINING, "partition" => partition.to_string()).set(remaining as f64);
     counter!(names::RESTORED_RECORDS).increment(read);
+}
+
+/// Counts input messages a restore replayed from a journal.
+pub fn replayed_messages(n: u64) {
+    counter!(names::REPLAYED_MESSAGES).increment(n);
 }
 
 /// Partitions restoring now (+1 at start, -1 at the end).
