@@ -333,6 +333,106 @@ fn killed_at_random_points_exactly_once_over_three_topics_keeps_every_episode_wh
     );
 }
 
+/// Deletes partition `p` of `topic` before `offset` (as retention would).
+fn delete_records(bootstrap: &str, topic: &str, p: i32, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(offset))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let done = rt
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+        .unwrap();
+    let low = done.find_partition(topic, p).unwrap();
+    assert_eq!(low.error(), Ok(()), "records deleted");
+    assert_eq!(
+        low.offset(),
+        Offset::Offset(offset),
+        "the new start of the log"
+    );
+}
+
+/// Exactly-once: the input a journal covers is deleted while the service is down (its
+/// retention ran out). The restore cannot replay it, says so, and goes on from the
+/// state records at the committed offsets, as a consumer whose position is gone goes on
+/// from what there is, instead of stopping for good.
+#[test]
+fn a_journal_whose_input_is_gone_leaves_the_state_at_its_records_and_goes_on() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "journal-gone");
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    // The state records are written at the first checkpoint, then not for 10 minutes.
+    cfg.kafka.commit_interval_ms = 600_000;
+    cfg.kafka.group_instance_id = "the-one".into();
+    create_all(&cfg, 1);
+    let spec = Spec {
+        customers: 60,
+        days: 120,
+        seed: 41,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    let topic = cfg.kafka.topics.orders.clone();
+    let (head, rest) = recs.split_at(recs.len() / 10);
+    let (first, second) = rest.split_at(rest.len() / 2);
+    produce(b, head);
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    wait_for("the state records", LONG, || {
+        checkpointed(&cfg, 0, &topic).is_some()
+    });
+    let state_at = checkpointed(&cfg, 0, &topic).unwrap();
+    produce(b, first);
+    let end = (head.len() + first.len()) as i64;
+    let group = cfg.kafka.group_id.clone();
+    wait_for("the first part committed", LONG, || {
+        committed(b, &group, &topic, 1)[0] == Some(end)
+    });
+    assert_eq!(
+        checkpointed(&cfg, 0, &topic),
+        Some(state_at),
+        "transactions carried the journal, not the state records"
+    );
+    assert!(state_at < end);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    delete_records(b, &topic, 0, end);
+    produce(b, second);
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    let total = recs.len() as i64;
+    wait_for("the rest committed", LONG, || {
+        committed(b, &group, &topic, 1)[0] == Some(total)
+    });
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the service is still running"
+    );
+    wait_for("ready", LONG, || http_get(addr(port), "/readyz").0 == 200);
+    assert_eq!(
+        metric(port, "churnsignal_restore_replayed_messages_total"),
+        0.0,
+        "nothing to replay"
+    );
+    // Its state records were written again at its first checkpoint, from the
+    // committed offsets on (the input before them is gone).
+    wait_for("the state records rewritten", LONG, || {
+        checkpointed(&cfg, 0, &topic).is_some_and(|o| o >= end)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn partitions_of(bootstrap: &str, topic: &str, partitions: i32, total: usize) -> Vec<Vec<u8>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
