@@ -2,8 +2,9 @@
 //! state records, in order, so that a restore can give it the same again.
 //!
 //! Exactly-once commits a transaction every 100 ms, but writing every changed
-//! customer's record in every transaction costs as much as the processing itself when
-//! customers are active (each would be written ten times a second). So customer records
+//! customer's record in every transaction writes an active customer ten times a second
+//! (measured with `bench kafka`: about 1.13 times at-least-once's CPU per event, where
+//! every customer changes within 100 ms). So customer records
 //! are written every `kafka.commit_interval_ms`, as at-least-once writes them, and each
 //! transaction in between writes this journal instead (one small record, keyed
 //! [`JOURNAL_KEY`]): where the state's input positions were, and the sequence of calls

@@ -1236,7 +1236,8 @@ impl Worker {
             .iter()
             .filter_map(|(t, i)| Some((self.inputs[*t].name.as_str(), i.next?)))
             .collect();
-        let own = |key: &[u8], record: &[u8]| {
+        // The partition's own records (`None`: a tombstone).
+        let own = |key: &[u8], record: Option<&[u8]>| {
             send(
                 &producer,
                 &self.status,
@@ -1246,7 +1247,7 @@ impl Worker {
                     topic: &topic,
                     partition: Some(p),
                     key: Some(key),
-                    payload: Some(record),
+                    payload: record,
                     headers: &[],
                 },
                 self.untracked.clone(),
@@ -1256,7 +1257,7 @@ impl Worker {
         if state {
             self.record.clear();
             encode_partition_record(&names, &pe.engine, &mut self.record);
-            own(ENGINE_KEY, &self.record)?;
+            own(ENGINE_KEY, Some(&self.record))?;
             telemetry::state_records("customer", customers);
             telemetry::state_records("tombstone", tombstones);
             telemetry::state_records("partition", 1);
@@ -1268,21 +1269,7 @@ impl Worker {
             } else if !pe.journal.base.is_empty() {
                 // Restored from an exactly-once journal: these state records make it
                 // stale, and its tombstone keeps later restores from reading it.
-                send(
-                    &producer,
-                    &self.status,
-                    &self.queue_full,
-                    self.id,
-                    Out {
-                        topic: &topic,
-                        partition: Some(p),
-                        key: Some(JOURNAL_KEY),
-                        payload: None,
-                        headers: &[],
-                    },
-                    self.untracked.clone(),
-                )
-                .map_err(TxnFailure::Abortable)?;
+                own(JOURNAL_KEY, None)?;
                 pe.journal = Journal::default();
             }
         }
@@ -1290,7 +1277,7 @@ impl Worker {
             let ends: Vec<Option<i64>> = pe.inputs.values().map(|i| i.next).collect();
             self.record.clear();
             pe.journal.encode(&ends, &mut self.record);
-            own(JOURNAL_KEY, &self.record)?;
+            own(JOURNAL_KEY, Some(&self.record))?;
             telemetry::state_records("journal", 1);
         }
         let mut offsets = TopicPartitionList::new();

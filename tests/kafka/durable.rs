@@ -333,6 +333,104 @@ fn killed_at_random_points_exactly_once_over_three_topics_keeps_every_episode_wh
     );
 }
 
+/// The last value of `key` in partition `p` of the changelog (`Some(None)`: a tombstone).
+fn last_changelog_value(cfg: &Config, p: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    use churnsignal::kafka::changelog::RestoreCtx;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let topic = &cfg.kafka.topics.changelog;
+    let c: BaseConsumer<RestoreCtx> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", unique("changelog-reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(RestoreCtx)
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut last = None;
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.key() == Some(key) => last = Some(m.payload().map(<[u8]>::to_vec)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return last,
+            _ => {}
+        }
+    }
+    panic!("the changelog was not read to its end");
+}
+
+/// Exactly-once switched off while a journal is pending: the at-least-once restart
+/// replays it (its state is exact), and its first state records leave a tombstone for
+/// it, so later restores do not find a journal that no longer starts at the records.
+#[test]
+fn switched_to_at_least_once_the_service_replays_the_pending_journal_then_drops_it() {
+    use churnsignal::kafka::journal::JOURNAL_KEY;
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "journal-switch");
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    cfg.kafka.commit_interval_ms = 600_000;
+    cfg.kafka.group_instance_id = "the-one".into();
+    create_all(&cfg, 1);
+    let spec = Spec {
+        customers: 60,
+        days: 120,
+        seed: 43,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec.clone());
+    let topic = cfg.kafka.topics.orders.clone();
+    let group = cfg.kafka.group_id.clone();
+    let (head, rest) = recs.split_at(recs.len() / 10);
+    produce(b, head);
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    wait_for("the state records", LONG, || {
+        checkpointed(&cfg, 0, &topic).is_some()
+    });
+    produce(b, rest);
+    let total = recs.len() as i64;
+    wait_for("everything committed", LONG, || {
+        committed(b, &group, &topic, 1)[0] == Some(total)
+    });
+    assert!(
+        checkpointed(&cfg, 0, &topic) < Some(total),
+        "a journal pending"
+    );
+    assert!(matches!(
+        last_changelog_value(&cfg, 0, JOURNAL_KEY),
+        Some(Some(_))
+    ));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    cfg.kafka.processing.guarantee = Guarantee::AtLeastOnce;
+    cfg.kafka.commit_interval_ms = 200;
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    wait_for("the state records at the end", LONG, || {
+        checkpointed(&cfg, 0, &topic) == Some(total)
+    });
+    assert!(
+        metric(port, "churnsignal_restore_replayed_messages_total") > 0.0,
+        "the journal was replayed"
+    );
+    assert_eq!(
+        last_changelog_value(&cfg, 0, JOURNAL_KEY),
+        Some(None),
+        "a tombstone for the journal"
+    );
+    for (id, want) in replay_records(&cfg, spec) {
+        let (status, body) = http_get(addr(port), &format!("/customers/{id}"));
+        assert_eq!(status, 200, "{id}");
+        let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got, want, "{id}'s health record");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Deletes partition `p` of `topic` before `offset` (as retention would).
 fn delete_records(bootstrap: &str, topic: &str, p: i32, offset: i64) {
     use rdkafka::admin::{AdminClient, AdminOptions};
