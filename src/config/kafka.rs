@@ -35,7 +35,8 @@ pub struct KafkaConfig {
     pub partitioner: String,
     /// Worker threads running partition engines; 0 = one per core.
     pub workers: usize,
-    /// How often acknowledged progress is committed, ms.
+    /// How often a partition's changed customer records are written (with, at least
+    /// once, its acknowledged progress committed), ms.
     pub commit_interval_ms: u64,
     /// Events handed to one worker and not yet processed, at most.
     pub worker_queue_events: usize,
