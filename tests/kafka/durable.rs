@@ -250,6 +250,19 @@ fn killed_at_random_points_exactly_once_has_no_duplicate_at_all() {
 }
 
 /// Reads `topic`'s partitions from the start: per partition, the values in order.
+/// `cfg` made an exactly-once service writing its state records every
+/// `commit_interval_ms` (journals in between), with static membership (a restarted
+/// instance takes its partition back at once), over one partition; and the history of
+/// `spec`, generated for its topics.
+fn exactly_once(mut cfg: Config, commit_interval_ms: u64, spec: &Spec) -> (Config, Vec<Rec>) {
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    cfg.kafka.commit_interval_ms = commit_interval_ms;
+    cfg.kafka.group_instance_id = "the-one".into();
+    create_all(&cfg, 1);
+    let (recs, _) = history(&cfg, spec.clone());
+    (cfg, recs)
+}
+
 /// Exactly-once over three input topics: the order in which a partition engine takes
 /// their messages is the consumer's, not the file's, so the alerts are not compared with
 /// replay's; what a restore must get right is the journal's order (which input, which
@@ -260,18 +273,13 @@ fn killed_at_random_points_exactly_once_has_no_duplicate_at_all() {
 #[test]
 fn killed_at_random_points_exactly_once_over_three_topics_keeps_every_episode_whole() {
     let b = shared_bootstrap();
-    let mut cfg = config(b, "kill-eos3");
-    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
-    cfg.kafka.commit_interval_ms = 3000;
-    cfg.kafka.group_instance_id = "the-one".into();
-    create_all(&cfg, 1);
     let spec = Spec {
         customers: 300,
         days: 200,
         seed: 37,
         ..Spec::default()
     };
-    let (recs, _) = history(&cfg, spec);
+    let (cfg, recs) = exactly_once(config(b, "kill-eos3"), 3000, &spec);
     let topics = [
         cfg.kafka.topics.orders.clone(),
         cfg.kafka.topics.support_tickets.clone(),
@@ -368,18 +376,13 @@ fn last_changelog_value(cfg: &Config, p: i32, key: &[u8]) -> Option<Option<Vec<u
 fn switched_to_at_least_once_the_service_replays_the_pending_journal_then_drops_it() {
     use churnsignal::kafka::journal::JOURNAL_KEY;
     let b = shared_bootstrap();
-    let mut cfg = one_topic_config(b, "journal-switch");
-    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
-    cfg.kafka.commit_interval_ms = 600_000;
-    cfg.kafka.group_instance_id = "the-one".into();
-    create_all(&cfg, 1);
     let spec = Spec {
         customers: 60,
         days: 120,
         seed: 43,
         ..Spec::default()
     };
-    let (recs, _) = history(&cfg, spec.clone());
+    let (mut cfg, recs) = exactly_once(one_topic_config(b, "journal-switch"), 600_000, &spec);
     let topic = cfg.kafka.topics.orders.clone();
     let group = cfg.kafka.group_id.clone();
     let (head, rest) = recs.split_at(recs.len() / 10);
@@ -466,19 +469,14 @@ fn delete_records(bootstrap: &str, topic: &str, p: i32, offset: i64) {
 #[test]
 fn a_journal_whose_input_is_gone_leaves_the_state_at_its_records_and_goes_on() {
     let b = shared_bootstrap();
-    let mut cfg = one_topic_config(b, "journal-gone");
-    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
-    // The state records are written at the first checkpoint, then not for 10 minutes.
-    cfg.kafka.commit_interval_ms = 600_000;
-    cfg.kafka.group_instance_id = "the-one".into();
-    create_all(&cfg, 1);
     let spec = Spec {
         customers: 60,
         days: 120,
         seed: 41,
         ..Spec::default()
     };
-    let (recs, _) = history(&cfg, spec);
+    // The state records are written at the first checkpoint, then not for 10 minutes.
+    let (cfg, recs) = exactly_once(one_topic_config(b, "journal-gone"), 600_000, &spec);
     let topic = cfg.kafka.topics.orders.clone();
     let (head, rest) = recs.split_at(recs.len() / 10);
     let (first, second) = rest.split_at(rest.len() / 2);
