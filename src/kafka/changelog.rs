@@ -68,10 +68,17 @@ pub struct RestoreCtx;
 
 impl rdkafka::ClientContext for RestoreCtx {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !is_end_of_partition(&error) {
             tracing::warn!(target: "librdkafka", error = %error, "restore consumer: {reason}");
         }
     }
+}
+
+/// The end of a partition, as a consumer event or as the global error librdkafka also
+/// reports it with.
+fn is_end_of_partition(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
 }
 
 impl rdkafka::consumer::ConsumerContext for RestoreCtx {}
@@ -269,5 +276,17 @@ mod tests {
         assert!(decode_partition_record(&out[..5]).is_err());
         let key = ENGINE_KEY.to_vec();
         assert!(String::from_utf8(key).is_err(), "no customer id");
+    }
+
+    #[test]
+    fn the_end_of_a_partition_is_no_warning_in_either_form() {
+        use rdkafka::types::RDKafkaErrorCode;
+        assert!(is_end_of_partition(&KafkaError::PartitionEOF(3)));
+        assert!(is_end_of_partition(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_end_of_partition(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
     }
 }
