@@ -1400,7 +1400,8 @@ impl Worker {
         let topic = &self.inputs[m.topic];
         let decoded = decode_input(&self.cfg, topic, &m, now);
         let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
-        let position = pe.position(m.topic);
+        // Exactly-once journals the message under the input's position.
+        let position = eos.then(|| pe.position(m.topic));
         self.out.clear();
         match decoded {
             Ok(event) => {
@@ -1415,7 +1416,7 @@ impl Worker {
                     i.last_event = instant;
                 }
                 let live = pe.live(instant, idle);
-                if eos {
+                if let Some(position) = position {
                     pe.journal.message(position, offset, live, now.0);
                 }
                 let t = event.occurred_at;
@@ -1432,7 +1433,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                if eos {
+                if let Some(position) = position {
                     let live = pe.live(instant, idle);
                     pe.journal.message(position, offset, live, now.0);
                 }
