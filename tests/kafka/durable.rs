@@ -753,14 +753,28 @@ fn wait_checkpointed_at_end(cfg: &Config, partitions: i32, total: usize) {
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .create()
         .unwrap();
-    let ends: Vec<i64> = (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect();
+    // Retried: just after a broker restart, a partition can still be without a leader
+    // (NotLeaderForPartition) for a moment.
+    let mut ends = Vec::new();
+    wait_for("the input's end offsets", LONG, || {
+        let fetched: Result<Vec<i64>, _> = (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map(|(_, high)| high)
+            })
+            .collect();
+        match fetched {
+            Ok(e) => {
+                ends = e;
+                true
+            }
+            Err(e) => {
+                eprintln!("end offsets not yet known: {e}");
+                false
+            }
+        }
+    });
     assert_eq!(ends.iter().sum::<i64>() as usize, total);
     // Long: a debug build under a full test run on two cores.
     wait_for("every partition checkpointed at its end", LONG * 3, || {
