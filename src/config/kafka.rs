@@ -50,6 +50,9 @@ pub struct KafkaConfig {
     pub shutdown_timeout_secs: u64,
     /// `group.instance.id` (static membership); empty = dynamic membership.
     pub group_instance_id: String,
+    /// The consumer group protocol: `classic` (eager, range) or `consumer` (KIP-848:
+    /// incremental, the broker's range assignor).
+    pub group_protocol: GroupProtocol,
     /// Delivery guarantee and transactions.
     pub processing: ProcessingConfig,
     /// librdkafka properties for the consumer and the producer (TLS, SASL, ...).
@@ -79,6 +82,7 @@ impl Default for KafkaConfig {
             startup_timeout_secs: 30,
             shutdown_timeout_secs: 20,
             group_instance_id: String::new(),
+            group_protocol: GroupProtocol::Classic,
             processing: ProcessingConfig::default(),
             properties: Properties::default(),
             consumer_properties: Properties::default(),
@@ -280,10 +284,34 @@ impl KafkaConfig {
             ("kafka.producer_properties", &self.producer_properties),
         ] {
             props.validate(section)?;
+            let reaches_consumer = section != "kafka.producer_properties";
+            if reaches_consumer && self.group_protocol == GroupProtocol::Consumer {
+                if let Some((k, v)) = props
+                    .0
+                    .iter()
+                    .find(|(k, _)| CLASSIC_ONLY.contains(&k.as_str()))
+                {
+                    return Err(invalid(
+                        &format!("{section}.\"{k}\""),
+                        v.to_string(),
+                        "nothing with kafka.group_protocol = \"consumer\": the broker sets the \
+                         session and heartbeat (group.consumer.session.timeout.ms, \
+                         group.consumer.heartbeat.interval.ms) and churnsignal the assignor",
+                    ));
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// Consumer properties of the classic group protocol only (librdkafka refuses them
+/// under KIP-848).
+const CLASSIC_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+];
 
 /// `[kafka.processing]`
 #[derive(Debug, Clone, Deserialize)]
@@ -336,6 +364,20 @@ pub enum Guarantee {
     AtLeastOnce,
     /// Produced in the partition's transaction with its state and input offsets.
     ExactlyOnce,
+}
+
+/// The consumer group protocol. Both keep partition *p* of every input topic on one
+/// instance (the range assignor); they differ in how partitions move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic protocol with the client-side range assignor: every rebalance
+    /// revokes every partition of every member first (eager). Any broker.
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`, Kafka 4.0 or later) with the broker's range
+    /// assignor: incremental, so a rebalance moves only the partitions that change owner
+    /// and the others keep working (sticky only as far as its contiguous ranges allow).
+    Consumer,
 }
 
 /// Where a partition without a committed offset starts.
@@ -417,7 +459,11 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
         "partition.assignment.strategy",
         "nothing: co-partitioned topics need the range assignor",
     ),
-    ("group.protocol", "nothing: the classic protocol is used"),
+    ("group.protocol", "kafka.group_protocol"),
+    (
+        "group.remote.assignor",
+        "nothing: co-partitioned topics need the range assignor",
+    ),
     (
         "transactional.id",
         "kafka.processing.transactional_id_prefix",
@@ -582,6 +628,38 @@ mod tests {
         );
         let err = Config::from_toml("[kafka.producer_properties]\nacks = 1\n").unwrap_err();
         assert!(err.to_string().contains("acks=all"), "{err}");
+    }
+
+    #[test]
+    fn classic_session_settings_are_refused_under_kip_848_with_what_sets_them() {
+        let toml = "[kafka]\ngroup_protocol = \"consumer\"\n[kafka.consumer_properties]\n\"session.timeout.ms\" = 6000\n";
+        let msg = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(
+            msg.contains("kafka.consumer_properties.\"session.timeout.ms\"")
+                && msg.contains("6000")
+                && msg.contains("group.consumer.session.timeout.ms"),
+            "{msg}"
+        );
+        let classic = toml.replace("consumer\"\n[", "classic\"\n[");
+        assert!(
+            Config::from_toml(&classic).is_ok(),
+            "the classic protocol takes it"
+        );
+        let msg = Config::from_toml("[kafka]\ngroup_protocol = \"eager\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("group_protocol") || msg.contains("eager"),
+            "{msg}"
+        );
+        let producer_only = "[kafka]\ngroup_protocol = \"consumer\"\n[kafka.producer_properties]\n\"session.timeout.ms\" = 6000\n";
+        assert!(
+            Config::from_toml(producer_only).is_ok(),
+            "producer properties never reach the consumer"
+        );
+        let err = Config::from_toml("[kafka.properties]\n\"group.protocol\" = \"consumer\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("kafka.group_protocol"), "{err}");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use crate::time::{DAY_MS, SECOND_MS};
 mod kafka;
 mod slack;
 pub use kafka::{
-    is_secret, EncodingConfig, Guarantee, HttpConfig, InputTopic, KafkaConfig, LogConfig,
-    LogFormat, OffsetReset, ProcessingConfig, Properties, TopicsConfig, OWNED_PROPERTIES,
+    is_secret, EncodingConfig, GroupProtocol, Guarantee, HttpConfig, InputTopic, KafkaConfig,
+    LogConfig, LogFormat, OffsetReset, ProcessingConfig, Properties, TopicsConfig,
+    OWNED_PROPERTIES,
 };
 pub use slack::{Route, SlackConfig, WebhookSource};
 

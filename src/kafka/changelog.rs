@@ -135,8 +135,13 @@ pub fn restore(
     // A changelog created moments ago may have no leader yet: asked again until the
     // startup timeout.
     let asked = Instant::now();
+    // The high watermark, undecided transactions included: asked by a client that reads
+    // uncommitted, since a `read_committed` one is told the last stable offset instead.
+    let watermarks: BaseConsumer<RestoreCtx> = restore_consumer_config(&cfg.kafka)
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(RestoreCtx)?;
     let (low, high) = loop {
-        match consumer.fetch_watermarks(topic, partition, timeout) {
+        match watermarks.fetch_watermarks(topic, partition, timeout) {
             Ok(w) => break w,
             Err(e) if asked.elapsed() < timeout => {
                 tracing::debug!(partition, error = %e, "changelog watermarks; asking again");
@@ -169,8 +174,18 @@ pub fn restore(
                 return Err(RestoreError::Cancelled);
             }
             match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                // The end as it was when the restore began. Under `read_committed`
+                // librdkafka reports the end of a partition at its last stable offset,
+                // which stops before a transaction still undecided: the one this
+                // partition's producer has just committed or aborted (the broker writes
+                // its markers after the call returns). Stopping there would restore an
+                // older state than the committed one. The position (past control
+                // records too) must reach the high watermark read at the start.
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if read_to(&consumer, topic, partition, high) {
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::warn!(partition, error = %e, "reading the changelog; retrying");
                 }
@@ -254,6 +269,20 @@ pub fn restore(
         records,
         elapsed: start.elapsed(),
     })
+}
+
+/// Whether `consumer`'s position in `topic`[`partition`] has reached `end`.
+fn read_to<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    end: i64,
+) -> bool {
+    consumer
+        .position()
+        .ok()
+        .and_then(|l| l.find_partition(topic, partition).map(|e| e.offset()))
+        .is_some_and(|o| matches!(o, Offset::Offset(o) if o >= end))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::ClientConfig;
 
-use crate::config::{is_secret, Config, KafkaConfig};
+use crate::config::{is_secret, Config, GroupProtocol, KafkaConfig};
 
 /// Consumer defaults that differ from librdkafka's (a user's properties override them).
 ///
@@ -54,15 +54,27 @@ fn base(
 }
 
 /// The input consumer: manual commits of acknowledged progress, the range assignor (it
-/// gives one instance the same partition numbers of co-partitioned topics), and
-/// `read_committed` so that transactional producers' aborted events are never seen.
+/// gives one instance the same partition numbers of co-partitioned topics; under the
+/// classic protocol on the client, under KIP-848 on the broker), and `read_committed` so
+/// that transactional producers' aborted events are never seen.
 pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = base(cfg, &cfg.consumer_properties, CONSUMER_DEFAULTS);
+    match cfg.group_protocol {
+        GroupProtocol::Classic => {
+            c.set("group.protocol", "classic")
+                .set("partition.assignment.strategy", "range");
+        }
+        GroupProtocol::Consumer => {
+            // Validation refused the classic protocol's session and heartbeat
+            // properties: under KIP-848 they are the broker's group.consumer.* settings.
+            c.set("group.protocol", "consumer")
+                .set("group.remote.assignor", "range");
+        }
+    }
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", cfg.auto_offset_reset.as_str())
-        .set("partition.assignment.strategy", "range")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
@@ -193,6 +205,21 @@ mod tests {
             c.get("fetch.queue.backoff.ms"),
             Some("20"),
             "churnsignal's default"
+        );
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        assert_eq!(c.get("group.remote.assignor"), None);
+        let k = cfg("[kafka]\ngroup_protocol = \"consumer\"\n");
+        let c = consumer_config(&k);
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        assert_eq!(
+            c.get("group.remote.assignor"),
+            Some("range"),
+            "co-partitioned topics need the range assignor under KIP-848 too"
+        );
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            None,
+            "librdkafka refuses it under KIP-848"
         );
         let k = cfg("[kafka.consumer_properties]\n\"fetch.queue.backoff.ms\" = 100\n");
         assert_eq!(

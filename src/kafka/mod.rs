@@ -2,6 +2,7 @@
 //! decides without a broker (commit positions, record layouts), kept apart so that it
 //! is tested exhaustively without one.
 
+mod assignment;
 pub mod changelog;
 pub mod client;
 pub mod journal;

@@ -18,7 +18,7 @@
 //! unreachable the producer queue fills, workers wait, their queues fill, and the
 //! consumer pauses, so memory stays bounded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -28,17 +28,20 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
+use super::assignment::{CoPartitions, Epochs};
 use super::client::{consumer_config, describe, producer_config};
 use super::offsets::PartitionProgress;
 use super::worker::{Assigned, Assignment, InMsg, Work, Worker};
-use crate::config::{Config, InputTopic};
+use crate::config::{Config, InputTopic, OffsetReset};
 use crate::telemetry::{self, http};
 
 /// Why the service could not start or stopped with an error.
@@ -127,6 +130,10 @@ pub struct Status {
     pub max_producer_in_flight: AtomicI64,
     /// Partitions restoring their state now.
     pub restoring: AtomicUsize,
+    /// The consumer's group metadata, as fresh as the poll loop keeps it: offsets sent
+    /// to a transaction carry the member's epoch, which under KIP-848 changes whenever
+    /// the member's assignment does (a stale one is refused with ILLEGAL_GENERATION).
+    group: GroupCell,
     abandon_after: Mutex<Option<Instant>>,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
@@ -134,7 +141,25 @@ pub struct Status {
     pub latencies_us: Option<Mutex<Vec<u64>>>,
 }
 
+#[derive(Default)]
+struct GroupCell(Mutex<Option<Arc<ConsumerGroupMetadata>>>);
+
+impl std::fmt::Debug for GroupCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCell")
+    }
+}
+
 impl Status {
+    /// The consumer's group metadata for offsets sent to a transaction (fences zombies).
+    pub(crate) fn group(&self) -> Option<Arc<ConsumerGroupMetadata>> {
+        self.group.0.lock().expect("group lock").clone()
+    }
+
+    fn refresh_group(&self, consumer: &BaseConsumer<ConsumerCtx>) {
+        *self.group.0.lock().expect("group lock") = consumer.group_metadata().map(Arc::new);
+    }
+
     fn new(workers: usize, record_latencies: bool) -> Status {
         Status {
             start: Instant::now(),
@@ -152,6 +177,7 @@ impl Status {
             max_queued: AtomicI64::new(0),
             max_producer_in_flight: AtomicI64::new(0),
             restoring: AtomicUsize::new(0),
+            group: GroupCell::default(),
             abandon_after: Mutex::new(None),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
@@ -411,7 +437,10 @@ struct Shared {
     workers: Mutex<Vec<SyncSender<Work>>>,
     /// Input topic-partitions assigned.
     tracked: Mutex<BTreeSet<(usize, i32)>>,
-    epoch: Arc<AtomicU64>,
+    /// Of those, by partition number: which engines run.
+    co: Mutex<CoPartitions>,
+    /// The running partitions' epochs.
+    epochs: Arc<Epochs>,
     producer: ThreadedProducer<ProducerCtx>,
     /// The poll loop has paused the consumer (back-pressure). librdkafka keeps a
     /// partition's pause across a rebalance, but a resume only reaches the partitions
@@ -456,109 +485,196 @@ impl Shared {
         self.workers.lock().expect("workers lock").len()
     }
 
-    /// New partitions: trackers, then each worker learns its share (all workers are
-    /// told, so that parked engines not coming back are dropped).
+    /// New topic-partitions (all of them under the eager classic protocol, the added
+    /// ones under KIP-848). Each partition now held whole starts: a new epoch, and its
+    /// worker restores its engine. Topic-partitions whose partition is not whole yet
+    /// wait, paused; ones that waited are read again from their committed offsets when
+    /// it starts (what the poll loop fetched meanwhile was dropped).
     fn assign(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
         telemetry::rebalance("assign");
         self.status.left_group.store(false, Ordering::Relaxed);
+        let added = self.input_partitions(tpl);
+        let mut tracked = self.tracked.lock().expect("tracked lock");
+        tracked.extend(added.iter().copied());
+        self.status.assigned.store(tracked.len(), Ordering::Relaxed);
+        telemetry::assigned_partitions(tracked.len());
+        let partitions: BTreeSet<i32> = tracked.iter().map(|(_, p)| *p).collect();
+        drop(tracked);
+        let mut co = self.co.lock().expect("co-partitions lock");
+        let start = co.assign(added.iter().copied());
+        let waiting = co.waiting();
+        let starting: Vec<(usize, i32)> = start
+            .iter()
+            .flat_map(|p| co.held(*p).into_iter().map(move |t| (t, *p)))
+            .collect();
+        drop(co);
+        if !waiting.is_empty() {
+            tracing::info!(
+                waiting = ?self.names(&waiting),
+                "topic-partitions wait for the rest of their partition"
+            );
+            if let Err(e) = consumer.pause(&self.list(&waiting)) {
+                tracing::warn!(error = %e, "pausing topic-partitions that wait");
+            }
+        }
+        if starting.is_empty() {
+            return;
+        }
         let committed = consumer
-            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .committed_offsets(self.list(&starting), Duration::from_secs(10))
             .map_err(|e| tracing::warn!(error = %e, "reading committed offsets"))
             .ok();
-        let committed_of = |topic: &str, p: i32| -> Option<i64> {
-            let c = committed.as_ref()?.find_partition(topic, p)?;
+        let committed_of = |t: usize, p: i32| -> Option<i64> {
+            let c = committed
+                .as_ref()?
+                .find_partition(&self.inputs[t].name, p)?;
             match c.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             }
         };
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        // Those that waited: back to their committed offsets, fetching again.
+        let waited: Vec<(usize, i32)> = starting
+            .iter()
+            .copied()
+            .filter(|k| !added.contains(k))
+            .collect();
+        if !waited.is_empty() {
+            let reset = match self.cfg.kafka.auto_offset_reset {
+                OffsetReset::Earliest => Offset::Beginning,
+                OffsetReset::Latest => Offset::End,
+            };
+            for (t, p) in &waited {
+                let to = committed_of(*t, *p).map_or(reset, Offset::Offset);
+                if let Err(e) =
+                    consumer.seek(&self.inputs[*t].name, *p, to, Duration::from_secs(10))
+                {
+                    tracing::warn!(error = %e, topic = %self.inputs[*t].name, partition = p, "seeking a topic-partition that waited");
+                }
+            }
+            if !self.paused.load(Ordering::SeqCst) {
+                if let Err(e) = consumer.resume(&self.list(&waited)) {
+                    tracing::warn!(error = %e, "resuming topic-partitions that waited");
+                }
+            }
+        }
         let n = self.worker_count().max(1);
         let mut per_worker: Vec<Vec<Assigned>> = (0..n).map(|_| Vec::new()).collect();
-        let mut tracked = self.tracked.lock().expect("tracked lock");
-        for e in tpl.elements() {
-            let Some(t) = self.topic_index(e.topic()) else {
-                continue;
-            };
-            let progress = Arc::new(Mutex::new(PartitionProgress::default()));
-            let committed = committed_of(e.topic(), e.partition());
-            tracked.insert((t, e.partition()));
-            per_worker[self.worker_of(e.partition(), n)].push(Assigned {
-                topic: t,
-                partition: e.partition(),
-                progress,
-                committed,
+        let epochs: BTreeMap<i32, u64> =
+            start.iter().map(|p| (*p, self.epochs.start(*p))).collect();
+        for (t, p) in &starting {
+            per_worker[self.worker_of(*p, n)].push(Assigned {
+                topic: *t,
+                partition: *p,
+                epoch: epochs[p],
+                progress: Arc::new(Mutex::new(PartitionProgress::default())),
+                committed: committed_of(*t, *p),
             });
         }
-        self.status.assigned.store(tracked.len(), Ordering::Relaxed);
-        telemetry::assigned_partitions(tracked.len());
-        let partitions: BTreeSet<i32> = tracked.iter().map(|(_, p)| *p).collect();
-        drop(tracked);
         let cap = self.cfg.engine.max_customers;
         let cap_share = if cap == 0 {
             0
         } else {
             (cap / partitions.len().max(1) as u64).max(1)
         };
-        let group = consumer.group_metadata().map(Arc::new);
-        tracing::info!(partitions = tpl.count(), "partitions assigned");
+        self.status.refresh_group(consumer);
+        tracing::info!(partitions = ?start, "partitions start");
+        for p in &start {
+            telemetry::partition_engine("start", *p);
+        }
         for (w, list) in per_worker.into_iter().enumerate() {
-            let a = Assignment {
-                epoch,
-                list,
-                group: group.clone(),
-                cap_share,
-            };
+            let a = Assignment { list, cap_share };
             if !self.send_to(w, Work::Assign(a), Duration::from_secs(30)) {
                 tracing::warn!(worker = w, "worker did not take its assignment");
             }
         }
     }
 
-    /// Partitions going away: workers finish what they hold of them and checkpoint
-    /// them (state and offsets, once their outputs are acknowledged) before the group
-    /// moves them.
+    /// Topic-partitions going away (all under the eager classic protocol, some under
+    /// KIP-848). A running partition that loses any of its topics stops: its worker
+    /// finishes what it holds of it and checkpoints it (state and offsets, once its
+    /// outputs are acknowledged) before the group moves it. What remains of it waits,
+    /// paused, to be revoked too.
     fn revoke(&self, consumer: &BaseConsumer<ConsumerCtx>, tpl: &TopicPartitionList) {
         telemetry::rebalance("revoke");
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        if self.status.stopping.load(Ordering::SeqCst) {
-            // Leaving at shutdown: the drain and final commit already ran.
-            return;
-        }
-        let gone: Vec<(usize, i32)> = tpl
-            .elements()
+        let gone = self.input_partitions(tpl);
+        let mut co = self.co.lock().expect("co-partitions lock");
+        let stop = co.revoke(gone.iter().copied());
+        let left: Vec<(usize, i32)> = stop
             .iter()
-            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .flat_map(|p| co.held(*p).into_iter().map(move |t| (t, *p)))
             .collect();
-        let wait = Duration::from_secs(self.cfg.kafka.shutdown_timeout_secs.min(10));
-        let n = self.worker_count();
-        let mut replies = Vec::new();
-        for w in 0..n {
-            let (tx, rx) = sync_channel(1);
-            let mine: Vec<(usize, i32)> = gone
-                .iter()
-                .copied()
-                .filter(|(_, p)| self.worker_of(*p, n) == w)
-                .collect();
-            if self.send_to(w, Work::Revoke(mine, tx), wait) {
-                replies.push(rx);
+        drop(co);
+        for p in &stop {
+            self.epochs.stop(*p);
+            telemetry::partition_engine("stop", *p);
+        }
+        if !left.is_empty() {
+            if let Err(e) = consumer.pause(&self.list(&left)) {
+                tracing::warn!(error = %e, "pausing what is left of stopped partitions");
             }
         }
-        for rx in replies {
-            let _ = rx.recv_timeout(wait);
+        let stopping = self.status.stopping.load(Ordering::SeqCst);
+        if !stopping && !stop.is_empty() {
+            let wait = Duration::from_secs(self.cfg.kafka.shutdown_timeout_secs.min(10));
+            let n = self.worker_count();
+            let all_topics = 0..self.inputs.len();
+            let mut replies = Vec::new();
+            for w in 0..n {
+                let (tx, rx) = sync_channel(1);
+                let mine: Vec<(usize, i32)> = stop
+                    .iter()
+                    .filter(|p| self.worker_of(**p, n) == w)
+                    .flat_map(|p| all_topics.clone().map(move |t| (t, *p)))
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                if self.send_to(w, Work::Revoke(mine, tx), wait) {
+                    replies.push(rx);
+                }
+            }
+            for rx in replies {
+                let _ = rx.recv_timeout(wait);
+            }
+            if consumer.assignment_lost() {
+                // The group already gave the partitions away: their checkpoints were
+                // refused (fenced) or will be; the next owner restores the last
+                // committed one.
+                tracing::warn!("assignment lost; input since the last checkpoint is processed again by the next owner");
+            }
         }
-        if consumer.assignment_lost() {
-            // The group already gave the partitions away: their checkpoints were refused
-            // (fenced) or will be; the next owner restores the last committed one.
-            tracing::warn!("assignment lost; input since the last checkpoint is processed again by the next owner");
-        }
+        self.status.refresh_group(consumer);
         let mut tracked = self.tracked.lock().expect("tracked lock");
         for k in &gone {
             tracked.remove(k);
         }
         self.status.assigned.store(tracked.len(), Ordering::Relaxed);
         telemetry::assigned_partitions(tracked.len());
-        tracing::info!(partitions = gone.len(), "partitions revoked");
+        tracing::info!(revoked = gone.len(), stopped = ?stop, "topic-partitions revoked");
+    }
+
+    /// The input topic-partitions of a list, as (topic index, partition).
+    fn input_partitions(&self, tpl: &TopicPartitionList) -> Vec<(usize, i32)> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .collect()
+    }
+
+    /// A list of topic-partitions.
+    fn list(&self, tps: &[(usize, i32)]) -> TopicPartitionList {
+        let mut l = TopicPartitionList::new();
+        for (t, p) in tps {
+            l.add_partition(&self.inputs[*t].name, *p);
+        }
+        l
+    }
+
+    fn names(&self, tps: &[(usize, i32)]) -> Vec<String> {
+        tps.iter()
+            .map(|(t, p)| format!("{}[{p}]", self.inputs[*t].name))
+            .collect()
     }
 
     fn lag(&self, stats: &Statistics) {
@@ -719,7 +835,15 @@ fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, pause: bool
         let r = if pause {
             consumer.pause(&a)
         } else {
-            consumer.resume(&a)
+            consumer.resume(&a).and_then(|()| {
+                // Topic-partitions waiting for the rest of their partition stay paused.
+                let waiting = shared.co.lock().expect("co-partitions lock").waiting();
+                if waiting.is_empty() {
+                    Ok(())
+                } else {
+                    consumer.pause(&shared.list(&waiting))
+                }
+            })
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "pause/resume");
@@ -770,7 +894,8 @@ impl Service {
             status: status.clone(),
             workers: Mutex::new(senders),
             tracked: Mutex::new(BTreeSet::new()),
-            epoch: Arc::new(AtomicU64::new(0)),
+            co: Mutex::new(CoPartitions::new(inputs.len())),
+            epochs: Arc::new(Epochs::default()),
             producer: producer.clone(),
             paused: AtomicBool::new(false),
             lag_reported: Mutex::new(BTreeSet::new()),
@@ -815,7 +940,7 @@ impl Service {
                 inputs.clone(),
                 producer.clone(),
                 status.clone(),
-                shared.epoch.clone(),
+                shared.epochs.clone(),
             );
             worker_threads.push(
                 std::thread::Builder::new()
@@ -1096,6 +1221,9 @@ fn check_topics(consumer: &BaseConsumer<ConsumerCtx>, cfg: &Config) -> Result<us
     Ok(inputs[0].2)
 }
 
+/// How often the poll loop refreshes the group metadata workers send offsets with.
+const GROUP_REFRESH: Duration = Duration::from_millis(20);
+
 /// The poll thread's loop.
 fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let status = shared.status.clone();
@@ -1107,12 +1235,20 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
     let mut last_flush = Instant::now();
     let mut polls = 0u32;
     let mut now = Instant::now();
+    let (mut epochs, mut epochs_seen) = (BTreeMap::new(), u64::MAX);
+    let mut group_refreshed = now;
     while !stop.load(Ordering::Relaxed) && !status.failed.load(Ordering::Relaxed) {
         // One clock reading per 64 polls while messages flow (every one when idle).
         polls = polls.wrapping_add(1);
         if polls % 64 == 0 {
             now = Instant::now();
             status.beat_at(0, now);
+        }
+        if now.saturating_duration_since(group_refreshed) >= GROUP_REFRESH {
+            // Under KIP-848 the member epoch changes without a rebalance callback here
+            // (when only other members' partitions move).
+            status.refresh_group(&consumer);
+            group_refreshed = now;
         }
         // A full worker queue first makes the loop wait without polling: the workers
         // usually catch up within moments. Only when it stays full for PAUSE_AFTER (a
@@ -1140,15 +1276,34 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
             match polled {
                 Some(Ok(m)) => {
                     idle = false;
-                    if let Some(t) = shared.topic_index(m.topic()) {
+                    let v = shared.epochs.version();
+                    if v != epochs_seen {
+                        epochs = shared.epochs.snapshot();
+                        epochs_seen = v;
+                    }
+                    // A message of a partition that does not run (waiting for the rest
+                    // of it) is dropped: it is read again when the partition starts.
+                    if let (Some(t), Some(e)) =
+                        (shared.topic_index(m.topic()), epochs.get(&m.partition()))
+                    {
                         let w = shared.worker_of(m.partition(), n);
-                        batches[w].push(InMsg::new(t, shared.epoch.load(Ordering::SeqCst), &m));
+                        batches[w].push(InMsg::new(t, *e, &m));
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
                     telemetry::max_poll_exceeded();
                     status.left_group.store(true, Ordering::Relaxed);
                     tracing::warn!("the consumer left its group: the poll loop stalled past max.poll.interval.ms");
+                }
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    // The consumer is unusable: stop, so that the orchestrator starts
+                    // the instance again (with a fresh consumer).
+                    let hint = if code == RDKafkaErrorCode::UnreleasedInstanceId {
+                        "; another member still holds kafka.group_instance_id (under KIP-848 a killed member's id is released when its session expires: the broker's group.consumer.session.timeout.ms)"
+                    } else {
+                        ""
+                    };
+                    status.fail(format!("the consumer hit a fatal error: {code}{hint}"));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consume error");

@@ -22,7 +22,7 @@
 //! partition now) stop the service.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message};
 
+use super::assignment::Epochs;
 use super::changelog::{self, encode_partition_record, RestoreCtx, ENGINE_KEY};
 use super::client::{restore_consumer_config, transactional_producer_config};
 use super::journal::{Base, Journal, Op, JOURNAL_KEY};
@@ -123,6 +124,8 @@ impl InMsg {
 pub(crate) struct Assigned {
     pub topic: usize,
     pub partition: i32,
+    /// Its partition's epoch (see `Epochs`).
+    pub epoch: u64,
     pub progress: Arc<Mutex<PartitionProgress>>,
     /// The group's committed offset (`None`: nothing committed).
     pub committed: Option<i64>,
@@ -144,10 +147,7 @@ pub(crate) enum Work {
 
 /// A worker's share of a new assignment.
 pub(crate) struct Assignment {
-    pub epoch: u64,
     pub list: Vec<Assigned>,
-    /// The group's metadata for offsets sent to transactions (fences zombies).
-    pub group: Option<Arc<ConsumerGroupMetadata>>,
     /// Customers each partition engine may hold (the instance cap shared; 0 = no cap).
     pub cap_share: u64,
 }
@@ -355,9 +355,8 @@ pub(crate) struct Worker {
     pub inputs: Arc<Vec<InputTopic>>,
     pub producer: ThreadedProducer<ProducerCtx>,
     pub status: Arc<Status>,
-    /// The rebalance epoch (a restore of an older epoch is cancelled).
-    epoch: Arc<AtomicU64>,
-    group: Option<Arc<ConsumerGroupMetadata>>,
+    /// The running partitions' epochs (a restore of an older epoch is cancelled).
+    epochs: Arc<Epochs>,
     cap_share: u64,
     engines: BTreeMap<i32, PartitionEngine>,
     consumed: BTreeMap<(usize, &'static str), Counter>,
@@ -412,7 +411,7 @@ impl Worker {
         inputs: Arc<Vec<InputTopic>>,
         producer: ThreadedProducer<ProducerCtx>,
         status: Arc<Status>,
-        epoch: Arc<AtomicU64>,
+        epochs: Arc<Epochs>,
     ) -> Worker {
         Worker {
             id,
@@ -420,8 +419,7 @@ impl Worker {
             inputs,
             producer,
             status,
-            epoch,
-            group: None,
+            epochs,
             cap_share: 0,
             engines: BTreeMap::new(),
             consumed: BTreeMap::new(),
@@ -576,15 +574,15 @@ impl Worker {
     /// (which fences the previous owner and aborts what it left open) and its state
     /// restored from the changelog before any of its input is processed.
     fn assign(&mut self, a: Assignment) {
-        self.group = a.group.clone().or(self.group.take());
         self.cap_share = a.cap_share;
         let mut by_partition: BTreeMap<i32, Vec<Assigned>> = BTreeMap::new();
         for x in a.list {
             by_partition.entry(x.partition).or_default().push(x);
         }
         for (p, list) in by_partition {
+            let epoch = list[0].epoch;
             if !self.engines.contains_key(&p) {
-                match self.open_partition(p, a.epoch) {
+                match self.open_partition(p, epoch) {
                     Ok(pe) => {
                         self.engines.insert(p, pe);
                     }
@@ -620,7 +618,7 @@ impl Worker {
                         max_time,
                         last_event: Instant::now(),
                         progress: x.progress,
-                        epoch: a.epoch,
+                        epoch,
                         next,
                         active: true,
                     },
@@ -693,10 +691,10 @@ impl Worker {
         epoch: u64,
     ) -> Result<Restoration, changelog::RestoreError> {
         let started = Instant::now();
-        let (status, id, epochs) = (self.status.clone(), self.id, self.epoch.clone());
+        let (status, id, epochs) = (self.status.clone(), self.id, self.epochs.clone());
         let mut keep_going = move || {
             status.beat(1 + id);
-            epochs.load(Ordering::SeqCst) == epoch && !status.abandon_sends()
+            epochs.current(p) == Some(epoch) && !status.abandon_sends()
         };
         let r = changelog::restore(&self.cfg, p, &mut keep_going)?;
         let mut inputs = BTreeMap::new();
@@ -1164,7 +1162,7 @@ impl Worker {
         if !(pe.dirty || pe.txn.open || eos && journal_old) {
             return Ok(());
         }
-        let Some(group) = self.group.clone() else {
+        let Some(group) = self.status.group() else {
             return Ok(());
         };
         if !eos {

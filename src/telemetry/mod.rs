@@ -37,6 +37,8 @@ pub mod names {
     pub const DUPLICATE_EVENTS: &str = "churnsignal_duplicate_events_total";
     /// Partition assignments and revocations, by kind.
     pub const REBALANCES: &str = "churnsignal_rebalances_total";
+    /// Partition engines started (restored) and stopped on this instance, by change.
+    pub const PARTITION_ENGINES: &str = "churnsignal_partition_engines_total";
     /// Input partitions assigned to this instance.
     pub const ASSIGNED_PARTITIONS: &str = "churnsignal_assigned_partitions";
     /// Offset commits, by result (`ok`, `failed`).
@@ -92,7 +94,7 @@ pub mod names {
     pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
@@ -104,6 +106,7 @@ pub mod names {
         LATE_EVENTS,
         DUPLICATE_EVENTS,
         REBALANCES,
+        PARTITION_ENGINES,
         ASSIGNED_PARTITIONS,
         COMMITS,
         COMMIT_FAILURES,
@@ -247,6 +250,10 @@ fn describe() {
     describe_counter!(LATE_EVENTS, "Events older than the watermark");
     describe_counter!(DUPLICATE_EVENTS, "Re-sent events ignored");
     describe_counter!(REBALANCES, "Partition assignments and revocations");
+    describe_counter!(
+        PARTITION_ENGINES,
+        "Partition engines started (restored) and stopped on this instance"
+    );
     describe_gauge!(
         ASSIGNED_PARTITIONS,
         "Input partitions assigned to this instance"
@@ -422,6 +429,12 @@ pub fn duplicate_events() -> Counter {
 /// Counts a rebalance event (`assign`, `revoke`, `error`).
 pub fn rebalance(kind: &'static str) {
     counter!(names::REBALANCES, "kind" => kind).increment(1);
+}
+
+/// Counts partition `p`'s engine started (`start`) or stopped (`stop`) here.
+pub fn partition_engine(change: &'static str, p: i32) {
+    counter!(names::PARTITION_ENGINES, "change" => change, "partition" => p.to_string())
+        .increment(1);
 }
 
 /// Sets the number of assigned input partitions.

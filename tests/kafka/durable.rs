@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use std::time::{Duration, Instant};
 
-use churnsignal::config::{Config, Guarantee};
+use churnsignal::config::{Config, GroupProtocol, Guarantee};
 use churnsignal::engine::Engine;
 use churnsignal::generate::Spec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -315,7 +315,17 @@ fn killed_at_random_points_exactly_once_over_three_topics_keeps_every_episode_wh
         child.wait().unwrap();
     }
     assert!(replayed > 0.0, "no restore replayed a journal");
-    let got = read_all(b, &cfg.kafka.topics.alerts, true);
+    let (alerts, episodes) = assert_episodes_whole(&cfg);
+    eprintln!(
+        "kill-eos3: {} events, {alerts} alerts in {episodes} episodes, {replayed} messages replayed from journals",
+        recs.len(),
+    );
+}
+
+/// The committed alerts of `cfg`'s alerts topic: none twice, and every episode reads
+/// open, then +1 at a time, each sequence once. Returns (alerts, episodes).
+fn assert_episodes_whole(cfg: &Config) -> (usize, usize) {
+    let got = read_all(&cfg.kafka.brokers, &cfg.kafka.topics.alerts, true);
     let (alerts, dups) = by_key(&got);
     assert!(
         alerts.len() > 50,
@@ -333,11 +343,72 @@ fn killed_at_random_points_exactly_once_over_three_topics_keeps_every_episode_wh
         assert_eq!(seqs, want, "episode {id}: sequences 1, 2, ... each once");
         assert_eq!(list[0].1["status"], "open", "episode {id} opens first");
     }
+    (alerts.len(), episodes.len())
+}
+
+/// KIP-848 over three co-partitioned input topics, exactly-once: three instances, one
+/// killed and one added while events flow. The broker hands a partition's topics over
+/// one heartbeat at a time; an engine must start only once it holds partition *p* of
+/// all three (two instances running one partition would fence each other and split
+/// its customers' history). Every event ends checkpointed and every episode whole.
+#[test]
+fn under_kip_848_three_topics_move_together_and_every_episode_stays_whole() {
+    let b = shared_bootstrap();
+    let mut cfg = config(b, "scale848x3");
+    cfg.kafka.group_protocol = GroupProtocol::Consumer;
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    cfg.kafka.commit_interval_ms = 1000;
+    create_all(&cfg, 6);
+    let spec = Spec {
+        customers: 300,
+        days: 200,
+        seed: 43,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    let topics = [
+        cfg.kafka.topics.orders.clone(),
+        cfg.kafka.topics.support_tickets.clone(),
+        cfg.kafka.topics.engagement.clone(),
+    ];
+    let done = |cfg: &Config| -> i64 {
+        (0..6)
+            .flat_map(|p| topics.iter().map(move |t| (p, t)))
+            .map(|(p, t)| checkpointed(cfg, p, t).unwrap_or(0))
+            .sum()
+    };
+    let slices: Vec<&[Rec]> = recs.chunks(recs.len().div_ceil(10)).collect();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let a = spawn_run(&cfg, ports[0]);
+    let mut killed = spawn_run(&cfg, ports[1]);
+    let c = spawn_run(&cfg, ports[2]);
+    for s in &slices[..4] {
+        produce(b, s);
+    }
+    wait_for("the second instance processing", LONG, || {
+        consumed(ports[1]) > 0.0
+    });
+    killed.kill().unwrap(); // SIGKILL while events flow
+    killed.wait().unwrap();
+    for s in &slices[4..7] {
+        produce(b, s);
+    }
+    let d = spawn_run(&cfg, ports[3]);
+    for s in &slices[7..] {
+        produce(b, s);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for("every event checkpointed", LONG, || {
+        done(&cfg) == recs.len() as i64
+    });
+    for mut child in [a, c, d] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let (alerts, episodes) = assert_episodes_whole(&cfg);
     eprintln!(
-        "kill-eos3: {} events, {} alerts in {} episodes, {replayed} messages replayed from journals",
-        recs.len(),
-        alerts.len(),
-        episodes.len()
+        "scale848x3: {} events, {alerts} alerts in {episodes} episodes",
+        recs.len()
     );
 }
 
@@ -557,6 +628,75 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     let b = shared_bootstrap();
     let mut cfg = one_topic_config(b, "scale");
     cfg.kafka.commit_interval_ms = 200;
+    let kept = scale_out(&cfg);
+    // Eager: every rebalance stops every engine of every member, kept ones too.
+    assert!(
+        kept.iter().all(|(_, restarted)| *restarted),
+        "the classic protocol stops and restores every partition: {kept:?}"
+    );
+}
+
+/// Under KIP-848 a rebalance moves only what changes owner: a partition that stays
+/// on a survivor through a group change (the kill, the addition) keeps its engine
+/// running.
+#[test]
+fn under_kip_848_partitions_that_stay_keep_working_through_rebalances() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "scale848");
+    cfg.kafka.commit_interval_ms = 200;
+    cfg.kafka.group_protocol = GroupProtocol::Consumer;
+    let kept = scale_out(&cfg);
+    assert!(
+        !kept.is_empty(),
+        "the broker's range assignor is sticky: some partition stays on a survivor"
+    );
+    assert!(
+        kept.iter().all(|(_, restarted)| !restarted),
+        "no partition that stayed was stopped: {kept:?}"
+    );
+}
+
+/// Partition engines started and stopped on the instance on `port`, by (change,
+/// partition).
+fn engine_changes(port: u16) -> BTreeMap<(String, i32), f64> {
+    let mut m = BTreeMap::new();
+    for l in http_get(addr(port), "/metrics").1.lines() {
+        let Some(rest) = l.strip_prefix("churnsignal_partition_engines_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").unwrap();
+        let label = |k: &str| -> String {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .unwrap()
+                .trim_end_matches('"')
+                .to_owned()
+        };
+        m.insert(
+            (label("change"), label("partition").parse().unwrap()),
+            value.parse().unwrap(),
+        );
+    }
+    m
+}
+
+/// The partitions whose engine runs on an instance, from its start and stop counts.
+fn running(changes: &BTreeMap<(String, i32), f64>) -> BTreeSet<i32> {
+    let count = |c: &str, p: i32| changes.get(&(c.to_owned(), p)).copied().unwrap_or(0.0);
+    (0..6)
+        .filter(|p| count("start", *p) > count("stop", *p))
+        .collect()
+}
+
+/// Three instances in one group over 6 partitions, one killed and one added while
+/// events flow; afterwards the alerts equal replay's. Returns, for each of the two
+/// group changes (the kill, the addition), the partitions that ran on a survivor
+/// before and after it, each with whether its engine was stopped (and started again)
+/// in between.
+fn scale_out(cfg: &Config) -> Vec<((u16, i32), bool)> {
+    let b = cfg.kafka.brokers.as_str();
+    let cfg = cfg.clone();
     create_all(&cfg, 6);
     let spec = Spec {
         customers: 300,
@@ -590,11 +730,19 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     wait_for("the second instance processing", LONG, || {
         consumed(ports[1]) > 0.0
     });
+    let survivors = [ports[0], ports[2]];
+    let before: Vec<_> = survivors.iter().map(|p| engine_changes(*p)).collect();
     b2.kill().unwrap(); // SIGKILL while events flow
     b2.wait().unwrap();
     for s in &slices[4..7] {
         produce(b, s);
     }
+    wait_for(
+        "the survivors take over the killed one's partitions",
+        LONG,
+        || owns(ports[0]) + owns(ports[2]) == 6.0,
+    );
+    let between: Vec<_> = survivors.iter().map(|p| engine_changes(*p)).collect();
     let d = spawn_run(&cfg, ports[3]);
     for s in &slices[7..] {
         produce(b, s);
@@ -606,6 +754,18 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
         .iter()
         .map(|p| owns(*p))
         .collect();
+    let after: Vec<_> = survivors.iter().map(|p| engine_changes(*p)).collect();
+    let mut kept = Vec::new();
+    let stops = |m: &BTreeMap<(String, i32), f64>, p: i32| {
+        m.get(&("stop".to_owned(), p)).copied().unwrap_or(0.0)
+    };
+    for (from, to) in [(&before, &between), (&between, &after)] {
+        for (i, port) in survivors.iter().enumerate() {
+            for p in running(&from[i]).intersection(&running(&to[i])) {
+                kept.push(((*port, *p), stops(&to[i], *p) > stops(&from[i], *p)));
+            }
+        }
+    }
     for mut child in [a, c, d] {
         child.kill().unwrap();
         child.wait().unwrap();
@@ -617,7 +777,12 @@ fn three_instances_one_killed_one_added_while_events_flow_lose_nothing() {
     );
     // Expected: replay of each partition's events (one engine per partition, as live).
     let dups = assert_alerts_equal_replay(&cfg, 6, recs.len(), true);
-    eprintln!("scale-out: {} events, {dups} duplicates", recs.len());
+    eprintln!(
+        "scale-out ({:?}): {} events, {dups} duplicates; (survivor, partition) kept: {kept:?}",
+        cfg.kafka.group_protocol,
+        recs.len()
+    );
+    kept
 }
 
 /// Peak resident memory of a process, bytes (VmHWM).
@@ -937,4 +1102,104 @@ fn a_zombie_is_fenced_by_the_next_owner_of_its_partition_and_writes_nothing_more
         "nothing of the zombie's after the fence is visible"
     );
     assert_eq!(checkpointed(&cfg, 0, &t.orders), Some(1));
+}
+
+/// Under KIP-848 the broker refuses a new member that takes the `group.instance.id`
+/// of one that was killed (classic fenced the old one instead) until the killed
+/// member's session expires. A restarted instance stops at once with an error (rather
+/// than stay up without partitions) so that its orchestrator starts it again; once the
+/// session is over it takes the partitions back.
+#[test]
+fn under_kip_848_a_static_member_restarted_after_a_kill_stops_until_its_id_is_released() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "static848");
+    cfg.kafka.group_protocol = GroupProtocol::Consumer;
+    cfg.kafka.group_instance_id = "the-one".into();
+    create_all(&cfg, 2);
+    let owns_both =
+        |port: u16| answers(port) && metric(port, "churnsignal_assigned_partitions ") == 2.0;
+    let port = free_port();
+    let mut first = spawn_run(&cfg, port);
+    wait_for("the first instance owns both partitions", LONG, || {
+        owns_both(port)
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut refused = 0;
+    let deadline = Instant::now() + LONG;
+    loop {
+        assert!(Instant::now() < deadline, "never took the partitions back");
+        let port = free_port();
+        let mut next = spawn_run(&cfg, port);
+        wait_for("the restart runs or stops", LONG, || {
+            next.0.try_wait().unwrap().is_some() || owns_both(port)
+        });
+        match next.0.try_wait().unwrap() {
+            Some(exit) => {
+                assert!(!exit.success(), "a refused restart exits with an error");
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            None => break,
+        }
+    }
+    assert!(
+        refused > 0,
+        "a restart within the killed member's session (6 s on the test broker) is refused"
+    );
+}
+
+/// A restore reads the changelog to the end it had when the restore began, transactions
+/// included that are still undecided then. Under `read_committed` librdkafka reports
+/// the end of a partition at its last stable offset, before such a transaction; a
+/// restore that stopped there would miss the state its own producer had just committed
+/// (whose markers the broker writes after the commit returns) and go on from an older
+/// one, announcing again what that transaction announced.
+#[test]
+fn a_restore_waits_for_a_transaction_still_undecided_in_the_changelog() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let b = shared_bootstrap();
+    let cfg = config(b, "undecided");
+    create_topics(b, &[(&cfg.kafka.topics.changelog, 1)]);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("transactional.id", unique("undecided-txn"))
+        .create()
+        .unwrap();
+    let t = Duration::from_secs(30);
+    producer.init_transactions(t).unwrap();
+    let write = |keys: std::ops::Range<u32>| {
+        for k in keys {
+            let key = format!("cust-{k}");
+            producer
+                .send(
+                    BaseRecord::to(&cfg.kafka.topics.changelog)
+                        .key(&key)
+                        .payload(b"not decoded: no partition record"),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(t).unwrap();
+    };
+    producer.begin_transaction().unwrap();
+    write(0..3);
+    producer.commit_transaction(t).unwrap();
+    producer.begin_transaction().unwrap();
+    write(3..8);
+    // The second transaction is open: the restore has to wait for it.
+    let restore_cfg = cfg.clone();
+    let restore = std::thread::spawn(move || {
+        churnsignal::kafka::changelog::restore(&restore_cfg, 0, || true)
+            .expect("restored")
+            .records
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !restore.is_finished(),
+        "the restore ended before the transaction in its range was decided"
+    );
+    producer.commit_transaction(t).unwrap();
+    let records = restore.join().unwrap();
+    assert_eq!(records, 8, "both transactions' records are read");
 }

@@ -111,10 +111,14 @@ impl Drop for Broker {
 
 /// The broker shared by the tests that do not stop it: `CHURNSIGNAL_TEST_KAFKA` if
 /// set, else one started for this test process (stopped when the process ends).
+///
+/// Before the first test uses it, the broker must answer a metadata request: a broker
+/// that does not would fail every test that shares it with a timeout of its own, and
+/// say nothing of why, so it is reported once, with the end of its log, instead.
 pub fn shared_bootstrap() -> &'static str {
-    static SHARED: OnceLock<Broker> = OnceLock::new();
-    &SHARED
-        .get_or_init(|| match std::env::var("CHURNSIGNAL_TEST_KAFKA") {
+    static SHARED: OnceLock<Result<Broker, String>> = OnceLock::new();
+    let shared = SHARED.get_or_init(|| {
+        let b = match std::env::var("CHURNSIGNAL_TEST_KAFKA") {
             Ok(b) if !b.is_empty() => Broker {
                 bootstrap: b,
                 state: PathBuf::new(),
@@ -126,8 +130,55 @@ pub fn shared_bootstrap() -> &'static str {
                 b.owned = false;
                 b
             }
-        })
-        .bootstrap
+        };
+        match b.answers(Duration::from_secs(30)) {
+            Ok(()) => Ok(b),
+            Err(e) => {
+                let why = format!(
+                    "the shared broker at {} does not answer: {e}\n{}",
+                    b.bootstrap,
+                    b.log_tail()
+                );
+                // Straight to the process's stderr, past the harness's capture, so that
+                // it shows where the run goes wrong and not only among the failures.
+                let _ = writeln!(std::io::stderr(), "{why}");
+                Err(why)
+            }
+        }
+    });
+    match shared {
+        Ok(b) => &b.bootstrap,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+impl Broker {
+    /// Whether the broker serves metadata within `timeout`.
+    fn answers(&self, timeout: Duration) -> Result<(), String> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        c.fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The end of the broker's log, if this process started it.
+    fn log_tail(&self) -> String {
+        if self.state.as_os_str().is_empty() {
+            return "(a broker of CHURNSIGNAL_TEST_KAFKA: its log is not here)".into();
+        }
+        let log = self.state.join("logs/server.log");
+        match std::fs::read_to_string(&log) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let from = lines.len().saturating_sub(40);
+                format!("{}:\n{}", log.display(), lines[from..].join("\n"))
+            }
+            Err(e) => format!("({}: {e})", log.display()),
+        }
+    }
 }
 
 /// A name no other test uses.
@@ -487,7 +538,7 @@ pub fn pad_changelog(cfg: &Config, partition: i32, n: usize) {
 /// `churnsignal run` configured like `cfg` through the environment (`CHURNSIGNAL__*`),
 /// HTTP on `port`.
 pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
-    use churnsignal::config::Guarantee;
+    use churnsignal::config::{GroupProtocol, Guarantee};
     let k = &cfg.kafka;
     let t = &k.topics;
     let guarantee = match k.processing.guarantee {
@@ -500,6 +551,14 @@ pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
         ("KAFKA__BROKERS", k.brokers.clone()),
         ("KAFKA__GROUP_ID", k.group_id.clone()),
         ("KAFKA__GROUP_INSTANCE_ID", k.group_instance_id.clone()),
+        (
+            "KAFKA__GROUP_PROTOCOL",
+            match k.group_protocol {
+                GroupProtocol::Classic => "classic",
+                GroupProtocol::Consumer => "consumer",
+            }
+            .to_owned(),
+        ),
         ("KAFKA__TOPICS__ORDERS", t.orders.clone()),
         ("KAFKA__TOPICS__SUPPORT_TICKETS", t.support_tickets.clone()),
         ("KAFKA__TOPICS__ENGAGEMENT", t.engagement.clone()),
@@ -564,8 +623,15 @@ pub fn free_port() -> u16 {
 }
 
 /// Session timeouts short enough for tests that kill group members (the default, 45 s,
-/// would hold a killed member's partitions that long).
+/// would hold a killed member's partitions that long). Under KIP-848 they are the
+/// broker's (`deploy/kafka/kafka.sh` sets 6 s for the tests), so this sets nothing.
 pub fn quick_group_exit(c: &mut std::process::Command) -> &mut std::process::Command {
+    let kip848 = c
+        .get_envs()
+        .any(|(k, v)| k == "CHURNSIGNAL__KAFKA__GROUP_PROTOCOL" && v == Some("consumer".as_ref()));
+    if kip848 {
+        return c;
+    }
     c.env(
         "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
         "6000",
