@@ -372,6 +372,17 @@ impl ProducerCtx {
                 .rdkafka_error_code()
                 .map(|c| format!("{c:?}"))
                 .unwrap_or_else(|| "unknown".into());
+            let purged = matches!(
+                e,
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
+                )
+            );
+            if self.transactional && purged {
+                // Purged by the abort of its transaction: that abort was logged, with
+                // its cause, and not once per record.
+                return;
+            }
             telemetry::produce_error(code);
             if self.transactional {
                 tracing::warn!(error = %e, topic = msg.topic(), "a record of a transaction failed; the transaction aborts");

@@ -1304,11 +1304,22 @@ impl Worker {
     }
 
     /// [`Worker::rewind`], with a new producer when the old one is stuck.
-    fn rewind_with(&mut self, p: i32, new_producer: bool) {
+    fn rewind_with(&mut self, p: i32, mut new_producer: bool) {
         let Some(mut pe) = self.engines.remove(&p) else {
             return;
         };
         telemetry::checkpoint(false);
+        // A commit still under way ends first (its outcome does not matter: the restore
+        // below reads whatever it committed); one stuck gets its producer replaced.
+        if let Some((since, h)) = pe.committing.take() {
+            let (status, id) = (self.status.clone(), self.id);
+            let left = COMMIT_STUCK.saturating_sub(since.elapsed());
+            if wait_for_thread(&h, left, || status.beat(1 + id)) {
+                let _ = h.join();
+            } else {
+                new_producer = true;
+            }
+        }
         if new_producer {
             let pcfg = transactional_producer_config(&self.cfg.kafka, p);
             let created: Result<ThreadedProducer<ProducerCtx>, _> =
@@ -1339,11 +1350,6 @@ impl Worker {
             return self.fatal(p, why);
         }
         pe.txn.open = false;
-        if let Some((_, h)) = pe.committing.take() {
-            if h.is_finished() {
-                let _ = h.join();
-            }
-        }
         let mut replay = std::mem::take(&mut pe.replay_committing);
         replay.append(&mut pe.replay);
         pe.held.clear();
@@ -1516,11 +1522,14 @@ impl Worker {
             headers: &rec.headers,
         };
         if self.exactly_once() {
-            self.settle(p, false);
+            // Never settled here: a failed commit rewinds the partition, replacing the
+            // engine that made this record in the middle of its message (the record
+            // would then reach the next transaction, and the message the new engine).
+            // The worker's loop settles between messages.
             if let Some(pe) = self.engines.get_mut(&p) {
                 if pe.committing.is_some() || pe.needs_rewind {
-                    // The previous transaction is still committing: this goes in the
-                    // next one.
+                    // The previous transaction is still committing (or must be rewound):
+                    // this goes in the next one (or is made again by the rewind).
                     pe.held.push((rec.clone(), dead, delivery));
                     return;
                 }
@@ -1551,7 +1560,18 @@ impl Worker {
         };
         let d = Arc::new(delivery);
         if let Err(e) = send(&producer, &self.status, &self.queue_full, self.id, out, d) {
-            self.status.fail(e);
+            if self.exactly_once() {
+                // The transaction failed (a record of it was refused): the rewind's
+                // abort tells an abortable failure from a fatal one.
+                if let Some(pe) = self.engines.get_mut(&p) {
+                    if !pe.needs_rewind {
+                        tracing::warn!(partition = p, error = %e, "a transaction refused a record; rewinding the partition");
+                    }
+                    pe.needs_rewind = true;
+                }
+            } else {
+                self.status.fail(e);
+            }
         }
     }
 

@@ -412,6 +412,81 @@ fn under_kip_848_three_topics_move_together_and_every_episode_stays_whole() {
     );
 }
 
+/// Sets `max.message.bytes` of `topic` (the only setting the tests give it).
+fn set_max_message_bytes(bootstrap: &str, topic: &str, bytes: u32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let value = bytes.to_string();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &value);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.expect("topic config altered");
+    }
+}
+
+/// Exactly-once, while the alerts topic refuses every record (its `max.message.bytes`
+/// lowered below an alert's size, as an operator's mistake would): each transaction
+/// with an alert fails, is aborted, and its partition rewound (state restored from the
+/// changelog, the input since the last commit processed again), over and over, until
+/// the topic takes records again. The service neither stops nor loses or repeats
+/// anything: the committed alerts equal replay's, none twice. A rewind that let a
+/// record of the engine it replaced through, or skipped a message, would show here.
+#[test]
+fn exactly_once_rewinds_while_the_alerts_topic_refuses_records_and_ends_as_replay() {
+    let b = shared_bootstrap();
+    let mut cfg = one_topic_config(b, "refused");
+    cfg.kafka.processing.guarantee = Guarantee::ExactlyOnce;
+    cfg.kafka.commit_interval_ms = 1000;
+    create_all(&cfg, 2);
+    let spec = Spec {
+        customers: 300,
+        days: 200,
+        seed: 47,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    let third = recs.len().div_ceil(3);
+    let port = free_port();
+    let mut child = spawn_run(&cfg, port);
+    produce(b, &recs[..third]);
+    wait_for("processing", LONG, || consumed(port) > 0.0);
+    let aborted = || metric(port, "churnsignal_checkpoints_total{result=\"aborted\"}");
+    let before = aborted();
+    set_max_message_bytes(b, &cfg.kafka.topics.alerts, 300);
+    for s in recs[third..2 * third].chunks(2000) {
+        produce(b, s);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("transactions refused and rewound", LONG, || {
+        aborted() >= before + 5.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = aborted() - before;
+    assert!(child.0.try_wait().unwrap().is_none(), "the service stopped");
+    set_max_message_bytes(b, &cfg.kafka.topics.alerts, 1_048_588);
+    produce(b, &recs[2 * third..]);
+    wait_checkpointed_at_end(&cfg, 2, recs.len());
+    assert!(child.0.try_wait().unwrap().is_none(), "the service stopped");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dups = assert_alerts_equal_replay(&cfg, 2, recs.len(), true);
+    assert_eq!(dups, 0, "exactly-once: no alert twice");
+    eprintln!(
+        "refused: {} events, {refused} transactions refused and rewound",
+        recs.len()
+    );
+}
+
 /// The last value of `key` in partition `p` of the changelog (`Some(None)`: a tombstone).
 fn last_changelog_value(cfg: &Config, p: i32, key: &[u8]) -> Option<Option<Vec<u8>>> {
     use churnsignal::kafka::changelog::RestoreCtx;
