@@ -414,22 +414,14 @@ fn under_kip_848_three_topics_move_together_and_every_episode_stays_whole() {
 
 /// Sets `max.message.bytes` of `topic` (the only setting the tests give it).
 fn set_max_message_bytes(bootstrap: &str, topic: &str, bytes: u32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin = Admin::new(bootstrap);
     let value = bytes.to_string();
     let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &value);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let altered = admin
+        .run(admin.client.alter_configs(&[change], &AdminOptions::new()))
         .unwrap();
-    for r in rt
-        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
-        .unwrap()
-    {
+    for r in altered {
         r.expect("topic config altered");
     }
 }
@@ -582,22 +574,14 @@ fn switched_to_at_least_once_the_service_replays_the_pending_journal_then_drops_
 
 /// Deletes partition `p` of `topic` before `offset` (as retention would).
 fn delete_records(bootstrap: &str, topic: &str, p: i32, offset: i64) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
+    use rdkafka::admin::AdminOptions;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+    let admin = Admin::new(bootstrap);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, p, Offset::Offset(offset))
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let done = rt
-        .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+    let done = admin
+        .run(admin.client.delete_records(&tpl, &AdminOptions::new()))
         .unwrap();
     let low = done.find_partition(topic, p).unwrap();
     assert_eq!(low.error(), Ok(()), "records deleted");

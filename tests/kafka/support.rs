@@ -221,22 +221,41 @@ pub fn one_topic_config(bootstrap: &str, test: &str) -> Config {
     c
 }
 
+/// An admin client of `bootstrap` and a runtime to wait for its requests on.
+pub struct Admin {
+    pub client: AdminClient<DefaultClientContext>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Admin {
+    pub fn new(bootstrap: &str) -> Admin {
+        Admin {
+            client: ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .create()
+                .unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Waits for one admin request.
+    pub fn run<F: std::future::Future>(&self, request: F) -> F::Output {
+        self.rt.block_on(request)
+    }
+}
+
 /// Creates topics with the given partition counts.
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+    let admin = Admin::new(bootstrap);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let res = rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+    let res = admin
+        .run(admin.client.create_topics(&new, &AdminOptions::new()))
         .unwrap();
     for r in res {
         r.expect("topic created");
