@@ -42,6 +42,10 @@ pub struct KafkaConfig {
     pub worker_queue_events: usize,
     /// After this long without events, a partition's stream time runs on the wall clock.
     pub idle_timeout_secs: u64,
+    /// How long a caught-up input topic with nothing buffered holds a partition's stream
+    /// time back before it counts as idle, ms (Kafka Streams' `max.task.idle.ms`). An
+    /// input with unconsumed messages holds it back however long it takes.
+    pub max_task_idle_ms: u64,
     /// `/readyz` is true while the consumer lag of every partition is at most this.
     pub ready_max_lag: i64,
     /// Longest wait for broker metadata at start, seconds.
@@ -78,6 +82,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1000,
             worker_queue_events: 20_000,
             idle_timeout_secs: 300,
+            max_task_idle_ms: 0,
             ready_max_lag: 10_000,
             startup_timeout_secs: 30,
             shutdown_timeout_secs: 20,
@@ -159,6 +164,15 @@ impl TopicsConfig {
 }
 
 impl KafkaConfig {
+    /// Messages one input of a partition may hold for their turn in event-time order
+    /// before it is paused (`worker_queue_events`): a topic running ahead of the others
+    /// in event time waits there, bounded. Smaller than a few fetch responses (1 MB
+    /// each by default), it pauses and resumes constantly, and librdkafka drops what it
+    /// had fetched of a topic-partition at every pause.
+    pub fn sync_buffer(&self) -> usize {
+        self.worker_queue_events
+    }
+
     /// The distinct input topics, in configuration order. Families configured with the
     /// same topic name share it (all events on one topic is a valid setup).
     pub fn input_topics(&self) -> Vec<InputTopic> {
@@ -264,6 +278,12 @@ impl KafkaConfig {
             self.idle_timeout_secs as f64,
             1.0,
             30.0 * 86_400.0,
+        )?;
+        check_range(
+            "kafka.max_task_idle_ms",
+            self.max_task_idle_ms as f64,
+            0.0,
+            3_600_000.0,
         )?;
         check_range("kafka.ready_max_lag", self.ready_max_lag as f64, 0.0, 1e12)?;
         check_range(
@@ -472,7 +492,7 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("isolation.level", "nothing: read_committed is always used"),
     (
         "statistics.interval.ms",
-        "nothing: churnsignal reads lag from statistics every 2 s",
+        "nothing: churnsignal reads positions from statistics every 500 ms",
     ),
     ("enable.partition.eof", "nothing"),
 ];

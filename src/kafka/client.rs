@@ -32,8 +32,9 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20"
 pub const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] =
     &[("retry.backoff.ms", "5"), ("retry.backoff.max.ms", "100")];
 
-/// How often librdkafka reports statistics (consumer lag), ms.
-pub const STATS_INTERVAL_MS: u32 = 2000;
+/// How often librdkafka reports statistics (positions, ends: stream-time
+/// synchronization and readiness), ms.
+pub const STATS_INTERVAL_MS: u32 = 500;
 
 fn base(
     cfg: &KafkaConfig,
@@ -112,6 +113,19 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
+    c
+}
+
+/// The lag monitor's client (see [`super::lag`]): asks for the input partitions' ends
+/// (`read_committed`: last stable offsets) and the group's committed offsets; it never
+/// joins the group.
+pub fn lag_monitor_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = base(cfg, &cfg.consumer_properties, CONSUMER_DEFAULTS);
+    c.set("group.id", &cfg.group_id)
+        .set("client.id", format!("{}-lag", cfg.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
     c
 }
 

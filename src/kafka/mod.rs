@@ -6,10 +6,12 @@ mod assignment;
 pub mod changelog;
 pub mod client;
 pub mod journal;
+pub mod lag;
 pub mod offsets;
 pub mod produce;
 pub mod records;
 pub mod runtime;
+pub(crate) mod sync;
 pub mod topics;
 mod worker;
 

@@ -38,10 +38,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 
 use super::assignment::{CoPartitions, Epochs};
-use super::client::{consumer_config, describe, producer_config};
+use super::client::{consumer_config, describe, producer_config, STATS_INTERVAL_MS};
 use super::offsets::PartitionProgress;
-use super::worker::{Assigned, Assignment, InMsg, Work, Worker};
-use crate::config::{Config, InputTopic, OffsetReset};
+use super::sync::Position;
+use super::worker::{Assigned, Assignment, InMsg, PositionReport, Work, Worker};
+use crate::config::{Config, InputTopic, KafkaConfig, OffsetReset};
 use crate::telemetry::{self, http};
 
 /// Why the service could not start or stopped with an error.
@@ -440,6 +441,72 @@ fn client_error(error: KafkaError, reason: &str) {
     telemetry::kafka_error(code);
 }
 
+/// Input topic-partitions (topic index, partition) whose synchronization buffers are
+/// full (see [`super::sync`]): their workers ask the poll loop to pause them until the
+/// other inputs of their partitions catch up in event time.
+#[derive(Debug, Default)]
+pub(crate) struct FullBuffers {
+    set: Mutex<BTreeSet<(usize, i32)>>,
+    changed: AtomicBool,
+}
+
+impl FullBuffers {
+    /// Topic-partition `tp`'s buffer is full, or no longer is.
+    pub fn set(&self, tp: (usize, i32), full: bool) {
+        let mut s = self.set.lock().expect("full buffers lock");
+        let changed = if full { s.insert(tp) } else { s.remove(&tp) };
+        if changed {
+            self.changed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Partition `p` stopped here: none of its buffers is full any more.
+    pub fn clear_partition(&self, p: i32) {
+        let mut s = self.set.lock().expect("full buffers lock");
+        let before = s.len();
+        s.retain(|(_, q)| *q != p);
+        if s.len() != before {
+            self.changed.store(true, Ordering::Release);
+        }
+    }
+
+    fn snapshot(&self) -> BTreeSet<(usize, i32)> {
+        self.set.lock().expect("full buffers lock").clone()
+    }
+}
+
+/// The input topic-partitions to keep paused: all of them under back-pressure, else
+/// those waiting for the rest of their partition and those whose buffers are full.
+fn desired_pauses(
+    assigned: &BTreeSet<(usize, i32)>,
+    backpressure: bool,
+    waiting: &BTreeSet<(usize, i32)>,
+    full: &BTreeSet<(usize, i32)>,
+) -> BTreeSet<(usize, i32)> {
+    if backpressure {
+        return assigned.clone();
+    }
+    assigned
+        .iter()
+        .filter(|tp| waiting.contains(tp) || full.contains(tp))
+        .copied()
+        .collect()
+}
+
+/// After a topic-partition is paused, resumed or moved, librdkafka's statistics go on
+/// showing its fetch position from before (they are refreshed with each fetch
+/// response): a position report says it is caught up only once this has passed since.
+fn settle_time(cfg: &KafkaConfig) -> Duration {
+    let fetch_wait = cfg
+        .consumer_properties
+        .pairs()
+        .chain(cfg.properties.pairs())
+        .find(|(k, _)| *k == "fetch.wait.max.ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(500);
+    Duration::from_millis(2 * u64::from(STATS_INTERVAL_MS) + fetch_wait)
+}
+
 /// State shared by the poll thread, the consumer callbacks and the HTTP probe.
 struct Shared {
     cfg: Arc<Config>,
@@ -458,8 +525,41 @@ struct Shared {
     /// assigned when it is called: each rebalance therefore resumes the partitions it
     /// takes away and gives the ones it brings this state.
     paused: AtomicBool,
-    /// Input partitions whose lag gauge this instance has set.
-    lag_reported: Mutex<BTreeSet<(usize, i32)>>,
+    /// The consumed position of each input partition this instance consumes (for the
+    /// lag monitor).
+    own: super::lag::OwnPositions,
+    /// Topic-partitions whose workers' buffers are full.
+    full: Arc<FullBuffers>,
+    /// The input topic-partitions paused now, and when each last changed (paused,
+    /// resumed, sought or assigned).
+    pauses: Mutex<Pauses>,
+    /// Position reports from the last statistics, for the poll loop to hand on.
+    reports: Mutex<Vec<PositionReport>>,
+    reports_ready: AtomicBool,
+    /// See [`settle_time`].
+    settle: Duration,
+}
+
+/// What the poll loop has paused, and when each topic-partition's fetching last changed.
+#[derive(Debug, Default)]
+struct Pauses {
+    paused: BTreeSet<(usize, i32)>,
+    changed: BTreeMap<(usize, i32), Instant>,
+}
+
+impl Pauses {
+    fn touch(&mut self, tp: (usize, i32), at: Instant) {
+        self.changed.insert(tp, at);
+    }
+
+    /// Its fetch position in librdkafka's statistics is current.
+    fn settled(&self, tp: (usize, i32), at: Instant, settle: Duration) -> bool {
+        !self.paused.contains(&tp)
+            && self
+                .changed
+                .get(&tp)
+                .is_none_or(|t| at.saturating_duration_since(*t) >= settle)
+    }
 }
 
 impl Shared {
@@ -496,6 +596,42 @@ impl Shared {
         self.workers.lock().expect("workers lock").len()
     }
 
+    /// Pauses and resumes input topic-partitions so that exactly those of
+    /// [`desired_pauses`] are paused. Only changes are passed on: librdkafka drops what
+    /// it has prefetched of a partition at every pause or resume, even a repeated one.
+    fn apply_pauses(&self, consumer: &BaseConsumer<ConsumerCtx>) {
+        let assigned = self.tracked.lock().expect("tracked lock").clone();
+        let waiting: BTreeSet<(usize, i32)> = self
+            .co
+            .lock()
+            .expect("co-partitions lock")
+            .waiting()
+            .into_iter()
+            .collect();
+        let full = self.full.snapshot();
+        let backpressure = self.paused.load(Ordering::SeqCst);
+        let desired = desired_pauses(&assigned, backpressure, &waiting, &full);
+        let mut pauses = self.pauses.lock().expect("pauses lock");
+        pauses.paused.retain(|tp| assigned.contains(tp));
+        let pause: Vec<(usize, i32)> = desired.difference(&pauses.paused).copied().collect();
+        let resume: Vec<(usize, i32)> = pauses.paused.difference(&desired).copied().collect();
+        if !pause.is_empty() {
+            if let Err(e) = consumer.pause(&self.list(&pause)) {
+                tracing::warn!(error = %e, "pausing input partitions");
+            }
+        }
+        if !resume.is_empty() {
+            if let Err(e) = consumer.resume(&self.list(&resume)) {
+                tracing::warn!(error = %e, "resuming input partitions");
+            }
+        }
+        let now = Instant::now();
+        for tp in pause.iter().chain(&resume) {
+            pauses.touch(*tp, now);
+        }
+        pauses.paused = desired;
+    }
+
     /// New topic-partitions (all of them under the eager classic protocol, the added
     /// ones under KIP-848). Each partition now held whole starts: a new epoch, and its
     /// worker restores its engine. Topic-partitions whose partition is not whole yet
@@ -524,11 +660,16 @@ impl Shared {
                 waiting = ?self.names(&waiting),
                 "topic-partitions wait for the rest of their partition"
             );
-            if let Err(e) = consumer.pause(&self.list(&waiting)) {
-                tracing::warn!(error = %e, "pausing topic-partitions that wait");
+        }
+        {
+            let now = Instant::now();
+            let mut pauses = self.pauses.lock().expect("pauses lock");
+            for tp in &added {
+                pauses.touch(*tp, now);
             }
         }
         if starting.is_empty() {
+            self.apply_pauses(consumer);
             return;
         }
         let committed = consumer
@@ -563,12 +704,9 @@ impl Shared {
                     tracing::warn!(error = %e, topic = %self.inputs[*t].name, partition = p, "seeking a topic-partition that waited");
                 }
             }
-            if !self.paused.load(Ordering::SeqCst) {
-                if let Err(e) = consumer.resume(&self.list(&waited)) {
-                    tracing::warn!(error = %e, "resuming topic-partitions that waited");
-                }
-            }
         }
+        // The ones that waited resume (unless back-pressure holds everything).
+        self.apply_pauses(consumer);
         let n = self.worker_count().max(1);
         let mut per_worker: Vec<Vec<Assigned>> = (0..n).map(|_| Vec::new()).collect();
         let epochs: BTreeMap<i32, u64> =
@@ -611,19 +749,10 @@ impl Shared {
         let gone = self.input_partitions(tpl);
         let mut co = self.co.lock().expect("co-partitions lock");
         let stop = co.revoke(gone.iter().copied());
-        let left: Vec<(usize, i32)> = stop
-            .iter()
-            .flat_map(|p| co.held(*p).into_iter().map(move |t| (t, *p)))
-            .collect();
         drop(co);
         for p in &stop {
             self.epochs.stop(*p);
             telemetry::partition_engine("stop", *p);
-        }
-        if !left.is_empty() {
-            if let Err(e) = consumer.pause(&self.list(&left)) {
-                tracing::warn!(error = %e, "pausing what is left of stopped partitions");
-            }
         }
         let stopping = self.status.stopping.load(Ordering::SeqCst);
         if !stopping && !stop.is_empty() {
@@ -662,6 +791,17 @@ impl Shared {
         }
         self.status.assigned.store(tracked.len(), Ordering::Relaxed);
         telemetry::assigned_partitions(tracked.len());
+        drop(tracked);
+        {
+            // Resumed as they left (see `pre_rebalance`).
+            let mut pauses = self.pauses.lock().expect("pauses lock");
+            for tp in &gone {
+                pauses.paused.remove(tp);
+                pauses.changed.remove(tp);
+            }
+        }
+        // What is left of stopped partitions waits, paused.
+        self.apply_pauses(consumer);
         tracing::info!(revoked = gone.len(), stopped = ?stop, "topic-partitions revoked");
     }
 
@@ -690,32 +830,26 @@ impl Shared {
 
     fn lag(&self, stats: &Statistics) {
         let mut max: Option<i64> = None;
-        let mut reported = self.lag_reported.lock().expect("lag lock");
+        let mut own = self.own.lock().expect("own positions lock");
+        own.clear();
         for (ti, t) in self.inputs.iter().enumerate() {
             let Some(ts) = stats.topics.get(&t.name) else {
                 continue;
             };
             for (p, ps) in &ts.partitions {
-                if *p < 0 {
+                if *p < 0 || !ps.desired {
                     continue;
                 }
-                if !ps.desired {
-                    // Gone in a rebalance: its next owner reports it now.
-                    if reported.remove(&(ti, *p)) {
-                        telemetry::consumer_lag(&t.name, *p, 0);
-                    }
-                    continue;
+                if let Some(position) = consumed_position(ps) {
+                    own.insert((ti, *p), position);
                 }
                 match partition_lag(ps) {
-                    Some(l) => {
-                        reported.insert((ti, *p));
-                        telemetry::consumer_lag(&t.name, *p, l);
-                        max = Some(max.map_or(l, |m: i64| m.max(l)));
-                    }
+                    Some(l) => max = Some(max.map_or(l, |m: i64| m.max(l))),
                     None => max = Some(i64::MAX),
                 }
             }
         }
+        drop(own);
         let v = match max {
             Some(i64::MAX) | None => -1,
             Some(m) => m,
@@ -723,6 +857,65 @@ impl Shared {
         self.status.max_lag.store(v, Ordering::Relaxed);
         telemetry::ready(self.status.ready(self.cfg.kafka.ready_max_lag).is_ok());
     }
+
+    /// What the statistics tell of the running partitions' inputs, for their workers'
+    /// stream-time synchronization (handed on by the poll loop after every message it
+    /// polled before them).
+    fn positions(&self, stats: &Statistics) {
+        let now = Instant::now();
+        let epochs = self.epochs.snapshot();
+        let pauses = self.pauses.lock().expect("pauses lock");
+        let mut out = Vec::new();
+        for (ti, t) in self.inputs.iter().enumerate() {
+            let Some(ts) = stats.topics.get(&t.name) else {
+                continue;
+            };
+            for (p, ps) in &ts.partitions {
+                let Some(epoch) = epochs.get(p) else {
+                    continue;
+                };
+                if !ps.desired {
+                    continue;
+                }
+                let settled = pauses.settled((ti, *p), now, self.settle);
+                let gone = ps.unknown;
+                let position = if gone { None } else { position_of(ps, settled) };
+                if gone || position.is_some() {
+                    out.push(PositionReport {
+                        topic: ti,
+                        partition: *p,
+                        epoch: *epoch,
+                        position,
+                    });
+                }
+            }
+        }
+        drop(pauses);
+        if !out.is_empty() {
+            *self.reports.lock().expect("reports lock") = out;
+            self.reports_ready.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// An input topic-partition's end as librdkafka's statistics show it (the last stable
+/// offset: the consumer reads `read_committed`), and whether it is caught up: its fetch
+/// position has reached the end (past transaction markers too, which a consumed
+/// message's offset never shows) in the active fetch state. The fetch position is
+/// trusted only when `settled`: not paused, nor paused, resumed or moved lately (see
+/// [`settle_time`]). `None` while the end is unknown.
+fn position_of(ps: &rdkafka::statistics::Partition, settled: bool) -> Option<Position> {
+    let end = if ps.ls_offset >= 0 {
+        ps.ls_offset
+    } else {
+        ps.hi_offset
+    };
+    if end < 0 {
+        return None;
+    }
+    let caught_up =
+        settled && ps.fetch_state == "active" && ps.next_offset >= 0 && ps.next_offset >= end;
+    Some(Position { end, caught_up })
 }
 
 /// A partition's lag from librdkafka's statistics: its end (the last stable offset, as
@@ -741,15 +934,21 @@ fn partition_lag(ps: &rdkafka::statistics::Partition) -> Option<i64> {
     if end < 0 {
         return None;
     }
+    Some((end - consumed_position(ps)?).max(0))
+}
+
+/// The position a partition is consumed to: the offset after the last message passed
+/// on, before the first one since assignment the committed offset fetched then, before
+/// that the log start. `None` while unknown.
+fn consumed_position(ps: &rdkafka::statistics::Partition) -> Option<i64> {
     let position = ps.app_offset.max(ps.committed_offset);
-    let position = if position >= 0 {
-        position
+    if position >= 0 {
+        Some(position)
     } else if ps.lo_offset >= 0 {
-        ps.lo_offset
+        Some(ps.lo_offset)
     } else {
-        return None;
-    };
-    Some((end - position).max(0))
+        None
+    }
 }
 
 /// The consumer's context: rebalances, commits, statistics, logs.
@@ -768,6 +967,7 @@ impl ClientContext for ConsumerCtx {
 
     fn stats(&self, statistics: Statistics) {
         self.shared.lag(&statistics);
+        self.shared.positions(&statistics);
     }
 }
 
@@ -792,14 +992,10 @@ impl ConsumerContext for ConsumerCtx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let paused = self.shared.paused.load(Ordering::SeqCst);
-            let r = if paused {
-                consumer.pause(tpl)
-            } else {
-                consumer.resume(tpl)
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, paused, "pause state of assigned partitions");
+            // Nothing is fetched of them yet: they start unpaused, and the assignment
+            // pauses what must wait (back-pressure, the rest of their partition).
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "resuming assigned partitions");
             }
             self.shared.assign(consumer, tpl);
         }
@@ -811,6 +1007,7 @@ pub struct Service {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     poll: Option<JoinHandle<()>>,
+    lag: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     http: Option<http::Server>,
 }
@@ -842,24 +1039,7 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 fn set_paused(consumer: &BaseConsumer<ConsumerCtx>, shared: &Shared, pause: bool) {
     shared.paused.store(pause, Ordering::SeqCst);
-    if let Ok(a) = consumer.assignment() {
-        let r = if pause {
-            consumer.pause(&a)
-        } else {
-            consumer.resume(&a).and_then(|()| {
-                // Topic-partitions waiting for the rest of their partition stay paused.
-                let waiting = shared.co.lock().expect("co-partitions lock").waiting();
-                if waiting.is_empty() {
-                    Ok(())
-                } else {
-                    consumer.pause(&shared.list(&waiting))
-                }
-            })
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "pause/resume");
-        }
-    }
+    shared.apply_pauses(consumer);
     telemetry::backpressure(pause);
 }
 
@@ -909,7 +1089,12 @@ impl Service {
             epochs: Arc::new(Epochs::default()),
             producer: producer.clone(),
             paused: AtomicBool::new(false),
-            lag_reported: Mutex::new(BTreeSet::new()),
+            own: Arc::new(Mutex::new(BTreeMap::new())),
+            full: Arc::new(FullBuffers::default()),
+            pauses: Mutex::new(Pauses::default()),
+            reports: Mutex::new(Vec::new()),
+            reports_ready: AtomicBool::new(false),
+            settle: settle_time(k),
         });
         let ccfg = consumer_config(k);
         tracing::debug!(config = %describe(&ccfg), "consumer");
@@ -952,6 +1137,7 @@ impl Service {
                 producer.clone(),
                 status.clone(),
                 shared.epochs.clone(),
+                shared.full.clone(),
             );
             worker_threads.push(
                 std::thread::Builder::new()
@@ -961,6 +1147,14 @@ impl Service {
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let lag = {
+            let (k, inputs, own, stop) =
+                (k.clone(), inputs.to_vec(), shared.own.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("churnsignal-lag".into())
+                .spawn(move || super::lag::run(k, inputs, own, stop))
+                .map_err(|e| RunError::Failed(e.to_string()))?
+        };
         let poll = {
             let shared = shared.clone();
             let stop = stop.clone();
@@ -981,6 +1175,7 @@ impl Service {
             shared,
             stop,
             poll: Some(poll),
+            lag: Some(lag),
             workers: worker_threads,
             http,
         })
@@ -1030,6 +1225,16 @@ impl Service {
         }
         if let Some(h) = self.http.take() {
             h.stop();
+        }
+        // The lag monitor ends within its current request (left behind past 1 s).
+        if let Some(lag) = self.lag.take() {
+            let until = Instant::now() + Duration::from_secs(1);
+            while !lag.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if lag.is_finished() {
+                let _ = lag.join();
+            }
         }
         let report = Report {
             events: s.events.load(Ordering::Relaxed),
@@ -1248,7 +1453,12 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
     let mut now = Instant::now();
     let (mut epochs, mut epochs_seen) = (BTreeMap::new(), u64::MAX);
     let mut group_refreshed = now;
+    // Position reports waiting for their worker's batch to go first.
+    let mut reports: Vec<Vec<PositionReport>> = (0..n).map(|_| Vec::new()).collect();
     while !stop.load(Ordering::Relaxed) && !status.failed.load(Ordering::Relaxed) {
+        if shared.full.changed.swap(false, Ordering::AcqRel) {
+            shared.apply_pauses(&consumer);
+        }
         // One clock reading per 64 polls while messages flow (every one when idle).
         polls = polls.wrapping_add(1);
         if polls % 64 == 0 {
@@ -1322,24 +1532,48 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
                 None => {}
             }
         }
-        // Hand over full batches at once, the rest when polling goes quiet or every 5 ms.
-        let flush_all =
-            idle || now.saturating_duration_since(last_flush) >= Duration::from_millis(5);
+        // Position reports (from statistics served by that poll) follow every message
+        // polled before them.
+        let mut reported = false;
+        if shared.reports_ready.swap(false, Ordering::AcqRel) {
+            // Each report covers every running partition: the newest replaces any not
+            // handed on yet.
+            reports.iter_mut().for_each(Vec::clear);
+            for r in std::mem::take(&mut *shared.reports.lock().expect("reports lock")) {
+                reports[shared.worker_of(r.partition, n)].push(r);
+            }
+            reported = true;
+        }
+        // Hand over full batches at once, the rest when polling goes quiet, every 5 ms,
+        // or when reports are to follow them.
+        let flush_all = idle
+            || reported
+            || now.saturating_duration_since(last_flush) >= Duration::from_millis(5);
         let mut blocked = false;
         for (w, b) in batches.iter_mut().enumerate() {
-            if b.is_empty() || (b.len() < BATCH && !flush_all) {
-                continue;
-            }
-            let len = b.len() as i64;
-            let batch = std::mem::replace(b, Vec::with_capacity(BATCH));
-            match senders[w].try_send(Work::Batch(batch)) {
-                Ok(()) => status.enqueued(len),
-                Err(TrySendError::Full(Work::Batch(back)))
-                | Err(TrySendError::Disconnected(Work::Batch(back))) => {
-                    *b = back;
-                    blocked = true;
+            if !b.is_empty() && (b.len() >= BATCH || flush_all) {
+                let len = b.len() as i64;
+                let batch = std::mem::replace(b, Vec::with_capacity(BATCH));
+                match senders[w].try_send(Work::Batch(batch)) {
+                    Ok(()) => status.enqueued(len),
+                    Err(TrySendError::Full(Work::Batch(back)))
+                    | Err(TrySendError::Disconnected(Work::Batch(back))) => {
+                        *b = back;
+                        blocked = true;
+                    }
+                    Err(_) => unreachable!("a batch was sent"),
                 }
-                Err(_) => unreachable!("a batch was sent"),
+            }
+            if b.is_empty() && !reports[w].is_empty() {
+                let list = std::mem::take(&mut reports[w]);
+                match senders[w].try_send(Work::Positions(list)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(Work::Positions(back)))
+                    | Err(TrySendError::Disconnected(Work::Positions(back))) => {
+                        reports[w] = back;
+                    }
+                    Err(_) => unreachable!("positions were sent"),
+                }
             }
         }
         if flush_all {

@@ -41,7 +41,8 @@ use super::client::{restore_consumer_config, transactional_producer_config};
 use super::journal::{Base, Journal, Op, JOURNAL_KEY};
 use super::offsets::PartitionProgress;
 use super::records::{alert_record, dead_letter_record, OutRecord, Source};
-use super::runtime::{Delivery, ProducerCtx, Status};
+use super::runtime::{Delivery, FullBuffers, ProducerCtx, Status};
+use super::sync::{Next, Position, Synchronizer};
 use crate::alert::{Alert, HealthRecord};
 use crate::config::{Config, Guarantee, InputTopic};
 use crate::decode::wire::decode_message;
@@ -135,6 +136,9 @@ pub(crate) struct Assigned {
 pub(crate) enum Work {
     /// Process these messages.
     Batch(Vec<InMsg>),
+    /// What the consumer knew of these input topic-partitions' ends after it had passed
+    /// on every message sent before this.
+    Positions(Vec<PositionReport>),
     /// These topic-partitions are now ours: restore, then process.
     Assign(Assignment),
     /// These topic-partitions are no longer ours: checkpoint, drop; reply when done.
@@ -143,6 +147,26 @@ pub(crate) enum Work {
     Query(String, SyncSender<Option<HealthRecord>>),
     /// Checkpoint everything (shutdown); reply.
     Drain(SyncSender<()>),
+}
+
+/// The consumer's knowledge of one input topic-partition's end (see [`Position`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PositionReport {
+    pub topic: usize,
+    pub partition: i32,
+    /// The partition's epoch when it was read.
+    pub epoch: u64,
+    /// `None`: the topic-partition is gone from the brokers' metadata (its topic was
+    /// deleted): the partition goes on without it.
+    pub position: Option<Position>,
+}
+
+/// A consumed message waiting for its turn (see [`super::sync`]), decoded against the
+/// wall-clock `now` it arrived at.
+struct Buffered {
+    msg: InMsg,
+    decoded: Result<Event<'static>, DecodeError>,
+    now: Timestamp,
 }
 
 /// A worker's share of a new assignment.
@@ -163,6 +187,10 @@ struct PartitionEngine {
     engine: Engine,
     /// Per input topic of this partition: tracker, epoch, and the next offset to apply.
     inputs: BTreeMap<usize, Input>,
+    /// The inputs' consumed messages, taken in event-time order (indexed by input topic).
+    sync: Synchronizer<Buffered>,
+    /// When an input's idle time runs out (worker clock, ms): the partition may go on then.
+    wake: Option<u64>,
     last_event: Instant,
     txn: Txn,
     /// Input processed since the last checkpoint: processed again after an abort.
@@ -203,16 +231,6 @@ impl PartitionEngine {
             .unwrap_or(usize::MAX)
     }
 
-    /// The inputs (by position) that count towards the watermark limit at `now`:
-    /// assigned, and not idle for `idle`.
-    fn live(&self, now: Instant, idle: Duration) -> u64 {
-        self.inputs
-            .values()
-            .enumerate()
-            .filter(|(_, i)| i.active && now.saturating_duration_since(i.last_event) < idle)
-            .fold(0, |m, (k, _)| m | bit(k))
-    }
-
     /// The journal's inputs as the state records about to be written reflect them.
     fn journal_base(&self, topics: &[InputTopic]) -> Vec<Base> {
         self.inputs
@@ -250,12 +268,12 @@ fn bit(k: usize) -> u64 {
     1u64.checked_shl(k as u32).unwrap_or(0)
 }
 
-/// Stream time is the minimum over the partition's input topics of their latest event
-/// time, minus the allowed lateness: a topic behind the others (catching up after a
-/// restart: the consumer fetches topics by bytes, not by time) keeps its events on time
-/// and holds back silence-driven signals until it is in. Only the inputs in `live`
-/// (assigned, not idle: see [`PartitionEngine::live`]) and with an event already hold
-/// it back. Shared by live processing and a journal's replay.
+/// How journals written by builds before stream-time synchronization (see
+/// [`super::sync`]) held stream time back: at the minimum over the partition's inputs in
+/// `live` of their latest event time, minus the allowed lateness. A journal's replay
+/// must give the engine exactly what it was given, so runs recorded with a mask replay
+/// with it; this build records none (0: no limit), since taking the inputs' messages in
+/// event-time order is what holds stream time back now.
 fn cap_watermark(
     inputs: &mut BTreeMap<usize, Input>,
     engine: &mut Engine,
@@ -297,14 +315,15 @@ fn decode_input(
 struct Input {
     /// Latest event time seen on this input (`i64::MIN` before the first).
     max_time: i64,
-    /// When its latest event arrived.
-    last_event: Instant,
     progress: Arc<Mutex<PartitionProgress>>,
     epoch: u64,
     /// The next offset to apply: what the state already holds is skipped.
     next: Option<i64>,
     /// Assigned now.
     active: bool,
+    /// Gone from the brokers' metadata (its topic deleted): not waited for, and no
+    /// offset of it is committed (the broker would refuse the whole commit).
+    gone: bool,
 }
 
 impl Input {
@@ -312,11 +331,11 @@ impl Input {
     fn restored(epoch: u64, next: Option<i64>) -> Input {
         Input {
             max_time: i64::MIN,
-            last_event: Instant::now(),
             progress: Arc::new(Mutex::new(PartitionProgress::default())),
             epoch,
             next,
             active: false,
+            gone: false,
         }
     }
 }
@@ -372,6 +391,13 @@ pub(crate) struct Worker {
     record: Vec<u8>,
     /// The delivery of every state record: shared, since nothing waits for one by one.
     untracked: Arc<Delivery>,
+    /// Where this worker asks the poll loop to pause inputs whose buffers are full.
+    full: Arc<FullBuffers>,
+    /// The worker's clock for stream-time synchronization (ms since this instant).
+    clock: Instant,
+    /// Time inputs held stream time back, per (partition, input): the counter and the
+    /// milliseconds not yet counted (it counts whole seconds).
+    held: BTreeMap<(i32, usize), (Counter, u64)>,
 }
 
 /// How long a worker blocks for work before it looks at idle partitions.
@@ -412,6 +438,7 @@ impl Worker {
         producer: ThreadedProducer<ProducerCtx>,
         status: Arc<Status>,
         epochs: Arc<Epochs>,
+        full: Arc<FullBuffers>,
     ) -> Worker {
         Worker {
             id,
@@ -434,7 +461,15 @@ impl Worker {
             last_cap_warning: None,
             record: Vec::with_capacity(512),
             untracked: Arc::new(Delivery::untracked()),
+            full,
+            clock: Instant::now(),
+            held: BTreeMap::new(),
         }
+    }
+
+    /// `instant` on the worker's synchronization clock, ms.
+    fn ms(&self, instant: Instant) -> u64 {
+        instant.saturating_duration_since(self.clock).as_millis() as u64
     }
 
     fn exactly_once(&self) -> bool {
@@ -446,15 +481,30 @@ impl Worker {
         let mut last_tick = Instant::now();
         let every = Duration::from_millis(self.cfg.kafka.checkpoint_interval_ms());
         loop {
-            match rx.recv_timeout(TICK.min(every)) {
+            // Woken early when an input's idle time runs out.
+            let mut wait = TICK.min(every);
+            let at = self.ms(Instant::now());
+            if let Some(w) = self.engines.values().filter_map(|pe| pe.wake).min() {
+                wait = wait.min(Duration::from_millis(w.saturating_sub(at)));
+            }
+            match rx.recv_timeout(wait) {
                 Ok(work) => self.handle(work),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
             self.status.beat_at(1 + self.id, now);
+            let at = self.ms(now);
             let parts: Vec<i32> = self.engines.keys().copied().collect();
             for p in parts {
+                if self
+                    .engines
+                    .get(&p)
+                    .and_then(|pe| pe.wake)
+                    .is_some_and(|w| w <= at)
+                {
+                    self.drain(p, now);
+                }
                 self.settle(p, false);
                 if self.engines.get(&p).is_some_and(|pe| pe.needs_rewind) {
                     self.rewind(p);
@@ -498,15 +548,61 @@ impl Worker {
                 let n = msgs.len() as i64;
                 let now = wall_now();
                 let instant = Instant::now();
-                let (mut events, mut alerts) = (0, 0);
+                let mut touched: Vec<i32> = Vec::new();
                 for m in msgs {
-                    if let Some(a) = self.process(m, now, instant) {
-                        events += 1;
-                        alerts += a;
+                    if let Some(p) = self.receive(m, now) {
+                        if touched.last() != Some(&p) {
+                            touched.push(p);
+                        }
                     }
                 }
-                self.status.processed(events, alerts);
                 self.status.dequeued(n);
+                touched.sort_unstable();
+                touched.dedup();
+                for p in touched {
+                    self.drain(p, instant);
+                }
+            }
+            Work::Positions(list) => {
+                let mut touched: Vec<i32> = Vec::new();
+                for r in list {
+                    let Some(pe) = self.engines.get_mut(&r.partition) else {
+                        continue;
+                    };
+                    let Some(i) = pe.inputs.get_mut(&r.topic) else {
+                        continue;
+                    };
+                    if !i.active || i.epoch != r.epoch {
+                        continue;
+                    }
+                    match r.position {
+                        Some(position) => {
+                            if i.gone {
+                                tracing::info!(partition = r.partition, topic = %self.inputs[r.topic].name, "input topic-partition back");
+                            }
+                            i.gone = false;
+                            pe.sync.set_present(r.topic, true);
+                            pe.sync.report(r.topic, position);
+                        }
+                        None if !i.gone => {
+                            tracing::warn!(
+                                partition = r.partition,
+                                topic = %self.inputs[r.topic].name,
+                                "input topic-partition gone from the brokers' metadata (topic deleted?): the partition goes on without it"
+                            );
+                            i.gone = true;
+                            pe.sync.set_present(r.topic, false);
+                        }
+                        None => {}
+                    }
+                    touched.push(r.partition);
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                let instant = Instant::now();
+                for p in touched {
+                    self.drain(p, instant);
+                }
             }
             Work::Assign(a) => self.assign(a),
             Work::Revoke(list, reply) => {
@@ -518,6 +614,7 @@ impl Worker {
                     if let Some(i) = pe.inputs.get_mut(&topic) {
                         i.active = false;
                     }
+                    pe.sync.set_present(topic, false);
                     if pe.inputs.values().all(|i| !i.active) && !gone.contains(&partition) {
                         gone.push(partition);
                     }
@@ -544,6 +641,11 @@ impl Worker {
             }
             Work::Drain(reply) => {
                 let all: Vec<i32> = self.engines.keys().copied().collect();
+                let instant = Instant::now();
+                for p in &all {
+                    // What may go before the checkpoint goes; the rest is read again.
+                    self.drain(*p, instant);
+                }
                 for pe in self.engines.values_mut() {
                     pe.state_due = true;
                 }
@@ -558,6 +660,7 @@ impl Worker {
     /// A partition leaves: an open transaction (nothing worth keeping: a failed
     /// checkpoint) is aborted, gauges reset.
     fn close(&mut self, p: i32, mut pe: PartitionEngine) {
+        self.full.clear_partition(p);
         if let Some((_, h)) = pe.committing.take() {
             if wait_for_thread(&h, COMMIT_STUCK, || {}) {
                 let _ = h.join();
@@ -585,6 +688,12 @@ impl Worker {
                 match self.open_partition(p, epoch) {
                     Ok(pe) => {
                         self.engines.insert(p, pe);
+                        for (k, t) in self.inputs.iter().enumerate() {
+                            self.held
+                                .entry((p, k))
+                                .or_insert_with(|| (telemetry::stream_time_held(p, &t.name), 0));
+                        }
+                        telemetry::sync_buffered(p, 0);
                     }
                     Err(TxnFailure::Abandoned) => continue,
                     Err(TxnFailure::Abortable(why)) | Err(TxnFailure::Fatal(why)) => {
@@ -612,15 +721,16 @@ impl Worker {
                     }
                 }
                 let max_time = pe.inputs.get(&x.topic).map_or(i64::MIN, |i| i.max_time);
+                pe.sync.set_present(x.topic, true);
                 pe.inputs.insert(
                     x.topic,
                     Input {
                         max_time,
-                        last_event: Instant::now(),
                         progress: x.progress,
                         epoch,
                         next,
                         active: true,
+                        gone: false,
                     },
                 );
             }
@@ -659,9 +769,12 @@ impl Worker {
             "state restored"
         );
         let evicted = (r.engine.stats().evicted_idle, r.engine.stats().evicted_cap);
+        let k = &self.cfg.kafka;
         Ok(PartitionEngine {
             engine: r.engine,
             inputs: r.inputs,
+            sync: Synchronizer::new(self.inputs.len(), k.max_task_idle_ms, k.sync_buffer()),
+            wake: None,
             last_event: Instant::now(),
             txn: Txn {
                 producer,
@@ -769,6 +882,10 @@ impl Worker {
                 );
             }
         }
+        // Journals of earlier builds may have left a watermark limit (see
+        // `cap_watermark`); from here the order of the inputs' messages holds stream
+        // time back.
+        engine.set_watermark_limit(None);
         Ok(Restoration {
             engine,
             inputs,
@@ -1139,6 +1256,7 @@ impl Worker {
     }
 
     fn fatal(&mut self, p: i32, why: String) {
+        self.full.clear_partition(p);
         if let Some(pe) = self.engines.remove(&p) {
             telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
             drop(pe);
@@ -1279,8 +1397,11 @@ impl Worker {
             telemetry::state_records("journal", 1);
         }
         let mut offsets = TopicPartitionList::new();
-        for (name, next) in &names {
-            let _ = offsets.add_partition_offset(name, p, Offset::Offset(*next));
+        for (t, i) in &pe.inputs {
+            if let (Some(next), false) = (i.next, i.gone) {
+                let _ =
+                    offsets.add_partition_offset(&self.inputs[*t].name, p, Offset::Offset(next));
+            }
         }
         let pe = self.engines.get_mut(&p).expect("present");
         pe.txn.open = false;
@@ -1381,17 +1502,99 @@ impl Worker {
         self.engines.insert(p, pe);
         let now = wall_now();
         for m in replay {
-            self.process(m, now, Instant::now());
+            let decoded = decode_input(&self.cfg, &self.inputs[m.topic], &m, now);
+            self.process(m, decoded, now, Instant::now());
         }
     }
 
-    /// Processes one message; returns the alerts it caused, `None` if it was skipped.
-    fn process(&mut self, m: InMsg, now: Timestamp, instant: Instant) -> Option<u64> {
+    /// Takes one consumed message into its partition's synchronization buffer (decoded
+    /// against `now`); returns its partition, `None` if it was dropped: revoked
+    /// meanwhile (the new owner reads it again), polled before a rebalance, or delivered
+    /// twice.
+    fn receive(&mut self, m: InMsg, now: Timestamp) -> Option<i32> {
+        let p = m.partition;
+        let pe = self.engines.get_mut(&p)?;
+        let input = pe.inputs.get(&m.topic)?;
+        if !input.active || input.epoch != m.epoch || !pe.sync.fresh(m.topic, m.offset) {
+            return None;
+        }
+        if input.next.is_some_and(|n| m.offset < n) {
+            // Already in the state: consumed, not processed again.
+            pe.sync.seen(m.topic, m.offset);
+            return Some(p);
+        }
+        let decoded = decode_input(&self.cfg, &self.inputs[m.topic], &m, now);
+        let time = decoded.as_ref().map_or(i64::MIN, |e| e.occurred_at.0);
+        let (topic, offset) = (m.topic, m.offset);
+        pe.sync.push(
+            topic,
+            offset,
+            time,
+            Buffered {
+                msg: m,
+                decoded,
+                now,
+            },
+        );
+        Some(p)
+    }
+
+    /// Processes partition `p`'s buffered messages as far as stream-time synchronization
+    /// lets it (see [`super::sync`]), then pauses or resumes inputs by how full their
+    /// buffers are.
+    fn drain(&mut self, p: i32, instant: Instant) {
+        let at = self.ms(instant);
+        let (mut events, mut alerts) = (0, 0);
+        while let Some(pe) = self.engines.get_mut(&p) {
+            match pe.sync.next(at) {
+                Next::Take(k) => {
+                    let b = pe.sync.pop(k).expect("the head just looked at");
+                    if let Some(a) = self.process(b.msg, b.decoded, b.now, instant) {
+                        events += 1;
+                        alerts += a;
+                    }
+                }
+                Next::Hold { until, .. } => {
+                    pe.wake = until;
+                    break;
+                }
+                Next::Empty => {
+                    pe.wake = None;
+                    break;
+                }
+            }
+        }
+        self.status.processed(events, alerts);
+        let Some(pe) = self.engines.get_mut(&p) else {
+            return;
+        };
+        let full = &self.full;
+        pe.sync.flow(|k, pause| full.set((k, p), pause));
+        let (held, inputs) = (&mut self.held, &self.inputs);
+        pe.sync.take_held(|k, ms| {
+            let (counter, carried) = held
+                .entry((p, k))
+                .or_insert_with(|| (telemetry::stream_time_held(p, &inputs[k].name), 0));
+            *carried += ms;
+            counter.increment(*carried / 1000);
+            *carried %= 1000;
+        });
+    }
+
+    /// Processes one message (decoded against `now`); returns the alerts it caused,
+    /// `None` if it was skipped.
+    fn process(
+        &mut self,
+        m: InMsg,
+        decoded: Result<Event<'static>, DecodeError>,
+        now: Timestamp,
+        instant: Instant,
+    ) -> Option<u64> {
         let partition = m.partition;
         let offset = m.offset;
         let eos = self.exactly_once();
-        // Revoked meanwhile (the new owner reads it again), polled before a rebalance,
-        // or already in the state: skipped.
+        // Revoked meanwhile, polled before a rebalance, or (replayed after a rewind)
+        // already in the state: skipped.
         let pe = self.engines.get_mut(&partition)?;
         let input = pe.inputs.get_mut(&m.topic)?;
         if !input.active || input.epoch != m.epoch || input.next.is_some_and(|n| offset < n) {
@@ -1402,8 +1605,6 @@ impl Worker {
         pe.last_event = instant;
         pe.dirty = true;
         let topic = &self.inputs[m.topic];
-        let decoded = decode_input(&self.cfg, topic, &m, now);
-        let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
         // Exactly-once journals the message under the input's position.
         let position = eos.then(|| pe.position(m.topic));
         self.out.clear();
@@ -1415,16 +1616,12 @@ impl Worker {
                     .or_insert_with(|| telemetry::events_consumed(&topic.name, ty))
                     .increment(1);
                 self.alerts.clear();
-                let lateness = self.cfg.engine.lateness_ms();
-                if let Some(i) = pe.inputs.get_mut(&m.topic) {
-                    i.last_event = instant;
-                }
-                let live = pe.live(instant, idle);
                 if let Some(position) = position {
-                    pe.journal.message(position, offset, live, now.0);
+                    pe.journal.message(position, offset, 0, now.0);
                 }
-                let t = event.occurred_at;
-                cap_watermark(&mut pe.inputs, &mut pe.engine, m.topic, t, live, lateness);
+                if let Some(i) = pe.inputs.get_mut(&m.topic) {
+                    i.max_time = i.max_time.max(event.occurred_at.0);
+                }
                 match pe.engine.apply_into(&event, &mut self.alerts) {
                     Outcome::Duplicate => self.duplicate.increment(1),
                     Outcome::AppliedLate | Outcome::DroppedLate => self.late.increment(1),
@@ -1438,8 +1635,7 @@ impl Worker {
             }
             Err(e) => {
                 if let Some(position) = position {
-                    let live = pe.live(instant, idle);
-                    pe.journal.message(position, offset, live, now.0);
+                    pe.journal.message(position, offset, 0, now.0);
                 }
                 let reason = e.reason.code();
                 self.consumed
@@ -1604,11 +1800,13 @@ impl Worker {
         pe.evicted = (idle, cap);
     }
 
-    /// Idle partitions: after `idle_timeout_secs` without events, the wall clock stands
-    /// in for event time (stream time = now minus the allowed lateness, as a watermark
-    /// would be if events were flowing), so silence-driven signals fire even when a
-    /// partition's input stops. Events arriving later with older times are late and
-    /// handled as `engine.late_events` says. Also refreshes the size gauges.
+    /// Idle partitions: after `idle_timeout_secs` without events, and with no input
+    /// behind (nothing buffered, nothing left to consume as far as the consumer knows),
+    /// the wall clock stands in for event time (stream time = now minus the allowed
+    /// lateness, as a watermark would be if events were flowing), so silence-driven
+    /// signals fire even when a partition's input stops. Events arriving later with
+    /// older times are late and handled as `engine.late_events` says. Also refreshes the
+    /// size gauges.
     fn tick(&mut self, instant: Instant) {
         let eos = self.exactly_once();
         let idle = Duration::from_secs(self.cfg.kafka.idle_timeout_secs);
@@ -1619,6 +1817,7 @@ impl Worker {
         for (p, pe) in self.engines.iter_mut() {
             if instant.saturating_duration_since(pe.last_event) < idle
                 || pe.engine.max_event_time().is_none()
+                || pe.sync.behind()
             {
                 continue;
             }
@@ -1665,6 +1864,7 @@ impl Worker {
                     pe.engine.stream_time().map(|t| t.0),
                     &pe.engine.at_risk(),
                 );
+                telemetry::sync_buffered(*p, pe.sync.buffered());
             }
         }
     }

@@ -78,6 +78,11 @@ pub mod names {
     pub const CUSTOMERS_EVICTED: &str = "churnsignal_customers_evicted_total";
     /// Customers with an open alert, per partition, by announced risk and value tier.
     pub const CUSTOMERS_AT_RISK: &str = "churnsignal_customers_at_risk";
+    /// Time a partition's processing waited for one of its input topics (a backlog not
+    /// consumed yet, or its idle time), per partition and input topic.
+    pub const STREAM_TIME_HELD: &str = "churnsignal_stream_time_held_seconds_total";
+    /// Consumed messages waiting for their turn in event-time order, per partition.
+    pub const SYNC_BUFFERED: &str = "churnsignal_sync_buffered_messages";
 
     /// Slack forwarder: alerts read from the alerts topic, by result (`posted`,
     /// `duplicate`, `unrouted`, `unreadable`).
@@ -94,7 +99,7 @@ pub mod names {
     pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 32] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
@@ -125,6 +130,8 @@ pub mod names {
         STATE_RECORDS,
         CUSTOMERS_EVICTED,
         CUSTOMERS_AT_RISK,
+        STREAM_TIME_HELD,
+        SYNC_BUFFERED,
     ];
 }
 
@@ -414,6 +421,16 @@ pub fn partition_state(
     if let Some(ms) = watermark_ms {
         gauge!(names::WATERMARK, "partition" => p).set(ms as f64 / 1000.0);
     }
+}
+
+/// The counter of time partition `partition` waited for input `topic`, seconds.
+pub fn stream_time_held(partition: i32, topic: &str) -> Counter {
+    counter!(names::STREAM_TIME_HELD, "partition" => partition.to_string(), "topic" => topic.to_owned())
+}
+
+/// Messages partition `partition` holds for their turn.
+pub fn sync_buffered(partition: i32, n: usize) {
+    gauge!(names::SYNC_BUFFERED, "partition" => partition.to_string()).set(n as f64);
 }
 
 /// Late and duplicate event counters.
