@@ -1,5 +1,6 @@
 //! The Kafka runtime: against a real broker, and fault injection on librdkafka's mock cluster.
 
+mod catchup;
 mod demo;
 mod durable;
 mod faults;

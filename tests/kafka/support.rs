@@ -2,6 +2,7 @@
 //! `deploy/kafka/kafka.sh` (or the one `CHURNSIGNAL_TEST_KAFKA` names), fresh topics
 //! per test, producing, reading back, committed offsets, and a tiny HTTP client.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -275,6 +276,7 @@ pub fn create_all(c: &Config, partitions: i32) {
 }
 
 /// A record to produce.
+#[derive(Clone)]
 pub struct Rec {
     pub topic: String,
     pub key: Option<Vec<u8>>,
@@ -306,7 +308,24 @@ pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
 
 /// Produces the records in order and waits for all to be acknowledged.
 pub fn produce(bootstrap: &str, recs: &[Rec]) {
-    let p = producer(bootstrap);
+    produce_with(producer(bootstrap), recs);
+}
+
+/// [`produce`] in record batches of at most `bytes` (a consumer fetches whole batches,
+/// so small ones let `max.partition.fetch.bytes` pace it).
+pub fn produce_in_batches_of(bootstrap: &str, recs: &[Rec], bytes: usize) {
+    let p = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("batch.size", bytes.to_string())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    produce_with(p, recs);
+}
+
+fn produce_with(p: ThreadedProducer<DefaultProducerContext>, recs: &[Rec]) {
     for r in recs {
         let mut h = OwnedHeaders::new();
         for (k, v) in &r.headers {
@@ -659,4 +678,199 @@ pub fn quick_group_exit(c: &mut std::process::Command) -> &mut std::process::Com
         "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
         "1000",
     )
+}
+
+/// Alerts of a topic by (alert_id, sequence), and how many came more than once.
+pub fn by_key(values: &[serde_json::Value]) -> (BTreeMap<(String, u64), serde_json::Value>, usize) {
+    let mut map = BTreeMap::new();
+    let mut dups = 0;
+    for v in values {
+        let key = (
+            v["alert_id"].as_str().unwrap().to_owned(),
+            v["sequence"].as_u64().unwrap(),
+        );
+        if let Some(old) = map.insert(key, v.clone()) {
+            assert_eq!(&old, v, "a repeated (alert_id, sequence) is the same alert");
+            dups += 1;
+        }
+    }
+    (map, dups)
+}
+
+/// Reads a whole topic (`read_committed` for `committed`), quiet for 3 s.
+pub fn read_all(bootstrap: &str, topic: &str, committed: bool) -> Vec<serde_json::Value> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("all"))
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while last.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(without_emitted_at(m.payload().unwrap()));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+/// The values of `topic`'s partitions (`total` in all), per partition in offset order,
+/// as JSON Lines.
+pub fn partitions_of(bootstrap: &str, topic: &str, partitions: i32, total: usize) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("parts"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut lines: Vec<Vec<u8>> = vec![Vec::new(); partitions as usize];
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while n < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let l = &mut lines[m.partition() as usize];
+            l.extend_from_slice(m.payload().unwrap());
+            l.push(b'\n');
+            n += 1;
+        }
+    }
+    assert_eq!(n, total);
+    lines
+}
+
+/// The input topics in configuration order (the order that breaks event-time ties).
+pub fn input_names(cfg: &Config) -> [String; 3] {
+    let t = &cfg.kafka.topics;
+    [
+        t.orders.clone(),
+        t.support_tickets.clone(),
+        t.engagement.clone(),
+    ]
+}
+
+/// What replay gives for each partition's events read back from the topics and merged
+/// in event-time order (ties: the topic configured first), without emitted_at: the
+/// engine over exactly the events of the partition, as `replay` runs it, up to the
+/// last event (without replay's end-of-input advance, which a live service whose input
+/// never ends does not make).
+pub fn replay_by_partition(cfg: &Config, partitions: i32, total: usize) -> Vec<serde_json::Value> {
+    let b = &cfg.kafka.brokers;
+    let topics = input_names(cfg);
+    let per_topic: Vec<Vec<Vec<u8>>> = topics
+        .iter()
+        .map(|t| {
+            let n = count(b, t, partitions);
+            partitions_of(b, t, partitions, n)
+        })
+        .collect();
+    assert_eq!(
+        per_topic
+            .iter()
+            .flatten()
+            .map(|l| l.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count())
+            .sum::<usize>(),
+        total
+    );
+    let mut out = Vec::new();
+    for p in 0..partitions as usize {
+        let events: Vec<Vec<churnsignal::event::Event<'static>>> = per_topic
+            .iter()
+            .map(|parts| {
+                parts[p]
+                    .split(|c| *c == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        churnsignal::decode::decode_json(l, &Default::default())
+                            .unwrap()
+                            .into_owned()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut engine = churnsignal::engine::Engine::new(cfg.clone());
+        let mut alerts = Vec::new();
+        let mut at = [0usize; 3];
+        loop {
+            let next = (0..3)
+                .filter(|k| at[*k] < events[*k].len())
+                .min_by_key(|k| (events[*k][at[*k]].occurred_at, *k));
+            let Some(k) = next else { break };
+            engine.apply_into(&events[k][at[k]], &mut alerts);
+            at[k] += 1;
+        }
+        out.extend(
+            alerts
+                .iter()
+                .map(|a| without_emitted_at(a.to_json().as_bytes())),
+        );
+    }
+    out
+}
+
+/// Messages on a topic (the sum of its partitions' high watermarks).
+fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (lo, hi) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (hi - lo) as usize
+        })
+        .sum()
+}
+
+/// The alerts on the alerts topic equal replay's, alert for alert (alert_id, sequence,
+/// status, signals, as_of and the rest); returns how many came more than once.
+pub fn assert_live_equals_replay(cfg: &Config, partitions: i32, total: usize) -> usize {
+    let want = replay_by_partition(cfg, partitions, total);
+    let (want, _) = by_key(&want);
+    assert!(want.len() > 100, "the history has alerts to compare");
+    let got = read_all(&cfg.kafka.brokers, &cfg.kafka.topics.alerts, true);
+    let (live, dups) = by_key(&got);
+    let only_live: Vec<_> = live.keys().filter(|k| !want.contains_key(*k)).collect();
+    let only_replay: Vec<_> = want.keys().filter(|k| !live.contains_key(*k)).collect();
+    let brief = |v: &serde_json::Value| {
+        format!(
+            "{} {} {} as of {}",
+            v["customer_id"], v["status"], v["summary"], v["as_of"]
+        )
+    };
+    assert!(
+        only_live.is_empty() && only_replay.is_empty(),
+        "{} alerts only live (e.g. {:?}), {} only in replay (e.g. {:?}), of {}",
+        only_live.len(),
+        only_live
+            .iter()
+            .take(3)
+            .map(|k| brief(&live[*k]))
+            .collect::<Vec<_>>(),
+        only_replay.len(),
+        only_replay
+            .iter()
+            .take(3)
+            .map(|k| brief(&want[*k]))
+            .collect::<Vec<_>>(),
+        want.len()
+    );
+    for (k, w) in &want {
+        assert_eq!(&live[k], w, "alert {k:?}");
+    }
+    dups
 }

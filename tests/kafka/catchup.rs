@@ -1,0 +1,343 @@
+//! Live equals replay when the three input topics catch up unevenly: a backlog produced
+//! one topic after the other, a stall during which the topics fill at different rates,
+//! and a rebalance while the backlog is processed. Each partition engine must take its
+//! inputs' messages in event-time order (stream-time synchronization), whatever order
+//! the consumer fetches them in.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use churnsignal::config::Config;
+use churnsignal::generate::Spec;
+use churnsignal::kafka::{Service, StartOptions};
+use churnsignal::time::{Timestamp, DAY_MS};
+
+use super::support::*;
+
+const LONG: Duration = Duration::from_secs(300);
+const PARTITIONS: i32 = 3;
+
+/// Three input topics of three partitions. The histories lie in the past (2026), so
+/// the wall clock must not stand in for event time while a test runs: the idle timeout
+/// is longer than any test.
+fn three_topics(test: &str) -> Config {
+    let mut cfg = config(shared_bootstrap(), test);
+    cfg.kafka.idle_timeout_secs = 3600;
+    create_all(&cfg, PARTITIONS);
+    cfg
+}
+
+/// At least 100,000 events over at least 200 days.
+fn big_history(cfg: &Config, seed: u64) -> Vec<Rec> {
+    let spec = Spec {
+        customers: 420,
+        days: 210,
+        seed,
+        ..Spec::default()
+    };
+    let (recs, _) = history(cfg, spec);
+    assert!(recs.len() >= 100_000, "{} events", recs.len());
+    recs
+}
+
+/// Produces the records one topic after the other, in the given order of topics.
+fn produce_topic_by_topic(cfg: &Config, recs: &[Rec], order: &[String]) {
+    for t in order {
+        let of_topic: Vec<Rec> = recs.iter().filter(|r| &r.topic == t).cloned().collect();
+        produce(&cfg.kafka.brokers, &of_topic);
+    }
+}
+
+/// A slow consumer: a fetch returns at most 16 KiB per partition (produce the backlog in
+/// batches of that size: a fetch returns whole batches), and the broker holds each one
+/// for 100 ms, waiting for more than that can be (fetch.min.bytes): about 100 events
+/// per partition every 100 ms.
+fn slow_consumer(cfg: &mut Config) {
+    let t = |v: &str| toml::Value::String(v.into());
+    let props = &mut cfg.kafka.consumer_properties.0;
+    props.insert("max.partition.fetch.bytes".into(), t("16384"));
+    props.insert("fetch.min.bytes".into(), t("10000000"));
+    props.insert("fetch.wait.max.ms".into(), t("100"));
+}
+
+fn wait_processed(service: &Service, n: u64) {
+    wait_for("every event processed", LONG, || {
+        service.status().events.load(Relaxed) >= n
+    });
+}
+
+fn backlog(test: &str, reverse: bool) {
+    let cfg = three_topics(test);
+    let recs = big_history(&cfg, 53);
+    let mut order = input_names(&cfg).to_vec();
+    if reverse {
+        order.reverse();
+    }
+    produce_topic_by_topic(&cfg, &recs, &order);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_processed(&service, recs.len() as u64);
+    let dups = assert_live_equals_replay(&cfg, PARTITIONS, recs.len());
+    let report = service.stop().unwrap();
+    assert_eq!(report.events, recs.len() as u64);
+    assert_eq!(dups, 0, "one run, stopped cleanly: no alert twice");
+}
+
+#[test]
+fn a_backlog_produced_topic_after_topic_alerts_exactly_as_replay_does() {
+    backlog("backlog", false);
+}
+
+#[test]
+fn a_backlog_produced_in_the_reverse_order_of_topics_alerts_exactly_as_replay_does() {
+    backlog("backlog-rev", true);
+}
+
+/// The service catches up, stops; meanwhile producers go on writing the three topics,
+/// each at its own pace; it starts again and catches up on what piled up.
+#[test]
+fn after_a_stall_in_which_the_topics_filled_at_different_rates_live_equals_replay() {
+    let cfg = three_topics("stall");
+    let recs = big_history(&cfg, 59);
+    let split = Timestamp(Spec::default().start.0 + 90 * DAY_MS);
+    let time_of = |r: &Rec| {
+        churnsignal::decode::decode_json(&r.value, &Default::default())
+            .unwrap()
+            .occurred_at
+    };
+    let (before, after): (Vec<Rec>, Vec<Rec>) =
+        recs.iter().cloned().partition(|r| time_of(r) < split);
+    produce_topic_by_topic(&cfg, &before, &input_names(&cfg));
+    let first = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_processed(&first, before.len() as u64);
+    first.stop().unwrap();
+    // Stopped: the topics fill, each at its own pace (orders at once, tickets in 20
+    // slices, engagement in 200), from three producers at the same time.
+    std::thread::scope(|s| {
+        for (topic, (slices, pause_ms)) in
+            input_names(&cfg)
+                .into_iter()
+                .zip([(1, 0), (20, 25), (200, 2)])
+        {
+            let of_topic: Vec<Rec> = after.iter().filter(|r| r.topic == topic).cloned().collect();
+            let b = cfg.kafka.brokers.clone();
+            s.spawn(move || {
+                let per = of_topic.len().div_ceil(slices).max(1);
+                for chunk in of_topic.chunks(per) {
+                    produce(&b, chunk);
+                    std::thread::sleep(Duration::from_millis(pause_ms));
+                }
+            });
+        }
+    });
+    let second = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_processed(&second, after.len() as u64);
+    let dups = assert_live_equals_replay(&cfg, PARTITIONS, recs.len());
+    second.stop().unwrap();
+    assert_eq!(dups, 0, "stopped cleanly: nothing processed twice");
+}
+
+/// At-least-once: a second instance joins while the first works through a backlog,
+/// and leaves again; partitions move with their state (checkpointed on revocation,
+/// restored by the next owner) and their inputs are read on from the committed
+/// offsets. The alerts, repeats removed, are replay's.
+#[test]
+fn a_second_instance_joining_and_leaving_during_catch_up_changes_no_alert() {
+    let mut cfg = three_topics("catchup-rebalance");
+    cfg.kafka.commit_interval_ms = 200;
+    // So that the group changes while the backlog is processed.
+    slow_consumer(&mut cfg);
+    let recs = big_history(&cfg, 61);
+    for t in input_names(&cfg) {
+        let of_topic: Vec<Rec> = recs.iter().filter(|r| r.topic == t).cloned().collect();
+        produce_in_batches_of(&cfg.kafka.brokers, &of_topic, 16_384);
+    }
+    let n = recs.len() as u64;
+    let a = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("a is working through the backlog", LONG, || {
+        a.status().events.load(Relaxed) > n / 10
+    });
+    let b = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("both own partitions", LONG, || {
+        a.status().assigned.load(Relaxed) > 0 && b.status().assigned.load(Relaxed) > 0
+    });
+    let during = a.status().events.load(Relaxed) + b.status().events.load(Relaxed);
+    wait_for("b processed some of the backlog", LONG, || {
+        b.status().events.load(Relaxed) > 5_000
+    });
+    let b_report = b.stop().unwrap();
+    wait_for("a owns everything again", LONG, || {
+        a.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
+    });
+    eprintln!(
+        "catchup-rebalance: {n} events; {during} processed when b had joined, b processed {}",
+        b_report.events
+    );
+    assert!(during < n, "b joined while the backlog was processed");
+    wait_for("every event checkpointed", LONG, || {
+        input_names(&cfg).iter().all(|t| {
+            (0..PARTITIONS)
+                .map(|p| checkpointed(&cfg, p, t).unwrap_or(0))
+                .sum::<i64>() as usize
+                == recs.iter().filter(|r| &r.topic == t).count()
+        })
+    });
+    let dups = assert_live_equals_replay(&cfg, PARTITIONS, recs.len());
+    a.stop().unwrap();
+    eprintln!("catchup-rebalance: {dups} repeated alerts");
+}
+
+/// `churnsignal_consumer_lag_messages` of each input partition, as the instance serving
+/// `addr` reports it.
+fn lag_gauges(addr: std::net::SocketAddr) -> std::collections::BTreeMap<(String, i32), f64> {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("churnsignal_consumer_lag_messages{"))
+        .filter_map(|l| {
+            let topic = l.split("topic=\"").nth(1)?.split('"').next()?.to_owned();
+            let p = l
+                .split("partition=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()?;
+            Some(((topic, p), l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Another member of the group owns partitions and consumes nothing (it keeps them
+/// paused): their backlog shows in this instance's lag gauge, counted from the group's
+/// committed offsets, next to its own partitions, which it consumes to 0.
+#[test]
+fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let cfg = three_topics("lag-unowned");
+    let b = cfg.kafka.brokers.clone();
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the service owns every partition", LONG, || {
+        service.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stalled = {
+        let (b, group, topics, stop) = (
+            b.clone(),
+            cfg.kafka.group_id.clone(),
+            input_names(&cfg),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .set("group.id", &group)
+                .set("partition.assignment.strategy", "range")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            c.subscribe(&names).unwrap();
+            // Takes part in the group's rebalances, consumes nothing.
+            while !stop.load(Relaxed) {
+                let _ = c.poll(Duration::from_millis(50));
+                if let Ok(a) = c.assignment() {
+                    let _ = c.pause(&a);
+                }
+            }
+        })
+    };
+    wait_for("the stalled member holds partitions", LONG, || {
+        let n = service.status().assigned.load(Relaxed);
+        n > 0 && n < 3 * PARTITIONS as usize
+    });
+    let spec = Spec {
+        customers: 60,
+        days: 30,
+        seed: 67,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    produce(&b, &recs);
+    let addr = service.http_addr().unwrap();
+    let per_partition = |topic: &str, p: i32| count_in(&b, topic, p) as f64;
+    wait_for("lag shown for every partition, ours at 0", LONG, || {
+        let gauges = lag_gauges(addr);
+        let mut ours = 0;
+        let mut theirs = 0;
+        let all = input_names(&cfg).iter().all(|t| {
+            (0..PARTITIONS).all(|p| {
+                let Some(lag) = gauges.get(&(t.clone(), p)) else {
+                    return false;
+                };
+                if *lag == 0.0 {
+                    ours += 1;
+                    true
+                } else {
+                    theirs += 1;
+                    *lag == per_partition(t, p)
+                }
+            })
+        });
+        all && ours > 0 && theirs > 0
+    });
+    stop.store(true, Relaxed);
+    stalled.join().unwrap();
+    service.stop().unwrap();
+}
+
+/// Messages in one partition of a topic.
+fn count_in(bootstrap: &str, topic: &str, p: i32) -> i64 {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let (lo, hi) = c
+        .fetch_watermarks(topic, p, Duration::from_secs(10))
+        .unwrap();
+    hi - lo
+}
+
+/// An input topic is deleted while the service works through a backlog of it: the
+/// other topics' events, held back while it had unconsumed messages, go on.
+#[test]
+fn an_input_topic_deleted_during_catch_up_does_not_stop_the_others() {
+    let mut cfg = three_topics("deleted-input");
+    slow_consumer(&mut cfg);
+    let b = cfg.kafka.brokers.clone();
+    let t = input_names(&cfg);
+    let recs = big_history(&cfg, 71);
+    for topic in &t {
+        let of_topic: Vec<Rec> = recs.iter().filter(|r| &r.topic == topic).cloned().collect();
+        produce_in_batches_of(&b, &of_topic, 16_384);
+    }
+    let orders = recs.iter().filter(|r| r.topic == t[0]).count() as i64;
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("catching up", LONG, || {
+        service.status().events.load(Relaxed) > 5_000
+    });
+    let admin = Admin::new(&b);
+    admin
+        .run(
+            admin
+                .client
+                .delete_topics(&[&t[2]], &rdkafka::admin::AdminOptions::new()),
+        )
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    let consumed_before = service.status().events.load(Relaxed);
+    wait_for("every order processed and checkpointed", LONG, || {
+        (0..PARTITIONS)
+            .map(|p| checkpointed(&cfg, p, &t[0]).unwrap_or(0))
+            .sum::<i64>()
+            == orders
+    });
+    eprintln!(
+        "deleted-input: {} events consumed when the topic went, {} at the end",
+        consumed_before,
+        service.status().events.load(Relaxed)
+    );
+    service.stop().unwrap();
+}
