@@ -901,9 +901,12 @@ impl Shared {
 /// An input topic-partition's end as librdkafka's statistics show it (the last stable
 /// offset: the consumer reads `read_committed`), and whether it is caught up: its fetch
 /// position has reached the end (past transaction markers too, which a consumed
-/// message's offset never shows) in the active fetch state. The fetch position is
-/// trusted only when `settled`: not paused, nor paused, resumed or moved lately (see
-/// [`settle_time`]). `None` while the end is unknown.
+/// message's offset never shows) in the active fetch state, and everything below was
+/// passed on. The fetch position is trusted only when `settled`: not paused, nor paused,
+/// resumed or moved lately (see [`settle_time`]). A log that ends in an aborted
+/// transaction is not caught up by this (what the consumer passed on stops short of
+/// the aborted messages): its partition waits for its next message. `None` while the
+/// end is unknown.
 fn position_of(ps: &rdkafka::statistics::Partition, settled: bool) -> Option<Position> {
     let end = if ps.ls_offset >= 0 {
         ps.ls_offset
@@ -913,8 +916,17 @@ fn position_of(ps: &rdkafka::statistics::Partition, settled: bool) -> Option<Pos
     if end < 0 {
         return None;
     }
-    let caught_up =
-        settled && ps.fetch_state == "active" && ps.next_offset >= 0 && ps.next_offset >= end;
+    // The fetch position is refreshed only with each fetch response: after a pause
+    // (which drops what was prefetched) it goes on showing what had been fetched, and the
+    // dropped messages come again later. It is trusted only when the consumer has also
+    // passed on everything below the end but, at most, one transaction marker (or nothing
+    // yet at all, as at the start of an empty partition).
+    let passed_on = ps.app_offset < 0 || ps.app_offset >= end - 1;
+    let caught_up = settled
+        && passed_on
+        && ps.fetch_state == "active"
+        && ps.next_offset >= 0
+        && ps.next_offset >= end;
     Some(Position { end, caught_up })
 }
 
@@ -1217,8 +1229,15 @@ impl Service {
         }
         if poll.is_finished() {
             let _ = poll.join();
+            // Workers end once their channels close; one still waiting for the broker
+            // at the deadline is left behind.
+            while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             for w in self.workers.drain(..) {
-                let _ = w.join();
+                if w.is_finished() {
+                    let _ = w.join();
+                }
             }
         } else {
             tracing::warn!("shutdown deadline reached; leaving without the consumer's goodbye");
@@ -1659,8 +1678,60 @@ fn shutdown(consumer: BaseConsumer<ConsumerCtx>, shared: &Shared, batches: Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::partition_lag;
+    use super::{desired_pauses, partition_lag, position_of};
+    use crate::kafka::sync::Position;
     use rdkafka::statistics::Partition;
+    use std::collections::BTreeSet;
+
+    /// Statistics of a fetching partition: its end, fetch position and what was passed on.
+    fn fetching(end: i64, next: i64, app: i64) -> Partition {
+        Partition {
+            ls_offset: end,
+            hi_offset: end,
+            next_offset: next,
+            app_offset: app,
+            fetch_state: "active".into(),
+            ..Partition::default()
+        }
+    }
+
+    #[test]
+    fn caught_up_when_fetched_to_the_end_and_passed_on_but_a_transaction_marker() {
+        let caught = |p: Partition, settled| position_of(&p, settled).map(|p| p.caught_up);
+        assert_eq!(
+            position_of(&fetching(500, 500, 500), true),
+            Some(Position {
+                end: 500,
+                caught_up: true
+            })
+        );
+        // The last offset is a commit marker: no message shows it.
+        assert_eq!(caught(fetching(500, 500, 499), true), Some(true));
+        // Fetched to the end, not yet passed on: the messages in between come first,
+        // but nothing says so beyond doubt (a pause may have dropped them).
+        assert_eq!(caught(fetching(50_000, 50_000, 30_000), true), Some(false));
+        // Paused lately: nothing is trusted.
+        assert_eq!(caught(fetching(500, 500, 500), false), Some(false));
+        // Still fetching.
+        assert_eq!(caught(fetching(500, 300, 300), true), Some(false));
+        // An empty partition, nothing passed on since assignment.
+        assert_eq!(caught(fetching(0, 0, -1001), true), Some(true));
+        // End not known yet.
+        assert_eq!(caught(fetching(-1, 0, -1001), true), None);
+    }
+
+    #[test]
+    fn back_pressure_pauses_everything_else_waiting_and_full_inputs() {
+        let set = |v: &[(usize, i32)]| v.iter().copied().collect::<BTreeSet<_>>();
+        let assigned = set(&[(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]);
+        let waiting = set(&[(0, 1), (9, 9)]);
+        let full = set(&[(2, 0)]);
+        assert_eq!(desired_pauses(&assigned, true, &waiting, &full), assigned);
+        assert_eq!(
+            desired_pauses(&assigned, false, &waiting, &full),
+            set(&[(0, 1), (2, 0)])
+        );
+    }
 
     fn stats(ls: i64, hi: i64, app: i64, committed: i64, lo: i64) -> Partition {
         Partition {

@@ -184,8 +184,19 @@ fn shutdown_with_the_broker_unreachable_ends_within_the_deadline() {
     wait_for("the first half acknowledged", WAIT, || {
         service.status().acked.load(Ordering::Relaxed) == 1000
     });
+    // Every answer of the broker takes 1 s from now: the second half reaches the service,
+    // whose dead letters then wait for their acknowledgements when the broker goes.
+    mock.broker_round_trip_time(1, Duration::from_secs(1))
+        .unwrap();
     produce(&mock.bootstrap_servers(), &recs[1000..]);
+    wait_for("the second half consumed", WAIT, || {
+        service.status().events.load(Ordering::Relaxed) == 2000
+    });
     mock.broker_down(1).unwrap();
+    assert!(
+        service.status().acked.load(Ordering::Relaxed) < 2000,
+        "dead letters are waiting for the broker"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let asked = std::time::Instant::now();
     let result = service.stop();
