@@ -408,18 +408,18 @@ const TICK: Duration = Duration::from_millis(200);
 /// own across a coordinator outage): the partition gets a new producer and rewinds.
 const COMMIT_STUCK: Duration = Duration::from_secs(45);
 
-/// Waits up to `limit` for a thread to finish (calling `tick` meanwhile); true if it did.
+/// Waits up to `limit` for a thread to finish (calling `tick` meanwhile, which says
+/// whether to go on waiting); true if it did.
 fn wait_for_thread<T>(
     h: &std::thread::JoinHandle<T>,
     limit: Duration,
-    mut tick: impl FnMut(),
+    mut tick: impl FnMut() -> bool,
 ) -> bool {
     let deadline = Instant::now() + limit;
     while !h.is_finished() {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || !tick() {
             return false;
         }
-        tick();
         std::thread::sleep(Duration::from_millis(1));
     }
     true
@@ -662,7 +662,7 @@ impl Worker {
     fn close(&mut self, p: i32, mut pe: PartitionEngine) {
         self.full.clear_partition(p);
         if let Some((_, h)) = pe.committing.take() {
-            if wait_for_thread(&h, COMMIT_STUCK, || {}) {
+            if wait_for_thread(&h, COMMIT_STUCK, || true) {
                 let _ = h.join();
             }
         }
@@ -1178,7 +1178,12 @@ impl Worker {
         }
         let left = COMMIT_STUCK.saturating_sub(since.elapsed());
         let (status, id) = (self.status.clone(), self.id);
-        let result = if wait_for_thread(&h, left, || status.beat(1 + id)) {
+        // Shutdown past its deadline for sends gives up waiting (the commit's input is
+        // processed again by the next owner).
+        let result = if wait_for_thread(&h, left, || {
+            status.beat(1 + id);
+            !status.abandon_sends()
+        }) {
             h.join()
                 .unwrap_or_else(|_| Err(TxnFailure::Fatal("checkpoint thread panicked".into())))
         } else {
@@ -1435,7 +1440,10 @@ impl Worker {
         if let Some((since, h)) = pe.committing.take() {
             let (status, id) = (self.status.clone(), self.id);
             let left = COMMIT_STUCK.saturating_sub(since.elapsed());
-            if wait_for_thread(&h, left, || status.beat(1 + id)) {
+            if wait_for_thread(&h, left, || {
+                status.beat(1 + id);
+                true
+            }) {
                 let _ = h.join();
             } else {
                 new_producer = true;
