@@ -10,6 +10,7 @@
 //! Customers due for re-evaluation wait in a deadline queue, so letting time pass costs
 //! O(customers due).
 
+pub mod bgnbd;
 pub mod codec;
 pub mod deadlines;
 pub mod index;
