@@ -92,6 +92,12 @@ pub struct Evidence {
     pub event_ids: Vec<String>,
     /// `event` or `stream_time`.
     pub trigger: &'static str,
+    /// The purchase model's P(alive): the probability that the customer is still a
+    /// buyer (`None` before the first order).
+    pub p_alive: Option<f64>,
+    /// Orders the purchase model expects in the next 90 days (`None` before the first
+    /// order).
+    pub expected_orders_90d: Option<f64>,
 }
 
 /// One alert of the contract.
@@ -195,6 +201,8 @@ impl Alert {
                 last_engagement_at: e.last_engagement_at.and_then(ts),
                 event_ids: e.event_ids.clone(),
                 trigger: e.trigger.to_owned(),
+                p_alive: e.p_alive,
+                expected_orders_90d: e.expected_orders_90d,
             }),
             schema_version: self.schema_version,
         }
@@ -245,6 +253,12 @@ pub struct Aggregates {
     pub last_engagement_at: Option<Timestamp>,
     /// Latest NPS answer, if any.
     pub last_nps: Option<u8>,
+    /// The purchase model's P(alive) ("dead or just sleeping?"); `None` before the first
+    /// order.
+    pub p_alive: Option<f64>,
+    /// Orders the purchase model expects in the next 90 days; `None` before the first
+    /// order.
+    pub expected_orders_90d: Option<f64>,
     /// Severity of every signal, active or not (what the score is made of).
     pub severities: std::collections::BTreeMap<&'static str, f64>,
 }

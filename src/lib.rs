@@ -21,6 +21,7 @@
 //! - [`signals`]: the seven health signals, one module each.
 //! - [`alert`]: alerts and health records, JSON and protobuf.
 //! - [`replay`]: the engine over a file of events, as `churnsignal replay` runs it.
+//! - [`evaluate`]: `churnsignal evaluate`, alerts and score against labels.
 //! - [`kafka`]: the live service around the engine: consumer group, partition engines
 //!   on worker threads, the state changelog (restore on assignment, checkpoints in
 //!   Kafka transactions with the input offsets), alerts and dead letters out.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod engine;
+pub mod evaluate;
 pub mod event;
 pub mod generate;
 pub mod kafka;

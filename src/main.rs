@@ -83,6 +83,33 @@ enum Command {
         #[arg(long)]
         as_of: Option<String>,
     },
+    /// Measure alerts and the score against labels, on the code path that runs live:
+    /// recall, detection delay and precision per signal, false alerts of steady
+    /// customers, and (with --as-of) how well the score and P(alive) rank who orders
+    /// again.
+    Evaluate {
+        /// Events file (JSON Lines).
+        #[arg(long)]
+        input: PathBuf,
+        /// Labels (JSON Lines: {"customer_id", "label": "<signal>"|"churned"|"steady", "onset"}).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Cut-off for the ranking measures (RFC 3339): the history after it is the outcome.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// The outcome: no order within this many days after --as-of.
+        #[arg(long, default_value_t = 90.0)]
+        horizon_days: f64,
+        /// Recall windows after the onset, days, comma-separated.
+        #[arg(long, default_value = "14,28,45,90", value_delimiter = ',')]
+        windows: Vec<f64>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the configured topics that do not exist yet (inputs co-partitioned).
     CreateTopics {
         /// Configuration file.
@@ -342,6 +369,47 @@ fn run(cli: Cli) -> Result<()> {
                 snap_out.as_mut().map(|w| w as &mut dyn Write),
             )?;
             eprintln!("{}", report.render());
+            Ok(())
+        }
+        Command::Evaluate {
+            input,
+            labels,
+            config,
+            as_of,
+            horizon_days,
+            windows,
+            json,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let as_of = match as_of {
+                Some(s) => Some(Timestamp::parse_rfc3339(&s).with_context(|| {
+                    format!("--as-of {s:?} is not an RFC 3339 timestamp with offset (e.g. 2026-03-01T00:00:00Z)")
+                })?),
+                None => None,
+            };
+            if horizon_days.is_nan()
+                || horizon_days <= 0.0
+                || windows.iter().any(|w| w.is_nan() || *w <= 0.0)
+            {
+                bail!("--horizon-days and --windows must be positive numbers of days");
+            }
+            let history = std::fs::read(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let text = std::fs::read_to_string(&labels)
+                .with_context(|| format!("cannot read {}", labels.display()))?;
+            let labels = churnsignal::evaluate::read_labels(&text)
+                .with_context(|| format!("in {}", labels.display()))?;
+            let opts = churnsignal::evaluate::Options {
+                windows_days: windows,
+                as_of,
+                horizon_days,
+            };
+            let report = churnsignal::evaluate::run(&history, &labels, &cfg, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(())
         }
         Command::Demo {

@@ -8,3 +8,4 @@ mod replay;
 mod restore;
 mod scenario;
 mod scenarios;
+mod trust;

@@ -216,8 +216,12 @@ pub struct ScoreConfig {
     pub entry_severity: f64,
     /// Severity below which an active signal clears (stricter than entry).
     pub exit_severity: f64,
-    /// Weight of relationship depth (order frequency and value rank) in the score.
+    /// No longer used (the purchase model took its place); accepted so that older files
+    /// still load.
     pub relationship_weight: f64,
+    /// The score's horizon: how likely the customer is to order within this many days
+    /// (the purchase model's answer) is what it starts from.
+    pub horizon_days: f64,
 }
 
 impl Default for ScoreConfig {
@@ -226,6 +230,7 @@ impl Default for ScoreConfig {
             entry_severity: 0.5,
             exit_severity: 0.35,
             relationship_weight: 0.2,
+            horizon_days: 90.0,
         }
     }
 }
@@ -610,6 +615,7 @@ impl Config {
             ));
         }
         check_range("score.relationship_weight", s.relationship_weight, 0.0, 1.0)?;
+        check_range("score.horizon_days", s.horizon_days, 7.0, 730.0)?;
         let r = &self.risk;
         if !(r.critical_below < r.high_below
             && r.high_below < r.medium_below

@@ -94,8 +94,10 @@ impl Params {
         // (1−z)^(C−A−B) 2F1(C−A, C−B; C; z): its series has small parameters and the
         // powers of (1−z) combine to (1−z)^(a−1).
         let c = a + b + x - 1.0;
-        let f = hyp2f1(a + b - 1.0 - r, a - 1.0, c, z);
-        let second = 1.0 - (1.0 - z).powf(a - 1.0) * f;
+        let (ea, eb) = (a + b - 1.0 - r, a - 1.0);
+        let ln_rest = ln_hyp2f1(ea, eb, c, z).unwrap_or_else(|| hyp2f1_plain(ea, eb, c, z).ln())
+            + (a - 1.0) * (1.0 - z).ln();
+        let second = 1.0 - ln_rest.exp();
         let first = if (a - 1.0).abs() < 1e-9 {
             // The limit a → 1 of (a+b+x−1)/(a−1) · second.
             return limit_a_one(self, s, days);
@@ -131,6 +133,115 @@ impl Params {
     }
 }
 
+/// An engine's model: the fitted parameters, and when they are fitted again (stream
+/// time). Fitted every [`FIT_EVERY_DAYS`] of stream time, on at most [`SAMPLE`]
+/// customers chosen by a hash of their id (so the same customers give the same sample in
+/// any order), once at least [`MIN_SAMPLE`] have ordered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Model {
+    /// The parameters in force.
+    pub params: Params,
+    /// Next fit, ms of stream time (`i64::MIN`: at the first chance).
+    pub next_fit: i64,
+    /// Fits so far that replaced the parameters.
+    pub fits: u32,
+}
+
+/// Days of stream time between fits.
+pub const FIT_EVERY_DAYS: i64 = 7;
+/// Most customers a fit looks at.
+pub const SAMPLE: usize = 3_000;
+/// Fewest customers with an order before the prior gives way to a fit.
+pub const MIN_SAMPLE: usize = 200;
+/// Nelder–Mead steps per fit (it starts from the last fit's parameters).
+pub const FIT_ITERATIONS: usize = 400;
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            params: Params::PRIOR,
+            next_fit: i64::MIN,
+            fits: 0,
+        }
+    }
+}
+
+impl Model {
+    /// Is a fit due at stream time `now` (ms)?
+    pub fn due(&self, now: i64) -> bool {
+        now >= self.next_fit
+    }
+
+    /// Fits to `samples` (at least [`MIN_SAMPLE`] of them, or the prior stays) and
+    /// schedules the next fit after `now`.
+    pub fn refit(&mut self, samples: &[Summary], now: i64) {
+        self.next_fit = now.saturating_add(FIT_EVERY_DAYS * crate::time::DAY_MS);
+        if samples.len() < MIN_SAMPLE {
+            return;
+        }
+        let fitted = fit(samples, self.params, FIT_ITERATIONS);
+        if fitted != self.params {
+            self.params = fitted;
+            self.fits += 1;
+        }
+    }
+
+    /// A customer's summary at `now` from their first and last order and order count
+    /// (`None` before the first order).
+    pub fn summary(first: i64, last: i64, orders: u32, now: i64) -> Option<Summary> {
+        if orders == 0 || first == i64::MIN {
+            return None;
+        }
+        let day = crate::time::DAY_MS as f64;
+        let t_x = ((last - first) as f64 / day).max(0.0);
+        Some(Summary {
+            x: orders - 1,
+            t_x,
+            t: ((now - first) as f64 / day).max(t_x),
+        })
+    }
+
+    /// Writes the model into an engine record.
+    pub fn encode(&self, w: &mut crate::engine::codec::Writer<'_>) {
+        for v in [
+            self.params.r,
+            self.params.alpha,
+            self.params.a,
+            self.params.b,
+        ] {
+            w.f64(v);
+        }
+        w.i64(self.next_fit);
+        w.u64(u64::from(self.fits));
+    }
+
+    /// Reads what [`Model::encode`] wrote.
+    pub fn decode(
+        r: &mut crate::engine::codec::Reader<'_>,
+    ) -> Result<Model, crate::engine::codec::CodecError> {
+        let mut v = [0.0; 4];
+        for x in &mut v {
+            *x = r.f64()?;
+        }
+        let params = Params {
+            r: v[0],
+            alpha: v[1],
+            a: v[2],
+            b: v[3],
+        };
+        if !params.valid() {
+            return Err(crate::engine::codec::CodecError::Invalid(
+                "model parameters out of range",
+            ));
+        }
+        Ok(Model {
+            params,
+            next_fit: r.i64()?,
+            fits: u32::try_from(r.u64()?).unwrap_or(u32::MAX),
+        })
+    }
+}
+
 /// E[Y] as `a` → 1, by the derivative of the second term in `a` (central difference).
 fn limit_a_one(p: &Params, s: Summary, days: f64) -> f64 {
     let h = 1e-4;
@@ -141,6 +252,30 @@ fn limit_a_one(p: &Params, s: Summary, days: f64) -> f64 {
 
 /// The Gauss hypergeometric function 2F1(a, b; c; z) for 0 ≤ z < 1, by its series.
 pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> f64 {
+    ln_hyp2f1(a, b, c, z).map_or_else(|| hyp2f1_plain(a, b, c, z), f64::exp)
+}
+
+/// ln 2F1(a, b; c; z) summed in log space, for positive parameters (every term
+/// positive), where large parameters make single terms overflow; `None` otherwise.
+fn ln_hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
+    if !(a > 0.0 && b > 0.0 && c > 0.0 && z > 0.0) {
+        return None;
+    }
+    let lz = z.ln();
+    let (mut ln_term, mut ln_sum) = (0.0f64, 0.0f64);
+    for n in 0..1_000_000 {
+        let n = f64::from(n);
+        ln_term += (a + n).ln() + (b + n).ln() - (c + n).ln() - (n + 1.0).ln() + lz;
+        let m = ln_sum.max(ln_term);
+        ln_sum = m + ((ln_sum - m).exp() + (ln_term - m).exp()).ln();
+        if ln_term < ln_sum - 36.0 && n > b * z {
+            break;
+        }
+    }
+    Some(ln_sum)
+}
+
+fn hyp2f1_plain(a: f64, b: f64, c: f64, z: f64) -> f64 {
     let mut term = 1.0;
     let mut sum = 1.0;
     for n in 0..200_000 {
@@ -160,8 +295,9 @@ pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> f64 {
 pub fn fit(samples: &[Summary], start: Params, max_iterations: usize) -> Params {
     let to = |p: &Params| [p.r.ln(), p.alpha.ln(), p.a.ln(), p.b.ln()];
     let from = |v: &[f64; 4]| {
-        // Bounded so that no step can overflow the likelihood.
-        let c = |x: f64| x.clamp(-12.0, 12.0).exp();
+        // Bounded: beyond, the Gamma and Beta distributions are as good as a single
+        // value, and the likelihood no longer changes.
+        let c = |x: f64| x.clamp(-9.0, 9.0).exp();
         Params {
             r: c(v[0]),
             alpha: c(v[1]),

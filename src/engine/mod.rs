@@ -101,6 +101,8 @@ pub struct Stats {
 struct Evaluation {
     view: WindowView,
     readings: [Reading; 7],
+    /// The customer's purchase summary (none before the first order).
+    purchases: Option<bgnbd::Summary>,
     health: u8,
     risk: Risk,
     tier: Tier,
@@ -114,6 +116,8 @@ pub struct Engine {
     deadlines: Deadlines,
     population: Population,
     tiers: Tiers,
+    /// The purchase model (BG/NBD) fitted on this engine's customers.
+    model: bgnbd::Model,
     max_event_time: Timestamp,
     stream_time: Timestamp,
     /// The most the watermark may be, set by a caller that merges several sources.
@@ -142,6 +146,7 @@ impl Engine {
             deadlines: Deadlines::default(),
             population: Population::default(),
             tiers: Tiers::default(),
+            model: bgnbd::Model::default(),
             max_event_time: NEVER,
             stream_time: NEVER,
             watermark_limit: Timestamp(i64::MAX),
@@ -377,6 +382,7 @@ impl Engine {
         }
         self.population.encode(&mut w);
         self.tiers.encode(&mut w);
+        self.model.encode(&mut w);
     }
 
     /// The state record of every customer, in the engine's order.
@@ -422,6 +428,11 @@ impl Engine {
         }
         e.population = population::Population::decode(&mut r)?;
         e.tiers = tiers::Tiers::decode(&mut r)?;
+        // Records written before the purchase model end here: the prior, fitted again at
+        // the first chance.
+        if !r.rest().is_empty() {
+            e.model = bgnbd::Model::decode(&mut r)?;
+        }
         r.end()?;
         for bytes in customers {
             let c = Customer::decode(bytes.as_ref())?;
@@ -570,6 +581,9 @@ impl Engine {
     fn run_deadlines(&mut self, out: &mut Vec<Alert>) {
         if self.stream_time == NEVER {
             return;
+        }
+        if self.model.due(self.stream_time.0) {
+            self.fit_model();
         }
         // Due customers are taken in batches whose records are prefetched first: at a
         // bucket boundary many customers fall due at once, each a cache miss. Taking a
@@ -743,6 +757,66 @@ impl Engine {
         }
     }
 
+    /// Fits the purchase model on a sample of this engine's customers at stream time:
+    /// those whose id hashes into it, in hash order, so that the same customers give the
+    /// same parameters in whatever order they were restored. The sample is a cohort by
+    /// first order, which the model takes without bias: customers whose first order
+    /// came after the engine's warm-up (earlier ones may have bought before it started,
+    /// so their counts are cut short) and within the eviction horizon (older ones may
+    /// have been forgotten for their silence, the very thing the model learns from);
+    /// every customer while that cohort is too small.
+    fn fit_model(&mut self) {
+        let now = self.stream_time.0;
+        let warm = self
+            .population
+            .observed_since()
+            .plus_days(self.cfg.signals.no_second_purchase.warmup_days);
+        let horizon = self.horizon_ms();
+        let oldest = if horizon == 0 {
+            i64::MIN
+        } else {
+            now.saturating_sub(horizon)
+        };
+        let cohort = |c: &Customer| c.first_order >= warm && c.first_order.0 >= oldest;
+        let buyers = |c: &&Customer| !c.id.is_empty() && c.orders_total > 0;
+        let in_cohort = self
+            .customers
+            .iter()
+            .filter(buyers)
+            .filter(|c| cohort(c))
+            .count();
+        let all = in_cohort < bgnbd::MIN_SAMPLE;
+        let n = if all {
+            self.customers.iter().filter(buyers).count()
+        } else {
+            in_cohort
+        };
+        let every = n.div_ceil(bgnbd::SAMPLE).max(1) as u32;
+        let mut sample: Vec<(u32, &str, bgnbd::Summary)> = self
+            .customers
+            .iter()
+            .filter(buyers)
+            .filter(|c| all || cohort(c))
+            .filter_map(|c| {
+                let fp = fingerprint(&c.id);
+                if fp % every != 0 {
+                    return None;
+                }
+                let s =
+                    bgnbd::Model::summary(c.first_order.0, c.last_order.0, c.orders_total, now)?;
+                Some((fp, c.id.as_str(), s))
+            })
+            .collect();
+        sample.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let samples: Vec<bgnbd::Summary> = sample.into_iter().map(|(_, _, s)| s).collect();
+        self.model.refit(&samples, now);
+    }
+
+    /// The purchase model in force.
+    pub fn purchase_model(&self) -> bgnbd::Params {
+        self.model.params
+    }
+
     fn population_view(
         &mut self,
         idx: usize,
@@ -828,13 +902,18 @@ impl Engine {
         let tier = self
             .tiers
             .tier(bin, t.key_top_fraction, t.core_top_fraction);
-        let shallow =
-            score::shallowness(self.customers[idx].orders_total, self.tiers.percentile(bin));
-        let health = score::health(&readings, &self.cfg, shallow);
+        let c = &self.customers[idx];
+        let purchases =
+            bgnbd::Model::summary(c.first_order.0, c.last_order.0, c.orders_total, now.0);
+        let base = purchases.map_or(1.0, |s| {
+            score::purchase_health(&self.model.params, s, self.cfg.score.horizon_days)
+        });
+        let health = score::health(&readings, &self.cfg, base, purchases.is_some());
         let risk = score::risk(health, tier, &self.cfg);
         Evaluation {
             view,
             readings,
+            purchases,
             health,
             risk,
             tier,
@@ -993,6 +1072,10 @@ impl Engine {
                 } else {
                     "stream_time"
                 },
+                p_alive: ev.purchases.map(|s| round4(self.model.params.p_alive(s))),
+                expected_orders_90d: ev
+                    .purchases
+                    .map(|s| round4(self.model.params.expected_purchases(s, 90.0))),
             },
             schema_version: crate::alert::SCHEMA_VERSION,
         }
@@ -1065,6 +1148,10 @@ impl Engine {
                 last_order_at: opt(c.last_order),
                 last_engagement_at: opt(c.last_engagement),
                 last_nps: (c.nps <= 10).then_some(c.nps),
+                p_alive: ev.purchases.map(|s| round4(self.model.params.p_alive(s))),
+                expected_orders_90d: ev
+                    .purchases
+                    .map(|s| round4(self.model.params.expected_purchases(s, 90.0))),
                 severities: SignalKind::ALL
                     .into_iter()
                     .map(|k| (k.name(), round4(ev.readings[k as usize].severity)))

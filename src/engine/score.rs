@@ -1,14 +1,17 @@
 //! The health score, the risk level and the recommended play.
 //!
-//! health = 100 × (1 − relationship_weight × shallow) × Π (1 − weightᵢ × severityᵢ)
+//! health = 100 × purchase^γ × Π (1 − weightᵢ × severityᵢ)
 //!
-//! Each signal takes away a share of what the others left, so the score stays in 0..100,
-//! every signal matters, and severities (continuous, also below thresholds) rank
-//! customers who have no alert yet. `shallow` (0..1) is relationship depth turned
-//! around: few repeat orders and a low revenue rank count as more at risk, all else equal.
+//! `purchase` is the purchase model's probability that the customer orders within
+//! `score.horizon_days` (see [`purchase_health`]; BG/NBD, fitted on the engine's own
+//! customers), the one thing that best ranks who will not buy again. Each signal then
+//! takes away a share of what is left, so the score stays in 0..100, what tickets,
+//! engagement, discounts and NPS say counts on top, and severities (continuous, also
+//! below thresholds) rank customers who have no alert yet.
 
 use serde::Serialize;
 
+use super::bgnbd::{Params, Summary};
 use super::tiers::Tier;
 use crate::config::Config;
 use crate::signals::{inactivity, Reading, SignalKind};
@@ -76,16 +79,39 @@ impl Play {
     }
 }
 
-/// Relationship depth turned around: 0 for a deep relationship, 1 for none.
-pub fn shallowness(orders_total: u32, value_percentile: f64) -> f64 {
-    let repeats = f64::from(orders_total.saturating_sub(1));
-    0.5 / (1.0 + repeats / 3.0) + 0.5 * (1.0 - value_percentile.clamp(0.0, 1.0))
+/// What the purchase model says of a customer's health, 0..1: how likely they are to
+/// order within `horizon_days` (1 − P(no order), from P(alive) and their own purchase
+/// rate), raised to the power that puts a customer who has just placed a first order at
+/// 0.8. A monotone transform: it ranks customers exactly as that probability does, which
+/// is what ranks "no order in the next days" best, while a new customer reads healthy,
+/// a one-time buyer fades as the months pass, and a frequent buyer who falls silent
+/// drops fast.
+pub fn purchase_health(model: &Params, s: Summary, horizon_days: f64) -> f64 {
+    let p = (1.0 - model.p_none(s, horizon_days)).clamp(1e-12, 1.0);
+    let new = Summary {
+        x: 0,
+        t_x: 0.0,
+        t: 0.0,
+    };
+    let p_new = (1.0 - model.p_none(new, horizon_days)).clamp(1e-12, 1.0 - 1e-12);
+    let gamma = (NEW_CUSTOMER_HEALTH.ln() / p_new.ln()).clamp(0.05, 1.0);
+    p.powf(gamma)
 }
 
-/// The health score 0..=100 (100 healthy).
-pub fn health(readings: &[Reading; 7], cfg: &Config, shallow: f64) -> u8 {
-    let mut h = 1.0 - cfg.score.relationship_weight * shallow.clamp(0.0, 1.0);
+/// Where [`purchase_health`] puts a customer who has just placed their first order.
+pub const NEW_CUSTOMER_HEALTH: f64 = 0.8;
+
+/// The health score 0..=100 (100 healthy): `base` (the purchase model's
+/// [`purchase_health`], 1 for a customer without orders) times, for every signal, one
+/// minus its weight times its severity. Inactivity and a missing second order are what
+/// the purchase model measures already: they count only for customers it cannot speak
+/// of (no order yet).
+pub fn health(readings: &[Reading; 7], cfg: &Config, base: f64, modelled: bool) -> u8 {
+    let mut h = base.clamp(0.0, 1.0);
     for k in SignalKind::ALL {
+        if modelled && matches!(k, SignalKind::Inactivity | SignalKind::NoSecondPurchase) {
+            continue;
+        }
         h *= 1.0 - k.weight(&cfg.signals) * readings[k as usize].severity.clamp(0.0, 1.0);
     }
     (100.0 * h).round().clamp(0.0, 100.0) as u8
@@ -165,15 +191,22 @@ mod tests {
     #[test]
     fn health_falls_with_severity_and_stays_in_range() {
         let cfg = Config::default();
-        let calm = health(&readings(&[]), &cfg, 0.0);
-        let worried = health(&readings(&[(SignalKind::Inactivity, 0.5)]), &cfg, 0.0);
+        // A customer without orders: every signal counts.
+        let calm = health(&readings(&[]), &cfg, 1.0, false);
+        let worried = health(
+            &readings(&[(SignalKind::Inactivity, 0.5)]),
+            &cfg,
+            1.0,
+            false,
+        );
         let worse = health(
             &readings(&[
                 (SignalKind::Inactivity, 0.9),
                 (SignalKind::ConsumptionDrop, 0.9),
             ]),
             &cfg,
-            0.0,
+            1.0,
+            false,
         );
         assert_eq!(calm, 100);
         assert!(
@@ -181,13 +214,44 @@ mod tests {
             "{calm} {worried} {worse}"
         );
         let all = readings(&SignalKind::ALL.map(|k| (k, 1.0)));
-        assert!(health(&all, &cfg, 1.0) < 10);
+        assert!(health(&all, &cfg, 1.0, false) < 10);
+        assert_eq!(health(&readings(&[]), &cfg, 0.0, true), 0);
     }
 
     #[test]
-    fn deeper_relationships_score_higher_all_else_equal() {
-        assert!(shallowness(20, 0.9) < shallowness(2, 0.9));
-        assert!(shallowness(5, 0.9) < shallowness(5, 0.1));
+    fn for_a_buyer_the_purchase_model_stands_for_silence_and_a_missing_second_order() {
+        let cfg = Config::default();
+        let silent = readings(&[
+            (SignalKind::Inactivity, 0.9),
+            (SignalKind::NoSecondPurchase, 0.9),
+        ]);
+        assert_eq!(health(&silent, &cfg, 0.7, true), 70);
+        assert!(health(&silent, &cfg, 0.7, false) < 70);
+        // What tickets say counts on top.
+        let tense = readings(&[(SignalKind::SupportTension, 0.8)]);
+        assert!(health(&tense, &cfg, 0.7, true) < 70);
+    }
+
+    #[test]
+    fn purchase_health_ranks_by_the_chance_of_an_order_and_puts_a_new_buyer_at_80() {
+        let m = Params::PRIOR;
+        let s = |x, t_x, t| Summary { x, t_x, t };
+        let new = purchase_health(&m, s(0, 0.0, 0.0), 90.0);
+        assert!((new - NEW_CUSTOMER_HEALTH).abs() < 1e-9, "{new}");
+        // A one-time buyer fades as the months pass.
+        assert!(purchase_health(&m, s(0, 0.0, 200.0), 90.0) < new);
+        // A weekly buyer is healthy while buying, and drops fast when silent.
+        let weekly = purchase_health(&m, s(20, 140.0, 141.0), 90.0);
+        let gone = purchase_health(&m, s(20, 140.0, 240.0), 90.0);
+        assert!(weekly > 0.95 && gone < 0.6, "{weekly} {gone}");
+        // Monotone in the probability of an order within the horizon.
+        let p = |x, t_x, t| 1.0 - m.p_none(s(x, t_x, t), 90.0);
+        let (a, b) = ((3, 60.0, 100.0), (1, 10.0, 100.0));
+        assert_eq!(
+            p(a.0, a.1, a.2) > p(b.0, b.1, b.2),
+            purchase_health(&m, s(a.0, a.1, a.2), 90.0)
+                > purchase_health(&m, s(b.0, b.1, b.2), 90.0)
+        );
     }
 
     #[test]
