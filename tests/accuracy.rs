@@ -95,8 +95,16 @@ fn default_configuration_catches_patterns_and_leaves_steady_customers_alone() {
         if p.expected_signal().is_some() {
             drifting.0 += n;
             drifting.1 += caught;
+            // Since issue 15 the defaults keep steady customers of every kind quiet
+            // (tests/trust): this generator's drops (a third of the orders at half the
+            // basket, for customers ordering every 3 to 21 days) and its one-time
+            // buyers who keep logging in are alerted less often than before.
+            let bar = match p {
+                Profile::ConsumptionDrop | Profile::NoSecondPurchase => 0.1,
+                _ => 0.5,
+            };
             assert!(
-                f64::from(*caught) >= 0.5 * f64::from(*n),
+                f64::from(*caught) >= bar * f64::from(*n),
                 "{p:?}: only {caught} of {n} caught"
             );
         } else {
@@ -111,8 +119,8 @@ fn default_configuration_catches_patterns_and_leaves_steady_customers_alone() {
         100.0 * recall,
         100.0 * false_alarms
     );
-    assert!(recall >= 0.85, "recall {recall}");
-    assert!(false_alarms <= 0.12, "false alarms {false_alarms}");
+    assert!(recall >= 0.65, "recall {recall}");
+    assert!(false_alarms <= 0.03, "false alarms {false_alarms}");
 }
 
 #[test]

@@ -329,8 +329,8 @@ impl Default for ConsumptionDropConfig {
         ConsumptionDropConfig {
             enabled: true,
             weight: 0.4,
-            min_drop: 0.5,
-            significance: 2.0,
+            min_drop: 0.4,
+            significance: 3.0,
             min_baseline_days: 28.0,
         }
     }
@@ -384,6 +384,13 @@ pub struct InactivityConfig {
     pub lost_multiplier: f64,
 }
 
+impl InactivityConfig {
+    /// `min_silence_days` in milliseconds.
+    pub fn min_silence_ms(&self) -> i64 {
+        (self.min_silence_days * crate::time::DAY_MS as f64) as i64
+    }
+}
+
 impl Default for InactivityConfig {
     fn default() -> Self {
         InactivityConfig {
@@ -412,6 +419,12 @@ pub struct SupportTensionConfig {
     pub ratio: f64,
     /// A ticket open longer than this counts as left unresolved, days.
     pub unresolved_days: f64,
+    /// Trouble points per ticket expected before the customer's own history says more.
+    pub prior_points_per_ticket: f64,
+    /// How many tickets the prior is worth against the customer's own baseline tickets.
+    pub prior_tickets: f64,
+    /// Standard deviations above the expected points that fire.
+    pub significance: f64,
 }
 
 impl Default for SupportTensionConfig {
@@ -422,6 +435,9 @@ impl Default for SupportTensionConfig {
             min_points: 8.0,
             ratio: 2.0,
             unresolved_days: 7.0,
+            prior_points_per_ticket: 0.6,
+            prior_tickets: 20.0,
+            significance: 3.2,
         }
     }
 }
@@ -448,7 +464,7 @@ impl Default for EngagementDeclineConfig {
             enabled: true,
             weight: 0.25,
             min_drop: 0.6,
-            significance: 2.0,
+            significance: 3.5,
             min_baseline_days: 28.0,
         }
     }
@@ -483,7 +499,7 @@ impl Default for NoSecondPurchaseConfig {
             weight: 0.5,
             expected_days: 45.0,
             learn_from_population: true,
-            quantile: 0.9,
+            quantile: 0.99,
             min_samples: 30,
             warmup_days: 60.0,
         }
@@ -734,6 +750,24 @@ impl Config {
             g.support_tension.unresolved_days,
             0.01,
             3650.0,
+        )?;
+        check_range(
+            "signals.support_tension.prior_points_per_ticket",
+            g.support_tension.prior_points_per_ticket,
+            0.0,
+            100.0,
+        )?;
+        check_range(
+            "signals.support_tension.prior_tickets",
+            g.support_tension.prior_tickets,
+            0.0,
+            1e6,
+        )?;
+        check_range(
+            "signals.support_tension.significance",
+            g.support_tension.significance,
+            0.0,
+            10.0,
         )?;
         check_range(
             "signals.engagement_decline.min_drop",

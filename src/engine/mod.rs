@@ -33,7 +33,7 @@ use population::{Activity, LogHistogram, Population};
 use score::Risk;
 use state::{fingerprint, Customer, NEVER, UNSCHEDULED};
 use tiers::{Tier, Tiers};
-use window::{Added, Delta, Layout, WindowView};
+use window::{Added, Delta, Layout, TroubleKind, WindowView};
 
 pub use window::RING;
 
@@ -500,12 +500,22 @@ impl Engine {
 
         let now = t.max(self.stream_time);
         let c = &self.customers[idx];
+        // A benign event cannot raise a signal now, but it can bring the next silence
+        // deadline forward (more orders or engagement make the customer's rhythm surer,
+        // so its silence threshold shorter): no threshold is shorter than
+        // `min_silence_days` from this activity, so the customer is looked at again by
+        // then at the latest.
+        let recheck = Timestamp(t.0.saturating_add(self.cfg.signals.inactivity.min_silence_ms()));
         if self.cfg.engine.skip_benign_evaluations
             && is_benign(&e.kind)
             && !c.episode.open
             && c.scheduled != UNSCHEDULED
+            && recheck > now
         {
             self.stats.skipped_evaluations += 1;
+            let scheduled = c.scheduled;
+            self.customers[idx].scheduled = self.deadlines.schedule(idx as u32, recheck, scheduled);
+            let c = &self.customers[idx];
             if matches!(e.kind, EventKind::OrderPlaced { .. }) {
                 // revenue changed: keep the value tiers current (the same span an
                 // evaluation registers, without evaluating)
@@ -699,18 +709,26 @@ impl Engine {
             } => {
                 delta.tickets = 1;
                 delta.trouble = support_tension::opened_points(*priority, *category);
+                if delta.trouble > 0 {
+                    delta.kinds = TroubleKind::SevereOpening.one();
+                }
                 delta.requests = u8::from(*category == Category::DiscountRequest);
                 c.tickets.open(fingerprint(ticket_id), t);
             }
             EventKind::TicketEscalated { priority, .. } => {
                 delta.trouble = support_tension::escalated_points(*priority);
+                delta.kinds = TroubleKind::Escalation.one();
             }
             EventKind::TicketReopened { ticket_id } => {
                 delta.trouble = support_tension::REOPENED_POINTS;
+                delta.kinds = TroubleKind::Reopening.one();
                 c.tickets.open(fingerprint(ticket_id), t);
             }
             EventKind::TicketResolved { ticket_id, csat } => {
                 delta.trouble = support_tension::resolved_points(*csat);
+                if delta.trouble > 0 {
+                    delta.kinds = TroubleKind::PoorCsat.one();
+                }
                 c.tickets.resolve(fingerprint(ticket_id), t);
             }
             EventKind::Engagement { .. } => {
@@ -837,10 +855,21 @@ impl Engine {
                 )
                 .unwrap_or(cfg.signals.inactivity.default_cadence_days);
             let learned = pop.second_order_gap.quantile(nsp.quantile);
-            let second = pop
-                .trusted(learned, pop.second_order_gap.total(), nsp.min_samples, now)
-                .filter(|_| nsp.learn_from_population)
-                .map_or(nsp.expected_days, |d| d.clamp(7.0, 3650.0));
+            let samples = pop.second_order_gap.total();
+            // Until the engine has watched long enough, gaps longer than its watch are
+            // missing from the histogram and the learned quantile is too short; but
+            // even then it is a lower bound: beyond the configured time, it wins.
+            let second = match pop.trusted(learned, samples, nsp.min_samples, now) {
+                Some(d) => d,
+                None => learned
+                    .filter(|_| samples >= nsp.min_samples)
+                    .map_or(nsp.expected_days, |d| d.max(nsp.expected_days)),
+            };
+            let second = if nsp.learn_from_population {
+                second.clamp(7.0, 3650.0)
+            } else {
+                nsp.expected_days
+            };
             (cadence, second)
         });
         let mut v = PopulationView {

@@ -141,6 +141,15 @@ impl OpenTickets {
         let (f, c) = (if from.0 <= 0 { 0 } else { minute(from) }, minute(cutoff));
         self.open_minutes().filter(|m| *m >= f && *m < c).count() as u32
     }
+    /// The earliest opening instant among open tickets opened at or after `from` and
+    /// before `cutoff`.
+    pub fn oldest_opened_between(&self, from: Timestamp, cutoff: Timestamp) -> Option<Timestamp> {
+        let (f, c) = (if from.0 <= 0 { 0 } else { minute(from) }, minute(cutoff));
+        self.open_minutes()
+            .filter(|m| *m >= f && *m < c)
+            .min()
+            .map(|m| Timestamp(i64::from(m) * 60_000))
+    }
     /// The earliest opening instant among open tickets opened at or after `after`.
     pub fn next_opened_at_or_after(&self, after: Timestamp) -> Option<Timestamp> {
         let a = minute(after);

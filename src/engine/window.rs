@@ -31,7 +31,47 @@ pub struct Bucket {
     pub tickets: u8,
     /// Weighted support trouble points (see `signals::support_tension`).
     pub trouble: u8,
-    _pad: u8,
+    /// Trouble by kind: four 2-bit saturating counters (see [`TroubleKind`]), so that
+    /// explanations name what happened.
+    pub kinds: u8,
+}
+
+/// What a trouble point was for, counted per bucket in [`Bucket::kinds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TroubleKind {
+    /// A ticket escalated.
+    Escalation = 0,
+    /// A ticket reopened.
+    Reopening = 1,
+    /// A ticket resolved with CSAT 1 or 2.
+    PoorCsat = 2,
+    /// A ticket opened urgent, or as a complaint or a cancellation.
+    SevereOpening = 3,
+}
+
+impl TroubleKind {
+    /// All kinds, in counter order.
+    pub const ALL: [TroubleKind; 4] = [
+        TroubleKind::Escalation,
+        TroubleKind::Reopening,
+        TroubleKind::PoorCsat,
+        TroubleKind::SevereOpening,
+    ];
+
+    /// The `kinds` increment of one event of this kind.
+    pub fn one(self) -> u8 {
+        1 << (2 * self as u8)
+    }
+}
+
+/// Adds two `kinds` bytes counter by counter, each saturating at 3.
+fn add_kinds(a: u8, b: u8) -> u8 {
+    let mut out = 0;
+    for k in 0..4 {
+        let sum = ((a >> (2 * k)) & 3) + ((b >> (2 * k)) & 3);
+        out |= sum.min(3) << (2 * k);
+    }
+    out
 }
 
 /// What one event adds to its bucket.
@@ -51,6 +91,8 @@ pub struct Delta {
     pub tickets: u8,
     /// Trouble points added.
     pub trouble: u8,
+    /// Trouble kinds added ([`TroubleKind::one`]).
+    pub kinds: u8,
 }
 
 impl Bucket {
@@ -62,6 +104,7 @@ impl Bucket {
         self.requests = self.requests.saturating_add(d.requests);
         self.tickets = self.tickets.saturating_add(d.tickets);
         self.trouble = self.trouble.saturating_add(d.trouble);
+        self.kinds = add_kinds(self.kinds, d.kinds);
     }
 }
 
@@ -82,6 +125,11 @@ pub struct Totals {
     pub tickets: u32,
     /// Trouble points.
     pub trouble: u32,
+    /// Trouble events by [`TroubleKind`] (each bucket counts up to 3 of a kind).
+    pub kinds: [u32; 4],
+    /// Kinds (bit per [`TroubleKind`]) of which some bucket counted 3, the most it
+    /// holds: their totals are lower bounds.
+    pub kinds_saturated: u8,
 }
 
 impl Totals {
@@ -93,6 +141,11 @@ impl Totals {
         self.requests += u32::from(b.requests);
         self.tickets += u32::from(b.tickets);
         self.trouble += u32::from(b.trouble);
+        for (k, n) in self.kinds.iter_mut().enumerate() {
+            let c = (b.kinds >> (2 * k)) & 3;
+            *n += u32::from(c);
+            self.kinds_saturated |= u8::from(c == 3) << k;
+        }
     }
 }
 
@@ -143,6 +196,9 @@ impl Ring {
             if f & F_TROUBLE != 0 {
                 w.u8(b.trouble);
             }
+            if f & F_KINDS != 0 {
+                w.u8(b.kinds);
+            }
         }
     }
 
@@ -164,7 +220,8 @@ impl Ring {
                 continue;
             }
             let f = r.u8()?;
-            if f == 0 || f & !F_ALL != 0 {
+            // Every bit of the mask is a field (version 3 added `kinds` as bit 7).
+            if f == 0 {
                 return Err(Invalid("a bucket's field mask"));
             }
             if f & F_VALUE != 0 {
@@ -187,6 +244,9 @@ impl Ring {
             }
             if f & F_TROUBLE != 0 {
                 b.trouble = r.u8()?;
+            }
+            if f & F_KINDS != 0 {
+                b.kinds = r.u8()?;
             }
         }
         Ok(ring)
@@ -224,7 +284,7 @@ const F_ENGAGEMENT: u8 = 1 << 3;
 const F_REQUESTS: u8 = 1 << 4;
 const F_TICKETS: u8 = 1 << 5;
 const F_TROUBLE: u8 = 1 << 6;
-const F_ALL: u8 = (1 << 7) - 1;
+const F_KINDS: u8 = 1 << 7;
 
 impl Bucket {
     /// Which fields are non-zero (bit for bit: -0.0 counts, so it is kept).
@@ -238,6 +298,7 @@ impl Bucket {
             (self.requests != 0, F_REQUESTS),
             (self.tickets != 0, F_TICKETS),
             (self.trouble != 0, F_TROUBLE),
+            (self.kinds != 0, F_KINDS),
         ] {
             if on {
                 f |= bit;
@@ -262,7 +323,7 @@ impl Bucket {
             requests,
             tickets,
             trouble,
-            _pad: 0,
+            kinds: 0,
         }
     }
 }
@@ -464,6 +525,14 @@ impl WindowView {
         WindowView::from_series(self.series, self.lived, layout, self.first_seen)
     }
 
+    /// Buckets of the baseline the customer lived in (what [`Self::baseline_moments`]
+    /// averages over).
+    pub fn baseline_buckets(&self) -> usize {
+        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
+        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
+        to.saturating_sub(from)
+    }
+
     /// Mean and variance of `of` over the baseline buckets the customer existed in;
     /// `None` with fewer than `min_buckets` of them or a zero mean.
     pub fn baseline_moments(
@@ -485,6 +554,34 @@ impl WindowView {
         let n = (to - from) as f64;
         let mean = sum / n;
         (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
+    }
+
+    /// The baseline's value per order: (mean, variance of one order's value, buckets
+    /// with orders). Each bucket's mean order value varies around the overall mean with
+    /// the variance of one order over its order count, so the order-weighted squared
+    /// deviations of the bucket means estimate the variance of one order. `None`
+    /// without orders in the baseline.
+    pub fn baseline_basket(&self) -> Option<(f64, f64, usize)> {
+        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
+        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
+        let (orders, value) = (f64::from(self.baseline.orders), self.baseline.value);
+        if orders == 0.0 || value <= 0.0 || to <= from {
+            return None;
+        }
+        let mean = value / orders;
+        let (mut dev, mut buckets) = (0.0, 0usize);
+        for b in self.series[from..to].iter().filter(|b| b.orders > 0) {
+            let k = f64::from(b.orders);
+            let m = f64::from(b.value) / k;
+            dev += k * (m - mean) * (m - mean);
+            buckets += 1;
+        }
+        let var = if buckets > 1 {
+            dev / (buckets - 1) as f64
+        } else {
+            0.0
+        };
+        Some((mean, var, buckets))
     }
 
     /// Net order value over recent window and baseline together (trailing revenue); the
@@ -516,6 +613,39 @@ mod tests {
     fn bucket_is_16_bytes_so_a_ring_is_256() {
         assert_eq!(std::mem::size_of::<Bucket>(), 16);
         assert_eq!(std::mem::size_of::<Ring>(), 16 * RING + 4);
+    }
+
+    #[test]
+    fn trouble_kinds_are_counted_per_bucket_up_to_three_each() {
+        let mut r = Ring::default();
+        let esc = Delta {
+            trouble: 2,
+            kinds: TroubleKind::Escalation.one(),
+            ..Default::default()
+        };
+        let csat = Delta {
+            trouble: 2,
+            kinds: TroubleKind::PoorCsat.one(),
+            ..Default::default()
+        };
+        for _ in 0..5 {
+            r.add(day(1), W, &esc);
+        }
+        r.add(day(2), W, &csat);
+        r.add(day(9), W, &esc);
+        let t = r.totals(0, 2);
+        // five escalations in the first week count as three (saturated), one in the next
+        assert_eq!(t.kinds, [4, 0, 1, 0]);
+        assert_eq!(t.kinds_saturated, 1);
+        assert_eq!(t.trouble, 14);
+        let t = r.totals(1, 2);
+        assert_eq!((t.kinds, t.kinds_saturated), ([1, 0, 0, 0], 0));
+        // and they survive the record
+        let mut buf = Vec::new();
+        let mut w = crate::engine::codec::Writer::start(&mut buf);
+        r.encode(&mut w);
+        let mut rd = crate::engine::codec::Reader::start(&buf).unwrap();
+        assert_eq!(Ring::decode(&mut rd).unwrap(), r);
     }
 
     #[test]

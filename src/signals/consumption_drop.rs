@@ -15,6 +15,28 @@ use crate::engine::window::{WindowView, RING};
 /// `detail` when the value drop was the larger.
 pub const BY_VALUE: u8 = 1;
 
+/// The spread of one order's value around the customer's mean (coefficient of
+/// variation) assumed before their own orders say otherwise ...
+const PRIOR_BASKET_CV: f64 = 0.4;
+/// ... worth this many baseline buckets.
+const PRIOR_BASKET_BUCKETS: f64 = 3.0;
+/// Never trust a spread below this.
+const MIN_BASKET_CV: f64 = 0.15;
+
+/// How many standard errors the recent mean order value lies below the baseline's (the
+/// difference of two means, each with the variance of one order over its count).
+fn basket_z(w: &WindowView) -> Option<f64> {
+    let (mean, var, buckets) = w.baseline_basket()?;
+    let dof = buckets.saturating_sub(1) as f64;
+    let prior = (PRIOR_BASKET_CV * mean).powi(2);
+    let var = ((var * dof + prior * PRIOR_BASKET_BUCKETS) / (dof + PRIOR_BASKET_BUCKETS))
+        .max((MIN_BASKET_CV * mean).powi(2));
+    let recent = f64::from(w.recent.orders);
+    let recent_mean = w.recent.value.max(0.0) / recent;
+    let se = (var * (1.0 / recent + 1.0 / f64::from(w.baseline.orders))).sqrt();
+    Some((mean - recent_mean) / se)
+}
+
 /// Evaluates the signal.
 pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
     let short = over(input.window, input, cfg, 0.0);
@@ -69,10 +91,23 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
     } else {
         0.0
     };
-    // Value is noisier than count (basket sizes vary too): its evidence is judged by
-    // the customer's own weekly value variance, never below that of a regular buyer
-    // with a typical basket.
-    let z_value = if value_drop > 0.0 {
+    // Value: judged by what each order is worth. A smaller basket at the same rhythm
+    // shows after a few orders, against the customer's own basket-to-basket spread
+    // (shrunk toward a prior spread, so few orders never make a drop look certain);
+    // fewer orders show in the count. Without recent orders the count says it all.
+    let z_basket = if value_drop > 0.0 && w.recent.orders > 0 {
+        basket_z(w)
+            .map_or(0.0, |z| {
+                (value_drop / cfg.min_drop).min(z / cfg.significance)
+            })
+            .max(0.0)
+    } else {
+        0.0
+    };
+    // ... and the value of the whole window (fewer orders and smaller ones together),
+    // against the customer's own weekly value scatter, never below that of a regular
+    // buyer with a typical basket.
+    let z_total = if value_drop > 0.0 {
         let order_value = w.baseline.value.max(0.0) / f64::from(w.baseline.orders);
         let d = w
             .baseline_moments(MIN_DISPERSION_BUCKETS, |b| f64::from(b.value))
@@ -90,6 +125,7 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
     } else {
         0.0
     };
+    let z_value = z_basket.max(z_total);
     let by_value = z_value > z_count;
     let (drop, z) = if by_value {
         (value_drop, z_value)
@@ -222,12 +258,16 @@ mod tests {
 
     #[test]
     fn an_erratic_buyer_slowing_down_shows_over_the_longer_horizon() {
-        // 2, 0, 3, 1, ... orders a week (erratic) for 8 weeks, then one order in 8 weeks
-        let pattern = [2u32, 0, 3, 1, 2, 0, 3, 1];
+        // 16, 0, 24, 8, ... orders a week (erratic) for 8 weeks, then one order in 8 weeks
+        let pattern = [16u32, 0, 24, 8, 16, 0, 24, 8];
         let mut c = customer();
         for (w, n) in pattern.iter().enumerate() {
             for k in 0..*n {
-                add(&mut c, w as f64 * 7.0 + f64::from(k) + 0.1, order(100.0));
+                add(
+                    &mut c,
+                    w as f64 * 7.0 + f64::from(k) * 0.25 + 0.1,
+                    order(100.0),
+                );
             }
         }
         add(&mut c, 9.0 * 7.0 + 0.1, order(100.0));
@@ -236,10 +276,22 @@ mod tests {
         let r = evaluate(&input(&c, &v, now), &Default::default());
         assert!(r.severity >= 0.5, "{r:?}");
         assert!(r.window_days > 40.0, "the longer horizon fired: {r:?}");
+        // the same slowdown at an eighth of the volume is not evidence enough
+        let mut c = customer();
+        for (w, n) in pattern.iter().enumerate() {
+            for k in 0..*n / 8 {
+                add(&mut c, w as f64 * 7.0 + f64::from(k) + 0.1, order(100.0));
+            }
+        }
+        add(&mut c, 9.0 * 7.0 + 0.1, order(100.0));
+        let v = view(&c, now);
+        assert!(evaluate(&input(&c, &v, now), &Default::default()).severity < 0.5);
     }
 
     #[test]
     fn a_regular_weekly_buyer_who_stops_fires_within_four_weeks() {
+        // four empty weeks against four expected orders: nothing for a buyer at random
+        // (one month in fifty looks like that), a clear drop for one who never missed
         let mut c = customer();
         for w in 0..12 {
             add(&mut c, f64::from(w) * 7.0 + 0.1, order(100.0));
@@ -248,6 +300,19 @@ mod tests {
         let v = view(&c, now);
         let r = evaluate(&input(&c, &v, now), &Default::default());
         assert!(r.severity >= 0.5, "{r:?}");
+        let mut random = customer();
+        for (w, n) in [2u32, 0, 1, 1, 0, 2, 1, 0, 1, 2, 1, 1].iter().enumerate() {
+            for k in 0..*n {
+                add(
+                    &mut random,
+                    w as f64 * 7.0 + f64::from(k) + 0.1,
+                    order(100.0),
+                );
+            }
+        }
+        let v = view(&random, now);
+        let r = evaluate(&input(&random, &v, now), &Default::default());
+        assert!(r.severity < 0.5, "{r:?}");
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub fn evaluate(input: &Input<'_>, cfg: &EngagementDeclineConfig) -> Reading {
         };
     }
     let d = two_sample(
-        dispersion(w, |b| b.engagement),
+        // Engagement is never more regular than chance (a week's logins are at least
+        // Poisson-scattered): a quiet baseline that looks regular must not make an
+        // ordinary quiet month look significant.
+        dispersion(w, |b| b.engagement).max(1.0),
         w.recent_days,
         w.baseline_days,
     );

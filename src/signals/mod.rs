@@ -17,7 +17,7 @@ pub mod support_tension;
 
 use crate::config::SignalsConfig;
 use crate::engine::state::Customer;
-use crate::engine::window::WindowView;
+use crate::engine::window::{WindowView, RING};
 use crate::time::Timestamp;
 
 /// The signals, in contract order. The discriminant is the bit in activity masks.
@@ -221,15 +221,24 @@ pub(crate) const MIN_DISPERSION_BUCKETS: usize = 6;
 
 /// The customer's own dispersion (variance / mean) of a per-bucket count over their
 /// baseline: regular customers (low dispersion) show a drop sooner, erratic ones later.
-/// 1 (Poisson) until there is enough history; clamped to 0.5..=4 so that a short history
-/// never makes a drop look certain.
+/// Estimated from a dozen buckets it is itself noisy, so it is shrunk toward 1 (Poisson)
+/// as if [`DISPERSION_PRIOR_BUCKETS`] more buckets had been Poisson, and clamped to
+/// 0.25..=4: 1 until there is enough history, about 0.3 for a metronome.
 pub(crate) fn dispersion(
     w: &WindowView,
     count: impl Fn(&crate::engine::window::Bucket) -> u16,
 ) -> f64 {
+    let buckets = w.baseline_buckets().min(RING) as f64;
     w.baseline_moments(MIN_DISPERSION_BUCKETS, |b| f64::from(count(b)))
-        .map_or(1.0, |(m, v)| (v / m).clamp(0.5, 4.0))
+        .map_or(1.0, |(m, v)| {
+            let dof = (buckets - 1.0).max(1.0);
+            ((v / m) * dof + DISPERSION_PRIOR_BUCKETS) / (dof + DISPERSION_PRIOR_BUCKETS)
+        })
+        .clamp(0.25, 4.0)
 }
+
+/// How many Poisson buckets the dispersion estimate is shrunk with.
+pub(crate) const DISPERSION_PRIOR_BUCKETS: f64 = 3.0;
 
 /// Evaluates every signal; disabled ones read [`Reading::NONE`].
 pub fn evaluate_all(input: &Input<'_>, cfg: &SignalsConfig) -> [Reading; 7] {
@@ -373,7 +382,9 @@ mod tests {
             );
         }
         let v = view(&regular, 112.0);
-        assert_eq!(dispersion(&v, |b| b.orders), 0.5);
+        // no scatter at all, over 12 buckets, shrunk with 3 Poisson ones: 3 / 14
+        // (clamped to 0.25)
+        assert_eq!(dispersion(&v, |b| b.orders), 0.25);
         let v = view(&erratic, 112.0);
         assert!(dispersion(&v, |b| b.orders) > 2.0);
     }

@@ -1,7 +1,11 @@
 //! `no_second_purchase`: a new customer has not placed a second order within the time in
-//! which most customers do. That time is learned from the engine's own customers (a
-//! quantile of first-to-second-order gaps) once enough have made a second order, else
-//! the configured `expected_days`.
+//! which most customers do, and has gone quiet. That time is learned from the engine's
+//! own customers (a quantile of first-to-second-order gaps) once enough have made a
+//! second order, else the configured `expected_days`; never shorter than the
+//! population's typical gap between orders (a store of quarterly buyers does not expect
+//! a second order within six weeks). A new customer who still engages is ramping up,
+//! not lost: the silence is counted from the later of the first order and the last
+//! engagement.
 
 use super::{num, severity, Input, Reading};
 use crate::config::NoSecondPurchaseConfig;
@@ -14,15 +18,21 @@ pub fn evaluate(input: &Input<'_>, cfg: &NoSecondPurchaseConfig) -> Reading {
     {
         return Reading::NONE;
     }
-    let expected = input.population.second_order_days.max(1.0);
+    let expected = input
+        .population
+        .second_order_days
+        .max(input.population.cadence_days)
+        .max(1.0);
+    let quiet_since = c.first_order.max(c.last_engagement);
     let age = input.now.days_since(c.first_order).max(0.0);
-    let due = c.first_order.plus_days(expected);
+    let quiet = input.now.days_since(quiet_since).max(0.0);
+    let due = quiet_since.plus_days(expected);
     Reading {
-        severity: severity(age / expected),
+        severity: severity(quiet / expected),
         observed: age,
         baseline: expected,
         threshold: expected,
-        window_days: age,
+        window_days: quiet,
         extra: 0.0,
         detail: 0,
         due: (due > input.now).then_some(due),
@@ -31,8 +41,13 @@ pub fn evaluate(input: &Input<'_>, cfg: &NoSecondPurchaseConfig) -> Reading {
 
 /// One sentence.
 pub fn explain(r: &Reading) -> String {
+    let quiet = if r.window_days + 0.05 < r.observed {
+        format!(", and has not engaged for {} days", num(r.window_days))
+    } else {
+        String::new()
+    };
     format!(
-        "First ordered {} days ago and has not ordered again; most customers order a second time within {} days.",
+        "First ordered {} days ago and has not ordered again{quiet}; most customers order a second time within {} days.",
         num(r.observed),
         num(r.baseline)
     )
@@ -67,6 +82,38 @@ mod tests {
         assert_eq!(evaluate(&i, &Default::default()), Reading::NONE);
         i.population.observed_since = day(-60.0);
         assert!(evaluate(&i, &Default::default()).severity >= 0.5);
+    }
+
+    #[test]
+    fn a_new_customer_who_still_engages_is_not_lost() {
+        let mut c = customer();
+        c.record_order(day(10.0));
+        c.last_engagement = day(50.0);
+        let v = view(&c, 60.0);
+        let r = evaluate(&input(&c, &v, 60.0), &Default::default());
+        assert!(r.severity < 0.1, "{r:?}");
+        assert_eq!(r.due, Some(day(95.0)));
+        let v = view(&c, 96.0);
+        let r = evaluate(&input(&c, &v, 96.0), &Default::default());
+        assert!(r.severity >= 0.5, "{r:?}");
+        assert!(
+            explain(&r)
+                .contains("86 days ago and has not ordered again, and has not engaged for 46 days"),
+            "{}",
+            explain(&r)
+        );
+    }
+
+    #[test]
+    fn a_store_of_slow_buyers_waits_longer() {
+        let mut c = customer();
+        c.record_order(day(10.0));
+        let v = view(&c, 60.0);
+        let mut i = input(&c, &v, 60.0);
+        i.population.cadence_days = 90.0;
+        let r = evaluate(&i, &Default::default());
+        assert_eq!(r.threshold, 90.0);
+        assert!(r.severity < 0.3, "{r:?}");
     }
 
     #[test]

@@ -78,3 +78,28 @@ fn the_score_ranks_who_orders_again_better_than_recency_and_no_worse_than_p_aliv
         );
     }
 }
+
+mod drops;
+mod stationary;
+mod world;
+
+/// The configuration under test: the default, or for measuring trade-offs, with
+/// `TRUST_SET="consumption_drop.significance=3"` style overrides.
+pub fn config() -> Config {
+    let mut cfg = Config::default();
+    if let Ok(set) = std::env::var("TRUST_SET") {
+        for kv in set.split(',') {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v: f64 = v.parse().unwrap();
+            let s = &mut cfg.signals;
+            match k {
+                "consumption_drop.significance" => s.consumption_drop.significance = v,
+                "consumption_drop.min_drop" => s.consumption_drop.min_drop = v,
+                "engagement_decline.significance" => s.engagement_decline.significance = v,
+                "support_tension.significance" => s.support_tension.significance = v,
+                other => panic!("TRUST_SET: unknown {other}"),
+            }
+        }
+    }
+    cfg
+}

@@ -1,0 +1,151 @@
+//! Drops caught early: customers who order at least every two weeks, whose order value
+//! or order count falls by half (and stays there), through `replay` with the default
+//! configuration, at the false-alert bar of the stationary matrix.
+//!
+//! The target of issue 15 is a median of at most 28 days and a 90th percentile of at
+//! most 45 over all of them; it is not met yet, and this test prints every cell's
+//! figures. What it holds: halved baskets of customers who order at least weekly are
+//! alerted within 28 days at the median, and no more than 1% of these customers are
+//! alerted before their change. A halved order count is not told from chance within
+//! the windows (four weeks against twelve) at this false-alert rate: that is the gap.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+
+use churnsignal::time::{Timestamp, DAY_MS};
+
+use super::world::{Change, Habit, Rand, World, START};
+
+const DAYS: u32 = 560;
+/// Mean days between orders: three a week to every two weeks.
+const ORDER_GAPS: [f64; 4] = [7.0 / 3.0, 3.5, 7.0, 14.0];
+
+/// Which half is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Drop {
+    Value,
+    Count,
+}
+
+fn population(per_cell: usize, seed: u64) -> Vec<(String, Habit, Drop)> {
+    let mut rand = Rand::new(seed);
+    let mut out = Vec::new();
+    for (g, gap) in ORDER_GAPS.iter().enumerate() {
+        for drop in [Drop::Value, Drop::Count] {
+            for i in 0..per_cell {
+                let day = 200 + (rand.f() * 300.0) as u32;
+                let (gap_factor, basket_factor) = match drop {
+                    Drop::Value => (1.0, 0.5),
+                    Drop::Count => (2.0, 1.0),
+                };
+                out.push((
+                    format!("d{g}{}-{i}", drop as u8),
+                    Habit {
+                        order_gap_days: *gap,
+                        gap_shape: 4,
+                        basket: 50.0 * 100f64.powf(rand.f()),
+                        engagement_per_day: [0.0, 1.0][i % 2],
+                        tickets_per_day: [0.0, 1.0 / 30.0][(i / 2) % 2],
+                        start_day: (rand.f() * 100.0) as u32,
+                        change: Some(Change {
+                            day,
+                            gap_factor,
+                            basket_factor,
+                        }),
+                    },
+                    drop,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[test]
+fn halved_baskets_of_weekly_buyers_are_alerted_within_four_weeks_at_the_median() {
+    let people = population(40, 11);
+    let change: BTreeMap<String, (u32, f64, Drop)> = people
+        .iter()
+        .map(|(id, h, d)| (id.clone(), (h.change.unwrap().day, h.order_gap_days, *d)))
+        .collect();
+    let world = World::new(
+        people.into_iter().map(|(id, h, _)| (id, h)).collect(),
+        DAYS,
+        13,
+    );
+    let mut alerts = Vec::new();
+    churnsignal::replay::run(
+        BufReader::with_capacity(1 << 16, world),
+        &super::config(),
+        &churnsignal::replay::Options::default(),
+        &mut alerts,
+        None,
+    )
+    .unwrap();
+    // first alert after the change, and alerts before it
+    let mut first: BTreeMap<String, f64> = BTreeMap::new();
+    let mut early: Vec<String> = Vec::new();
+    for line in alerts.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let a: serde_json::Value = serde_json::from_slice(line).unwrap();
+        if a["status"] != "open" {
+            continue;
+        }
+        let id = a["customer_id"].as_str().unwrap().to_owned();
+        let at = Timestamp::parse_rfc3339(a["as_of"].as_str().unwrap()).unwrap();
+        let day = (at.0 - START.0) as f64 / DAY_MS as f64;
+        let changed = f64::from(change[&id].0);
+        if day < changed {
+            early.push(format!(
+                "{id} day {day:.0}: {}",
+                a["signals"][0]["explanation"]
+            ));
+        } else {
+            first.entry(id).or_insert(day - changed);
+        }
+    }
+    let delays = |pick: &dyn Fn(f64, Drop) -> bool| {
+        let mut d: Vec<f64> = change
+            .iter()
+            .filter(|(_, (_, gap, drop))| pick(*gap, *drop))
+            .map(|(id, _)| first.get(id).copied().unwrap_or(f64::INFINITY))
+            .collect();
+        d.sort_by(f64::total_cmp);
+        d
+    };
+    for gap in ORDER_GAPS {
+        for drop in [Drop::Value, Drop::Count] {
+            let d = delays(&|g, k| g == gap && k == drop);
+            eprintln!(
+                "drops: orders every {gap:.1} d, {drop:?} halves: median {:.1} d, p90 {:.1} d",
+                quantile(&d, 0.5),
+                quantile(&d, 0.9)
+            );
+        }
+    }
+    let all = delays(&|_, _| true);
+    let (median, p90) = (quantile(&all, 0.5), quantile(&all, 0.9));
+    eprintln!(
+        "drops: all {} customers: median {median:.1} d, p90 {p90:.1} d; {} alerted before the change",
+        all.len(),
+        early.len()
+    );
+    for e in early.iter().take(5) {
+        eprintln!("  early: {e}");
+    }
+    let baskets = delays(&|g, k| g <= 7.0 && k == Drop::Value);
+    let basket_median = quantile(&baskets, 0.5);
+    assert!(
+        basket_median <= 28.0,
+        "halved baskets of weekly or more frequent buyers: median {basket_median:.1} days"
+    );
+    assert!(
+        early.len() as f64 <= 0.01 * all.len() as f64,
+        "{} of {} alerted before their change",
+        early.len(),
+        all.len()
+    );
+}
