@@ -89,8 +89,10 @@ fn without_the_population_baseline_the_same_shutdown_would_alert_on_everyone() {
     let mut cfg = Config::default();
     cfg.population.enabled = false;
     let s = holiday_shutdown(cfg);
+    // (a third of them: since issue 15 a drop must be significant at 3.5 standard
+    // deviations, and a fortnight's shutdown is that for the more regular ones)
     assert!(
-        customers_alerted(&s).len() >= 30,
+        customers_alerted(&s).len() >= 15,
         "{:?}",
         customers_alerted(&s)
     );

@@ -330,7 +330,7 @@ impl Default for ConsumptionDropConfig {
             enabled: true,
             weight: 0.4,
             min_drop: 0.4,
-            significance: 3.0,
+            significance: 3.5,
             min_baseline_days: 28.0,
         }
     }

@@ -258,8 +258,8 @@ mod tests {
 
     #[test]
     fn an_erratic_buyer_slowing_down_shows_over_the_longer_horizon() {
-        // 16, 0, 24, 8, ... orders a week (erratic) for 8 weeks, then one order in 8 weeks
-        let pattern = [16u32, 0, 24, 8, 16, 0, 24, 8];
+        // 20, 0, 28, 12, ... orders a week (erratic) for 8 weeks, then one order in 8 weeks
+        let pattern = [20u32, 0, 28, 12, 20, 0, 28, 12];
         let mut c = customer();
         for (w, n) in pattern.iter().enumerate() {
             for k in 0..*n {
@@ -289,29 +289,34 @@ mod tests {
     }
 
     #[test]
-    fn a_regular_weekly_buyer_who_stops_fires_within_four_weeks() {
-        // four empty weeks against four expected orders: nothing for a buyer at random
-        // (one month in fifty looks like that), a clear drop for one who never missed
+    fn a_regular_weekly_buyer_who_stops_is_alerted_within_six_weeks() {
+        // four empty weeks against four expected orders are not a significant drop in
+        // count alone (3.5 standard deviations); the silence, for a buyer who never
+        // missed a week, is: inactivity fires within six weeks
         let mut c = customer();
         for w in 0..12 {
-            add(&mut c, f64::from(w) * 7.0 + 0.1, order(100.0));
+            let d = f64::from(w) * 7.0 + 0.1;
+            add(&mut c, d, order(100.0));
+            c.record_order(day(d));
         }
-        let now = 16.0 * 7.0 - 0.5;
+        let now = 77.1 + 42.0;
         let v = view(&c, now);
-        let r = evaluate(&input(&c, &v, now), &Default::default());
-        assert!(r.severity >= 0.5, "{r:?}");
+        let drop = evaluate(&input(&c, &v, now), &Default::default());
+        assert!(drop.severity < 0.5, "{drop:?}");
+        let silence =
+            crate::signals::inactivity::evaluate(&input(&c, &v, now), &Default::default());
+        assert!(silence.severity >= 0.5, "{silence:?}");
+        // a buyer at random with the same number of orders is not silent yet
         let mut random = customer();
         for (w, n) in [2u32, 0, 1, 1, 0, 2, 1, 0, 1, 2, 1, 1].iter().enumerate() {
             for k in 0..*n {
-                add(
-                    &mut random,
-                    w as f64 * 7.0 + f64::from(k) + 0.1,
-                    order(100.0),
-                );
+                let d = w as f64 * 7.0 + f64::from(k) + 0.1;
+                add(&mut random, d, order(100.0));
+                random.record_order(day(d));
             }
         }
         let v = view(&random, now);
-        let r = evaluate(&input(&random, &v, now), &Default::default());
+        let r = crate::signals::inactivity::evaluate(&input(&random, &v, now), &Default::default());
         assert!(r.severity < 0.5, "{r:?}");
     }
 

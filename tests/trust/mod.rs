@@ -80,6 +80,7 @@ fn the_score_ranks_who_orders_again_better_than_recency_and_no_worse_than_p_aliv
 }
 
 mod drops;
+mod evaluate_cmd;
 mod stationary;
 mod world;
 
