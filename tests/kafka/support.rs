@@ -841,7 +841,8 @@ fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
 pub fn assert_live_equals_replay(cfg: &Config, partitions: i32, total: usize) -> usize {
     let want = replay_by_partition(cfg, partitions, total);
     let (want, _) = by_key(&want);
-    assert!(want.len() > 100, "the history has alerts to compare");
+    // (the generated histories give 88 to 150 alerts with the defaults since issue 15)
+    assert!(want.len() > 50, "the history has alerts to compare");
     let got = read_all(&cfg.kafka.brokers, &cfg.kafka.topics.alerts, true);
     let (live, dups) = by_key(&got);
     let only_live: Vec<_> = live.keys().filter(|k| !want.contains_key(*k)).collect();
