@@ -335,12 +335,7 @@ fn run(cli: Cli) -> Result<()> {
             as_of,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let as_of = match as_of {
-                Some(s) => Some(Timestamp::parse_rfc3339(&s).with_context(|| {
-                    format!("--as-of {s:?} is not an RFC 3339 timestamp with offset (e.g. 2026-03-01T00:00:00Z)")
-                })?),
-                None => None,
-            };
+            let as_of = parse_as_of(as_of.as_deref())?;
             let reader: Box<dyn BufRead> = if input == "-" {
                 Box::new(BufReader::new(io::stdin().lock()))
             } else {
@@ -381,12 +376,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let as_of = match as_of {
-                Some(s) => Some(Timestamp::parse_rfc3339(&s).with_context(|| {
-                    format!("--as-of {s:?} is not an RFC 3339 timestamp with offset (e.g. 2026-03-01T00:00:00Z)")
-                })?),
-                None => None,
-            };
+            let as_of = parse_as_of(as_of.as_deref())?;
             if horizon_days.is_nan()
                 || horizon_days <= 0.0
                 || windows.iter().any(|w| w.is_nan() || *w <= 0.0)
@@ -571,4 +561,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `--as-of` option of `replay` and `evaluate`.
+fn parse_as_of(as_of: Option<&str>) -> Result<Option<Timestamp>> {
+    as_of
+        .map(|s| {
+            Timestamp::parse_rfc3339(s).with_context(|| {
+                format!("--as-of {s:?} is not an RFC 3339 timestamp with offset (e.g. 2026-03-01T00:00:00Z)")
+            })
+        })
+        .transpose()
 }

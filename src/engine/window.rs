@@ -525,12 +525,17 @@ impl WindowView {
         WindowView::from_series(self.series, self.lived, layout, self.first_seen)
     }
 
+    /// Ages (indexes into `series`) of the baseline buckets the customer lived in.
+    fn baseline_ages(&self) -> std::ops::Range<usize> {
+        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
+        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
+        from..to.max(from)
+    }
+
     /// Buckets of the baseline the customer lived in (what [`Self::baseline_moments`]
     /// averages over).
     pub fn baseline_buckets(&self) -> usize {
-        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
-        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
-        to.saturating_sub(from)
+        self.baseline_ages().len()
     }
 
     /// Mean and variance of `of` over the baseline buckets the customer existed in;
@@ -540,18 +545,28 @@ impl WindowView {
         min_buckets: usize,
         of: impl Fn(&Bucket) -> f64,
     ) -> Option<(f64, f64)> {
-        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
-        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
-        if to < from + min_buckets {
+        self.moments(self.baseline_ages(), min_buckets, of)
+    }
+
+    /// Mean and variance of `of` over the buckets of the given ages (clipped to those the
+    /// customer lived in); `None` with fewer than `min_buckets` of them or a zero mean.
+    pub fn moments(
+        &self,
+        ages: std::ops::Range<usize>,
+        min_buckets: usize,
+        of: impl Fn(&Bucket) -> f64,
+    ) -> Option<(f64, f64)> {
+        let buckets = &self.series[ages.start.min(self.lived)..ages.end.min(self.lived)];
+        if buckets.len() < min_buckets.max(2) {
             return None;
         }
         let (mut sum, mut sum_sq) = (0.0, 0.0);
-        for b in &self.series[from..to] {
+        for b in buckets {
             let v = of(b);
             sum += v;
             sum_sq += v * v;
         }
-        let n = (to - from) as f64;
+        let n = buckets.len() as f64;
         let mean = sum / n;
         (mean > 0.0).then(|| (mean, ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0)))
     }
@@ -562,15 +577,14 @@ impl WindowView {
     /// deviations of the bucket means estimate the variance of one order. `None`
     /// without orders in the baseline.
     pub fn baseline_basket(&self) -> Option<(f64, f64, usize)> {
-        let from = (self.layout.current - self.layout.recent_from + 1) as usize;
-        let to = ((self.layout.current - self.layout.baseline_from + 1) as usize).min(self.lived);
+        let ages = self.baseline_ages();
         let (orders, value) = (f64::from(self.baseline.orders), self.baseline.value);
-        if orders == 0.0 || value <= 0.0 || to <= from {
+        if orders == 0.0 || value <= 0.0 || ages.is_empty() {
             return None;
         }
         let mean = value / orders;
         let (mut dev, mut buckets) = (0.0, 0usize);
-        for b in self.series[from..to].iter().filter(|b| b.orders > 0) {
+        for b in self.series[ages].iter().filter(|b| b.orders > 0) {
             let k = f64::from(b.orders);
             let m = f64::from(b.value) / k;
             dev += k * (m - mean) * (m - mean);

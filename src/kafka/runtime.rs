@@ -898,6 +898,17 @@ impl Shared {
     }
 }
 
+/// A partition's end as the consumer reads it (`read_committed`): the last stable
+/// offset, else the high watermark; `None` while unknown.
+fn end_of(ps: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if ps.ls_offset >= 0 {
+        ps.ls_offset
+    } else {
+        ps.hi_offset
+    };
+    (end >= 0).then_some(end)
+}
+
 /// An input topic-partition's end as librdkafka's statistics show it (the last stable
 /// offset: the consumer reads `read_committed`), and whether it is caught up: its fetch
 /// position has reached the end (past transaction markers too, which a consumed
@@ -908,14 +919,7 @@ impl Shared {
 /// the aborted messages): its partition waits for its next message. `None` while the
 /// end is unknown.
 fn position_of(ps: &rdkafka::statistics::Partition, settled: bool) -> Option<Position> {
-    let end = if ps.ls_offset >= 0 {
-        ps.ls_offset
-    } else {
-        ps.hi_offset
-    };
-    if end < 0 {
-        return None;
-    }
+    let end = end_of(ps)?;
     // The fetch position is refreshed only with each fetch response: after a pause
     // (which drops what was prefetched) it goes on showing what had been fetched, and the
     // dropped messages come again later. It is trusted only when the consumer has also
@@ -938,14 +942,7 @@ fn position_of(ps: &rdkafka::statistics::Partition, settled: bool) -> Option<Pos
 /// since assignment, the committed offset fetched at assignment is the position.
 /// `None` while the end or the position is unknown.
 fn partition_lag(ps: &rdkafka::statistics::Partition) -> Option<i64> {
-    let end = if ps.ls_offset >= 0 {
-        ps.ls_offset
-    } else {
-        ps.hi_offset
-    };
-    if end < 0 {
-        return None;
-    }
+    let end = end_of(ps)?;
     Some((end - consumed_position(ps)?).max(0))
 }
 

@@ -72,21 +72,10 @@ fn engagement_silence_days(events: u32, span: f64) -> f64 {
 fn gap_shape(w: &WindowView, last_order: Timestamp) -> f64 {
     let age = i64::from(w.layout.current) - i64::from(bucket_of(last_order, w.layout.width_ms));
     let from = age.clamp(0, w.lived as i64) as usize;
-    let active = &w.series[from..w.lived];
-    if active.len() < super::MIN_DISPERSION_BUCKETS {
-        return 1.0;
-    }
-    let n = active.len() as f64;
-    let mean = active.iter().map(|b| f64::from(b.orders)).sum::<f64>() / n;
-    let var = active
-        .iter()
-        .map(|b| (f64::from(b.orders) - mean).powi(2))
-        .sum::<f64>()
-        / (n - 1.0);
-    if mean <= 0.0 {
-        return 1.0;
-    }
-    (mean / var.max(1e-9)).clamp(1.0, 4.0)
+    w.moments(from..w.lived, super::MIN_DISPERSION_BUCKETS, |b| {
+        f64::from(b.orders)
+    })
+    .map_or(1.0, |(m, v)| (m / v.max(1e-9)).clamp(1.0, 4.0))
 }
 
 /// The customer's usual gap between orders, days, if they have ordered twice.

@@ -10,7 +10,6 @@
 //! the windows (four weeks against twelve) at this false-alert rate: that is the gap.
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
 
 use churnsignal::time::{Timestamp, DAY_MS};
 
@@ -77,20 +76,11 @@ fn halved_baskets_of_weekly_buyers_are_alerted_within_four_weeks_at_the_median()
         DAYS,
         13,
     );
-    let mut alerts = Vec::new();
-    churnsignal::replay::run(
-        BufReader::with_capacity(1 << 16, world),
-        &super::config(),
-        &churnsignal::replay::Options::default(),
-        &mut alerts,
-        None,
-    )
-    .unwrap();
+    let (_, alerts) = super::replay_world(world);
     // first alert after the change, and alerts before it
     let mut first: BTreeMap<String, f64> = BTreeMap::new();
     let mut early: Vec<String> = Vec::new();
-    for line in alerts.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let a: serde_json::Value = serde_json::from_slice(line).unwrap();
+    for a in &alerts {
         if a["status"] != "open" {
             continue;
         }

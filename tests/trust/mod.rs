@@ -104,3 +104,23 @@ pub fn config() -> Config {
     }
     cfg
 }
+
+/// Replays a generated world through `replay` with [`config`]: the report and every
+/// alert, parsed.
+pub fn replay_world(world: world::World) -> (churnsignal::replay::Report, Vec<serde_json::Value>) {
+    let mut out = Vec::new();
+    let report = churnsignal::replay::run(
+        std::io::BufReader::with_capacity(1 << 16, world),
+        &config(),
+        &churnsignal::replay::Options::default(),
+        &mut out,
+        None,
+    )
+    .unwrap();
+    let alerts = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    (report, alerts)
+}

@@ -4,7 +4,6 @@
 //! per year, but for the cells in [`KNOWN_GAPS`] (issue 15 stays open for them).
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
 
 use super::world::{Habit, Rand, World};
 
@@ -82,15 +81,7 @@ fn stationary_customers_of_every_kind_are_alerted_at_most_2_percent_a_year() {
         .map(|(id, h)| (id.clone(), h.start_day))
         .collect();
     let world = World::new(habits, DAYS, 7);
-    let mut alerts = Vec::new();
-    let report = churnsignal::replay::run(
-        BufReader::with_capacity(1 << 16, world),
-        &super::config(),
-        &churnsignal::replay::Options::default(),
-        &mut alerts,
-        None,
-    )
-    .unwrap();
+    let (report, alerts) = super::replay_world(world);
     // Per cell: customers, customer-years, alerted customers, and their first signals.
     let mut by_cell: BTreeMap<Cell, (usize, f64, usize, BTreeMap<String, usize>)> = BTreeMap::new();
     for (id, cell) in &cells {
@@ -99,8 +90,7 @@ fn stationary_customers_of_every_kind_are_alerted_at_most_2_percent_a_year() {
         e.1 += f64::from(DAYS - start[id]) / 365.25;
     }
     let mut alerted: BTreeMap<String, String> = BTreeMap::new();
-    for line in alerts.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let a: serde_json::Value = serde_json::from_slice(line).unwrap();
+    for a in &alerts {
         if a["status"] == "open" && a["sequence"] == 1 {
             let id = a["customer_id"].as_str().unwrap().to_owned();
             let signals: Vec<&str> = a["signals"]
@@ -114,8 +104,7 @@ fn stationary_customers_of_every_kind_are_alerted_at_most_2_percent_a_year() {
     }
     if std::env::var("TRUST_DETAIL").is_ok() {
         let mut shown: BTreeMap<String, usize> = BTreeMap::new();
-        for line in alerts.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let a: serde_json::Value = serde_json::from_slice(line).unwrap();
+        for a in &alerts {
             if a["status"] != "open" || a["sequence"] != 1 {
                 continue;
             }
