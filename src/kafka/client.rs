@@ -14,7 +14,17 @@ use crate::config::{is_secret, Config, GroupProtocol, KafkaConfig};
 /// local queue is above `queued.min.messages`. Its default, 1000 ms, starves a consumer
 /// that hands messages to worker threads instead of dropping them: measured with
 /// `bench kafka`, 170k events/s at 1000 ms, 670-810k/s at 20 ms, same machine and data.
-pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20")];
+///
+/// `topic.metadata.propagation.max.ms`: how long librdkafka keeps treating a topic the
+/// brokers no longer know as existing, counted from when it learnt the topic's state
+/// (30 s by default, meant for topics just created). The inputs exist when the service
+/// starts (it checks), so the grace only delays noticing that an input topic was
+/// deleted, and until then its backlog holds the others' stream time back (measured on
+/// the real broker: 26 s of standstill for a topic deleted soon after the start).
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("fetch.queue.backoff.ms", "20"),
+    ("topic.metadata.propagation.max.ms", "1000"),
+];
 
 /// Transactional producer defaults that differ from librdkafka's (a user's properties
 /// override them).

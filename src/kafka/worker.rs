@@ -565,6 +565,7 @@ impl Worker {
             }
             Work::Positions(list) => {
                 let mut touched: Vec<i32> = Vec::new();
+                let mut went: Vec<i32> = Vec::new();
                 for r in list {
                     let Some(pe) = self.engines.get_mut(&r.partition) else {
                         continue;
@@ -592,10 +593,15 @@ impl Worker {
                             );
                             i.gone = true;
                             pe.sync.set_present(r.topic, false);
+                            went.push(r.partition);
                         }
                         None => {}
                     }
                     touched.push(r.partition);
+                }
+                went.dedup();
+                for p in went {
+                    self.give_up_commit_of_gone_input(p);
                 }
                 touched.sort_unstable();
                 touched.dedup();
@@ -1420,6 +1426,29 @@ impl Worker {
             .map_err(|e| TxnFailure::Fatal(format!("checkpoint thread: {e}")))?;
         pe.committing = Some((Instant::now(), handle));
         Ok(())
+    }
+
+    /// An input of partition `p` went from the brokers' metadata: a commit under way
+    /// most likely carries its offset, which the broker refuses as retriable until the
+    /// call times out (30 s, the partition standing still). It is given up at once: a
+    /// new producer fences the old one's transaction, and the partition rewinds to its
+    /// last committed checkpoint without the gone input.
+    fn give_up_commit_of_gone_input(&mut self, p: i32) {
+        let Some(pe) = self.engines.get_mut(&p) else {
+            return;
+        };
+        match &pe.committing {
+            Some((_, h)) if !h.is_finished() => {
+                // The thread finishes on its own once its producer is fenced.
+                drop(pe.committing.take());
+                tracing::warn!(
+                    partition = p,
+                    "a commit under way carries the offset of a gone input: given up, the partition rewinds"
+                );
+                self.rewind_with(p, true);
+            }
+            _ => {}
+        }
     }
 
     /// After an abortable error: the transaction is aborted, the state restored from
