@@ -37,27 +37,53 @@ fn basket_z(w: &WindowView) -> Option<f64> {
     Some((mean - recent_mean) / se)
 }
 
-/// Evaluates the signal.
+/// Evaluates the signal over several splits of the ring; the strongest reading counts.
+///
+/// - The configured recent window against the baseline.
+/// - Shorter recent windows (from two buckets up) against a baseline as long: a change
+///   some days ago shows in them undiluted by the weeks before it, so a frequent
+///   buyer's halved baskets are told within days of the change rather than only once
+///   the whole window lies after it. They need the same significance, so few orders
+///   never make a drop look certain.
+/// - A longer horizon (twice the recent window against as much baseline as the ring
+///   still holds): sparse buyers get enough expected orders for a slowdown to become
+///   significant.
 pub fn evaluate(input: &Input<'_>, cfg: &ConsumptionDropConfig) -> Reading {
-    let short = over(input.window, input, cfg, 0.0);
-    // A second, longer horizon (twice the recent window against as much baseline as the
-    // ring still holds) gives sparse buyers enough expected orders for a slowdown to
-    // become significant; the stronger reading counts.
-    let l = &input.window.layout;
-    let recent = ((l.current - l.recent_from + 1) * 2).min(RING as i32 / 2);
-    if recent <= l.current - l.recent_from + 1 {
-        return short;
+    let w = input.window;
+    let l = &w.layout;
+    let configured = l.current - l.recent_from + 1;
+    let baseline = (l.recent_from - l.baseline_from) as u32;
+    let mut best = over(w, input, cfg, 0.0);
+    for recent in SHORTEST_RECENT_BUCKETS..configured {
+        let view = w.resplit(recent as u32, baseline);
+        if view.recent.orders < SHORT_WINDOW_MIN_ORDERS {
+            continue;
+        }
+        let r = over(&view, input, cfg, best.severity);
+        if r.severity > best.severity {
+            best = r;
+        }
     }
-    let long_view = input
-        .window
-        .resplit(recent as u32, RING as u32 - recent as u32);
-    let long = over(&long_view, input, cfg, short.severity);
-    if long.severity > short.severity {
+    let recent = (configured * 2).min(RING as i32 / 2);
+    if recent <= configured {
+        return best;
+    }
+    let long_view = w.resplit(recent as u32, RING as u32 - recent as u32);
+    let long = over(&long_view, input, cfg, best.severity);
+    if long.severity > best.severity {
         long
     } else {
-        short
+        best
     }
 }
+
+/// A shorter window speaks only with this many orders in it: a mean of fewer baskets is
+/// at the mercy of one unusually small one.
+const SHORT_WINDOW_MIN_ORDERS: u32 = 4;
+
+/// The shortest recent window looked at, in buckets (the current bucket, partly
+/// elapsed, and the one before it).
+const SHORTEST_RECENT_BUCKETS: i32 = 2;
 
 /// The reading over one split of the windows; [`Reading::NONE`] when it cannot beat
 /// `to_beat` (a severity), which saves the variance computations.
@@ -239,6 +265,37 @@ mod tests {
         let r = evaluate(&input(&c, &v, 16.0 * 7.0 - 0.1), &Default::default());
         assert_eq!(r.detail, BY_VALUE);
         assert!(r.severity >= 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn halved_baskets_of_a_frequent_buyer_show_in_a_short_window_within_two_weeks() {
+        // three orders a week at 100 for twelve weeks (baskets spread 80..120), then at
+        // 50 for ten days: the four-week window still holds mostly full baskets (a
+        // drop below min_drop), the two-bucket window only halved ones
+        let mut c = customer();
+        let spread = [80.0, 100.0, 120.0, 90.0, 110.0];
+        let mut t = 0.1;
+        let mut k = 0;
+        while t < 84.0 {
+            add(&mut c, t, order(spread[k % 5]));
+            k += 1;
+            t += 7.0 / 3.0;
+        }
+        let now = t + 10.0;
+        while t < now {
+            add(&mut c, t, order(spread[k % 5] / 2.0));
+            k += 1;
+            t += 7.0 / 3.0;
+        }
+        let v = view(&c, now);
+        let r = evaluate(&input(&c, &v, now), &Default::default());
+        assert_eq!(r.detail, BY_VALUE, "{r:?}");
+        assert!(r.severity >= 0.5, "{r:?}");
+        assert!(r.window_days < 14.0, "a short window fired: {r:?}");
+        assert!(
+            over(&v, &input(&c, &v, now), &Default::default(), 0.0).severity < 0.5,
+            "the configured four-week window alone is not enough yet"
+        );
     }
 
     #[test]
