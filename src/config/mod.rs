@@ -499,7 +499,7 @@ impl Default for NoSecondPurchaseConfig {
             weight: 0.5,
             expected_days: 45.0,
             learn_from_population: true,
-            quantile: 0.99,
+            quantile: 0.995,
             min_samples: 30,
             warmup_days: 60.0,
         }
@@ -797,7 +797,7 @@ impl Config {
             "signals.no_second_purchase.quantile",
             g.no_second_purchase.quantile,
             0.05,
-            0.99,
+            0.999,
         )?;
         check_range(
             "signals.no_second_purchase.warmup_days",

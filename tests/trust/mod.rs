@@ -98,6 +98,7 @@ pub fn config() -> Config {
                 "consumption_drop.min_drop" => s.consumption_drop.min_drop = v,
                 "engagement_decline.significance" => s.engagement_decline.significance = v,
                 "support_tension.significance" => s.support_tension.significance = v,
+                "no_second_purchase.quantile" => s.no_second_purchase.quantile = v,
                 other => panic!("TRUST_SET: unknown {other}"),
             }
         }
