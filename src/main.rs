@@ -301,8 +301,7 @@ fn run(cli: Cli) -> Result<()> {
                     File::open(&input).with_context(|| format!("cannot open {input}"))?,
                 ))
             };
-            let p =
-                churnsignal::kafka::produce::produce(&cfg, reader).map_err(anyhow::Error::msg)?;
+            let p = churnsignal::kafka::produce::produce(&cfg, reader);
             for (line, why) in &p.first_invalid {
                 eprintln!("line {line}: {why}");
             }
@@ -316,6 +315,15 @@ fn run(cli: Cli) -> Result<()> {
                     .join(", "),
                 p.invalid
             );
+            if let Some(e) = p.error {
+                bail!("{e}");
+            }
+            if p.invalid > 0 {
+                bail!(
+                    "{} invalid lines were skipped (every valid one was delivered)",
+                    p.invalid
+                );
+            }
             Ok(())
         }
         Command::Probe { url } => {
@@ -364,6 +372,12 @@ fn run(cli: Cli) -> Result<()> {
                 snap_out.as_mut().map(|w| w as &mut dyn Write),
             )?;
             eprintln!("{}", report.render());
+            if report.lines > 0 && report.invalid == report.lines {
+                bail!(
+                    "not one of the {} lines of {input} is a valid event",
+                    report.lines
+                );
+            }
             Ok(())
         }
         Command::Evaluate {

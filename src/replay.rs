@@ -10,7 +10,8 @@ use std::io::{BufRead, Write};
 
 use crate::alert::Alert;
 use crate::config::Config;
-use crate::decode::{decode_json, Limits};
+use crate::decode::lines::{Line, Lines};
+use crate::decode::{decode_json, DecodeError, Limits, Reason};
 use crate::engine::Engine;
 use crate::time::Timestamp;
 
@@ -111,19 +112,17 @@ pub fn run(
     let mut pending = Vec::new();
     // Lines are decoded and applied in batches, as the live consumer applies a poll's
     // messages: the same engine path (`apply_batch`), in the same order.
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
-    let mut lines = input.split(b'\n').enumerate();
+    // A line is held only up to the size limit: a longer one is read past and rejected.
+    let mut batch: Vec<Line> = Vec::with_capacity(BATCH);
+    let mut lines = Lines::new(input, limits.max_event_bytes);
     loop {
         batch.clear();
-        for (line_index, line) in lines.by_ref() {
-            let mut line = line.map_err(ReplayError::Read)?;
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
+        for line in lines.by_ref() {
+            let line = line.map_err(ReplayError::Read)?;
+            if line.is_blank() {
                 continue;
             }
-            batch.push((line_index as u64 + 1, line));
+            batch.push(line);
             if batch.len() == BATCH {
                 break;
             }
@@ -133,8 +132,20 @@ pub fn run(
         }
         report.lines += batch.len() as u64;
         let mut events = Vec::with_capacity(batch.len());
-        for (line_no, line) in &batch {
-            match decode_json(line, &limits) {
+        for line in &batch {
+            let decoded = if line.oversized(limits.max_event_bytes) {
+                Err(DecodeError::new(
+                    Reason::Oversized,
+                    format!(
+                        "{} bytes, more than the limit of {}",
+                        line.len, limits.max_event_bytes
+                    ),
+                ))
+            } else {
+                decode_json(&line.bytes, &limits)
+            };
+            let line_no = &line.number;
+            match decoded {
                 Ok(e) if opts.as_of.is_some_and(|a| e.occurred_at > a) => report.after_as_of += 1,
                 Ok(e) => events.push(e),
                 Err(err) => {

@@ -145,6 +145,39 @@ fn invalid_lines_are_reported_with_line_numbers_and_skipped() {
 }
 
 #[test]
+fn lines_end_at_cr_too_an_oversized_line_is_never_held_and_a_file_without_events_fails() {
+    let dir = scratch("line-ends");
+    // CR-only line ends (old Mac files) are lines, not one long line; a 3 MB line is
+    // rejected as oversized (read past, not held: the limit is 64 KiB).
+    let input = dir.join("cr.jsonl");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(
+        br#"{"event_id":"e-1","customer_id":"acme","type":"engagement.nps","occurred_at":"2026-03-03T12:00:00Z","score":2}"#,
+    );
+    bytes.push(b'\r');
+    bytes.extend(std::iter::repeat_n(b'x', 3 << 20));
+    bytes.push(b'\r');
+    bytes.extend_from_slice(
+        br#"{"event_id":"e-2","customer_id":"acme","type":"engagement.login","occurred_at":"2026-03-04T12:00:00Z"}"#,
+    );
+    bytes.push(b'\r');
+    std::fs::write(&input, &bytes).unwrap();
+    let out = churnsignal(&["replay", "--input", input.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 events applied, 1 invalid"), "{stderr}");
+    assert!(stderr.contains("line 2: oversized"), "{stderr}");
+    // Not one valid line: the exit code says so.
+    let junk = dir.join("junk.jsonl");
+    std::fs::write(&junk, "not json\nnor this\n").unwrap();
+    let out = churnsignal(&["replay", "--input", junk.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not one of the 2 lines"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn as_of_replays_up_to_an_instant_and_snapshots_there() {
     let dir = scratch("asof");
     let input = dir.join("h.jsonl");

@@ -6,6 +6,7 @@
 //! as dead-letter headers and metric labels, so their codes never change.
 
 mod json;
+pub mod lines;
 mod protobuf;
 mod validate;
 pub mod wire;

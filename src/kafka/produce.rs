@@ -16,6 +16,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use crate::config::Config;
+use crate::decode::lines::Lines;
 use crate::decode::{decode_json, Limits};
 use crate::event::Family;
 
@@ -26,8 +27,13 @@ pub struct Produced {
     pub by_topic: BTreeMap<String, u64>,
     /// Lines that are not contract events (skipped).
     pub invalid: u64,
+    /// Lines read (the number of the last one).
+    pub lines_read: u64,
     /// The first few invalid lines: (line number, reason).
     pub first_invalid: Vec<(u64, String)>,
+    /// Why the run stopped early or failed, if it did: what is counted above was
+    /// delivered all the same (the producer is flushed before any error is returned).
+    pub error: Option<String>,
 }
 
 /// Counts the records the broker refused for good.
@@ -52,30 +58,57 @@ impl ProducerContext for Refusals {
     }
 }
 
-/// Produces every valid line of `input`; returns once all are acknowledged (an error
-/// if the broker refused any).
-pub fn produce(cfg: &Config, input: impl BufRead) -> Result<Produced, String> {
-    let producer: ThreadedProducer<Refusals> = crate::kafka::client::producer_config(&cfg.kafka)
-        .set("linger.ms", "20")
-        .create_with_context(Refusals::default())
-        .map_err(|e| format!("producer: {e}"))?;
+/// Produces every valid line of `input` and waits until all are acknowledged. An
+/// invalid line (not an event, not UTF-8, longer than `input.max_event_bytes`) is
+/// counted and skipped; a read error stops reading. Either way, everything queued before
+/// is delivered before this returns, and [`Produced::error`] says what went wrong.
+pub fn produce(cfg: &Config, input: impl BufRead) -> Produced {
+    let mut out = Produced::default();
+    let producer: ThreadedProducer<Refusals> =
+        match crate::kafka::client::producer_config(&cfg.kafka)
+            .set("linger.ms", "20")
+            .create_with_context(Refusals::default())
+        {
+            Ok(p) => p,
+            Err(e) => {
+                out.error = Some(format!("producer: {e}"));
+                return out;
+            }
+        };
     let t = &cfg.kafka.topics;
     let limits = Limits {
         max_event_bytes: cfg.input.max_event_bytes,
         ..Limits::default()
     };
-    let mut out = Produced::default();
-    for (i, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| format!("reading line {}: {e}", i + 1))?;
-        if line.trim().is_empty() {
+    for line in Lines::new(input, limits.max_event_bytes) {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                out.error = Some(format!(
+                    "reading stopped after line {}: {e}",
+                    out.lines_read
+                ));
+                break;
+            }
+        };
+        out.lines_read = line.number;
+        if line.is_blank() {
             continue;
         }
-        let event = match decode_json(line.as_bytes(), &limits) {
+        let decoded = if line.oversized(limits.max_event_bytes) {
+            Err(format!(
+                "oversized: {} bytes, more than the limit of {}",
+                line.len, limits.max_event_bytes
+            ))
+        } else {
+            decode_json(&line.bytes, &limits).map_err(|e| e.to_string())
+        };
+        let event = match decoded {
             Ok(e) => e,
-            Err(e) => {
+            Err(why) => {
                 out.invalid += 1;
                 if out.first_invalid.len() < 5 {
-                    out.first_invalid.push((i as u64 + 1, e.to_string()));
+                    out.first_invalid.push((line.number, why));
                 }
                 continue;
             }
@@ -91,11 +124,11 @@ pub fn produce(cfg: &Config, input: impl BufRead) -> Result<Produced, String> {
         });
         let mut rec = BaseRecord::to(topic)
             .key(event.customer_id.as_bytes())
-            .payload(line.as_bytes())
+            .payload(&line.bytes[..])
             .headers(headers);
-        loop {
+        let sent = loop {
             match producer.send(rec) {
-                Ok(()) => break,
+                Ok(()) => break Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -105,21 +138,25 @@ pub fn produce(cfg: &Config, input: impl BufRead) -> Result<Produced, String> {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) => return Err(format!("line {}: {e}", i + 1)),
+                Err((e, _)) => break Err(format!("line {}: {e}", line.number)),
             }
+        };
+        if let Err(e) = sent {
+            out.error = Some(e);
+            break;
         }
         *out.by_topic.entry(topic.clone()).or_default() += 1;
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| format!("flush: {e}"))?;
+    if let Err(e) = producer.flush(Duration::from_secs(120)) {
+        out.error.get_or_insert(format!("flush: {e}"));
+    }
     let refused = producer.context().count.load(Ordering::Relaxed);
     if refused > 0 {
         let first = producer.context().first.lock().ok().and_then(|f| f.clone());
-        return Err(format!(
+        out.error = Some(format!(
             "the broker refused {refused} events (first: {})",
             first.unwrap_or_default()
         ));
     }
-    Ok(out)
+    out
 }

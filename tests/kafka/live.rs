@@ -640,8 +640,19 @@ fn produce_loads_events_to_their_familys_topic_keyed_and_co_partitioned_by_custo
         out
     });
     let text = String::from_utf8(lines).unwrap();
-    let mut input = text.clone();
-    input.push_str("this is not an event\n");
+    // A line that is not UTF-8 in the middle (it once stopped `produce` and lost every
+    // line queued before it), one that is not an event at the end, CRLF ends between.
+    let valid: Vec<&str> = text.lines().collect();
+    let bad_at = valid.len().min(1000);
+    let mut input = Vec::new();
+    for (i, l) in valid.iter().enumerate() {
+        if i == bad_at {
+            input.extend_from_slice(b"{\"event_id\":\"\xff\xfe\"}\n");
+        }
+        input.extend_from_slice(l.as_bytes());
+        input.extend_from_slice(if i % 2 == 0 { b"\n" } else { b"\r\n" });
+    }
+    input.extend_from_slice(b"this is not an event\n");
     let t = &cfg.kafka.topics;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_churnsignal"))
         .args(["produce", "--input", "-"])
@@ -657,14 +668,19 @@ fn produce_loads_events_to_their_familys_topic_keyed_and_co_partitioned_by_custo
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.stdin.take().unwrap().write_all(&input)?;
             c.wait_with_output()
         })
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("line ") && stderr.contains("skipped 1 invalid"),
+        !out.status.success(),
+        "skipped lines make the exit code say so: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("line {}: ", bad_at + 1))
+            && stderr.contains(&format!("line {}: ", valid.len() + 2))
+            && stderr.contains("skipped 2 invalid"),
         "{stderr}"
     );
     // Expected: each event by its type's family.
