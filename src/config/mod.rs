@@ -819,6 +819,7 @@ impl Config {
         )?;
         self.kafka.validate()?;
         self.http.validate()?;
+        check_log_level("log.level", &self.log.level)?;
         self.slack.validate()?;
         Ok(())
     }
@@ -829,6 +830,35 @@ fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>)
         key: key.to_owned(),
         value: value.to_string(),
         allowed: allowed.into(),
+    }
+}
+
+/// A log filter: comma-separated directives, each a level or `target=level`. (A bare
+/// word such as `inf` would be read by tracing as a target, enabling that target alone
+/// and silencing the service.)
+fn check_log_level(key: &str, v: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let ok = v.split(',').all(|d| {
+        let level = d.rsplit_once('=').map_or(
+            d,
+            |(target, level)| {
+                if target.trim().is_empty() {
+                    ""
+                } else {
+                    level
+                }
+            },
+        );
+        LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            v,
+            "comma-separated levels (trace, debug, info, warn, error, off) or target=level, e.g. `info,librdkafka=warn`",
+        ))
     }
 }
 
@@ -961,5 +991,35 @@ mod tests {
         let err =
             Config::load(None, env(&[("CHURNSIGNAL__ENGINE__BUCKET_DAYS", "seven")])).unwrap_err();
         assert!(err.to_string().contains("bucket_days"), "{err}");
+    }
+
+    #[test]
+    fn a_log_level_is_levels_or_target_level_pairs() {
+        for good in [
+            "info",
+            "WARN",
+            "info,librdkafka=warn",
+            "churnsignal::kafka=debug, error",
+        ] {
+            let mut cfg = Config::default();
+            cfg.log.level = good.into();
+            assert!(cfg.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "inf",
+            "",
+            "info,",
+            "churnsignal",
+            "=debug",
+            "librdkafka=loud",
+        ] {
+            let mut cfg = Config::default();
+            cfg.log.level = bad.into();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("log.level") && e.contains("target=level"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -208,11 +208,30 @@ pub fn play_text(play: &str) -> &'static str {
     }
 }
 
-/// Escapes the three characters Slack's `mrkdwn` gives meaning to.
+/// Escapes the three characters Slack's `mrkdwn` gives meaning to, and makes inline
+/// text stay inline: a backtick (which would end the code span a customer id is shown
+/// in, or open one) becomes `ˋ` (U+02CB, which looks alike), and a line break or other
+/// control character (which would add lines) becomes a space.
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => out.push('\u{02CB}'),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Plain text (a header) on one line: control characters become spaces.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Clips text that is already escaped, never inside an entity (`&am…` would show
@@ -339,7 +358,7 @@ pub fn block_kit(a: &AlertView) -> Value {
     let mut blocks = vec![
         json!({
             "type": "header",
-            "text": {"type": "plain_text", "text": clip(&header, HEADER_MAX), "emoji": true}
+            "text": {"type": "plain_text", "text": clip(&one_line(&header), HEADER_MAX), "emoji": true}
         }),
         json!({
             "type": "section",
@@ -515,6 +534,36 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("a &lt;b&gt; &amp; c"));
+    }
+
+    #[test]
+    fn a_backtick_or_line_break_in_an_id_cannot_break_the_code_span_or_add_lines() {
+        let mut a = alert("open");
+        a.customer_id = "evil`*bold*\n> quote\r\tx".into();
+        a.summary = format!("{} (key account) at risk", a.customer_id);
+        let m = block_kit(&a);
+        let context = m["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "context")
+            .unwrap()["elements"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            context.starts_with("customer `evil\u{02CB}*bold* &gt; quote  x` · alert `"),
+            "{context}"
+        );
+        let header = m["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert!(!header.contains('\n') && !header.contains('\r'), "{header}");
+        // (the header is plain text, where a backtick is only a backtick)
+        let mrkdwn = serde_json::to_string(&m["blocks"].as_array().unwrap()[1..]).unwrap();
+        assert_eq!(
+            mrkdwn.matches('`').count(),
+            4,
+            "only the two code spans' own backticks: {mrkdwn}"
+        );
     }
 
     fn within_limits(m: &Value) {
