@@ -32,6 +32,20 @@ enum Drop {
     None,
 }
 
+/// A regular buyer of the drops world: every `gap` days, baskets from 50 to 5,000, with
+/// or without engagement and tickets by `i`, present from the first 100 days.
+fn habit(gap: f64, i: usize, rand: &mut Rand, change: Option<Change>) -> Habit {
+    Habit {
+        order_gap_days: gap,
+        gap_shape: 4,
+        basket: 50.0 * 100f64.powf(rand.f()),
+        engagement_per_day: [0.0, 1.0][i % 2],
+        tickets_per_day: [0.0, 1.0 / 30.0][(i / 2) % 2],
+        start_day: (rand.f() * 100.0) as u32,
+        change,
+    }
+}
+
 fn population(per_cell: usize, seed: u64) -> Vec<(String, Habit, Drop)> {
     let mut rand = Rand::new(seed);
     let mut out = Vec::new();
@@ -43,40 +57,24 @@ fn population(per_cell: usize, seed: u64) -> Vec<(String, Habit, Drop)> {
                     Drop::Value => (1.0, 0.5),
                     Drop::Count | Drop::None => (2.0, 1.0),
                 };
+                let change = Change {
+                    day,
+                    gap_factor,
+                    basket_factor,
+                };
                 out.push((
                     format!("d{g}{}-{i}", drop as u8),
-                    Habit {
-                        order_gap_days: *gap,
-                        gap_shape: 4,
-                        basket: 50.0 * 100f64.powf(rand.f()),
-                        engagement_per_day: [0.0, 1.0][i % 2],
-                        tickets_per_day: [0.0, 1.0 / 30.0][(i / 2) % 2],
-                        start_day: (rand.f() * 100.0) as u32,
-                        change: Some(Change {
-                            day,
-                            gap_factor,
-                            basket_factor,
-                        }),
-                    },
+                    habit(*gap, i, &mut rand, Some(change)),
                     drop,
                 ));
             }
         }
         // Alongside them, twice as many steady customers of the same rhythm: in a real
-        // store a minority drops at any one time. (Were everyone to drop, the population
-        // factor would rightly read it as a shared decline and discount it.)
+        // store a minority drops at any one time, and their false alerts are measured.
         for i in 0..per_cell * 4 {
             out.push((
                 format!("s{g}-{i}"),
-                Habit {
-                    order_gap_days: *gap,
-                    gap_shape: 4,
-                    basket: 50.0 * 100f64.powf(rand.f()),
-                    engagement_per_day: [0.0, 1.0][i % 2],
-                    tickets_per_day: [0.0, 1.0 / 30.0][(i / 2) % 2],
-                    start_day: (rand.f() * 100.0) as u32,
-                    change: None,
-                },
+                habit(*gap, i, &mut rand, None),
                 Drop::None,
             ));
         }
