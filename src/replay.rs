@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use crate::alert::Alert;
 use crate::config::Config;
 use crate::decode::lines::{Line, Lines};
-use crate::decode::{decode_json, DecodeError, Limits, Reason};
+use crate::decode::Limits;
 use crate::engine::Engine;
 use crate::time::Timestamp;
 
@@ -133,19 +133,8 @@ pub fn run(
         report.lines += batch.len() as u64;
         let mut events = Vec::with_capacity(batch.len());
         for line in &batch {
-            let decoded = if line.oversized(limits.max_event_bytes) {
-                Err(DecodeError::new(
-                    Reason::Oversized,
-                    format!(
-                        "{} bytes, more than the limit of {}",
-                        line.len, limits.max_event_bytes
-                    ),
-                ))
-            } else {
-                decode_json(&line.bytes, &limits)
-            };
             let line_no = &line.number;
-            match decoded {
+            match line.decode(&limits) {
                 Ok(e) if opts.as_of.is_some_and(|a| e.occurred_at > a) => report.after_as_of += 1,
                 Ok(e) => events.push(e),
                 Err(err) => {

@@ -7,6 +7,9 @@
 
 use std::io::{self, BufRead};
 
+use super::{decode_json, DecodeError, Limits, Reason};
+use crate::event::Event;
+
 /// One line of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
@@ -22,6 +25,21 @@ impl Line {
     /// Longer than the bound: [`Line::bytes`] holds only its start.
     pub fn oversized(&self, max_bytes: usize) -> bool {
         self.len > max_bytes
+    }
+
+    /// The line as a JSON event: [`Reason::Oversized`] with its real length when it is
+    /// longer than the limit (only its start is held), else [`decode_json`]'s answer.
+    pub fn decode(&self, limits: &Limits) -> Result<Event<'_>, DecodeError> {
+        if self.oversized(limits.max_event_bytes) {
+            return Err(DecodeError::new(
+                Reason::Oversized,
+                format!(
+                    "{} bytes, more than the limit of {}",
+                    self.len, limits.max_event_bytes
+                ),
+            ));
+        }
+        decode_json(&self.bytes, limits)
     }
 
     /// Nothing but whitespace (skipped by readers of events).

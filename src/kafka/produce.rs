@@ -17,7 +17,7 @@ use rdkafka::ClientContext;
 
 use crate::config::Config;
 use crate::decode::lines::Lines;
-use crate::decode::{decode_json, Limits};
+use crate::decode::Limits;
 use crate::event::Family;
 
 /// What a run produced.
@@ -95,20 +95,12 @@ pub fn produce(cfg: &Config, input: impl BufRead) -> Produced {
         if line.is_blank() {
             continue;
         }
-        let decoded = if line.oversized(limits.max_event_bytes) {
-            Err(format!(
-                "oversized: {} bytes, more than the limit of {}",
-                line.len, limits.max_event_bytes
-            ))
-        } else {
-            decode_json(&line.bytes, &limits).map_err(|e| e.to_string())
-        };
-        let event = match decoded {
+        let event = match line.decode(&limits) {
             Ok(e) => e,
-            Err(why) => {
+            Err(e) => {
                 out.invalid += 1;
                 if out.first_invalid.len() < 5 {
-                    out.first_invalid.push((line.number, why));
+                    out.first_invalid.push((line.number, e.to_string()));
                 }
                 continue;
             }
