@@ -361,7 +361,27 @@ fn the_compose_stack_is_valid_and_wired_to_the_files_in_deploy() {
             .unwrap(),
         root().join("deploy/Dockerfile").canonicalize().unwrap()
     );
-    assert_eq!(cs["ports"][0], "8080:8080");
+    assert_eq!(cs["ports"][0], "127.0.0.1:8080:8080");
+    // Nothing is published on every interface: Kafka is plaintext, Grafana anonymous.
+    // Images are pinned by digest.
+    for (name, s) in services {
+        for p in s["ports"].as_array().cloned().unwrap_or_default() {
+            let p = p.as_str().unwrap();
+            assert!(
+                p.starts_with("127.0.0.1:") && p.split(':').count() == 3,
+                "{name} publishes {p}: bind it to 127.0.0.1"
+            );
+        }
+        if let Some(image) = s["image"].as_str().filter(|i| *i != "churnsignal:local") {
+            assert!(
+                image.contains(":")
+                    && image
+                        .split_once("@sha256:")
+                        .is_some_and(|(_, d)| d.len() == 64),
+                "{name}: {image} is not pinned by digest"
+            );
+        }
+    }
     // Every bind mount names a file or directory of the repository.
     for (name, s) in services {
         for m in s["volumes"].as_array().cloned().unwrap_or_default() {
@@ -416,6 +436,19 @@ fn the_dockerfile_builds_small_runs_as_a_user_and_checks_health() {
         .collect();
     let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
     assert!(froms.len() >= 2, "multi-stage");
+    for f in &froms {
+        let image = f.split_whitespace().nth(1).unwrap();
+        assert!(
+            image
+                .split_once("@sha256:")
+                .is_some_and(|(_, d)| d.len() == 64),
+            "{f}: base images are pinned by digest"
+        );
+    }
+    assert!(
+        text.contains("imagetools inspect"),
+        "how to update the digests"
+    );
     assert!(
         froms.last().unwrap().contains("-slim"),
         "a small runtime base"
@@ -605,6 +638,65 @@ fn the_kubernetes_manifests_fit_together_and_match_the_service() {
         .iter()
         .any(|a| a == "/etc/churnsignal/churnsignal.toml"));
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    // No Kubernetes API token in pods that never call it; CPU requested and bounded.
+    let fdep = by_kind(&docs, "Deployment", "churnsignal-slack");
+    for (name, p) in [
+        ("churnsignal", pod),
+        ("churnsignal-slack", &fdep["spec"]["template"]),
+    ] {
+        assert_eq!(p["spec"]["automountServiceAccountToken"], false, "{name}");
+        let r = &p["spec"]["containers"][0]["resources"];
+        assert!(
+            r["requests"]["cpu"].is_string() && r["limits"]["cpu"].is_string(),
+            "{name}: CPU request and limit"
+        );
+    }
+    // The NetworkPolicies: each pod admits Prometheus to its metrics port only, and
+    // churnsignal admits labelled clients to the customer API's port only.
+    let np = by_kind(&docs, "NetworkPolicy", "churnsignal");
+    assert!(matches(&np["spec"]["podSelector"], labels));
+    assert_eq!(np["spec"]["policyTypes"][0], "Ingress");
+    let rules = np["spec"]["ingress"].as_array().unwrap();
+    let rule_for = |port: &str| {
+        rules
+            .iter()
+            .find(|r| {
+                r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["port"] == port)
+            })
+            .unwrap_or_else(|| panic!("a rule for port {port}"))
+    };
+    let prom = rule_for("http");
+    assert_eq!(
+        prom["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "prometheus"
+    );
+    let api = rule_for("api");
+    assert_eq!(
+        api["from"][0]["podSelector"]["matchLabels"]["churnsignal.example.com/api-client"],
+        "true"
+    );
+    assert_eq!(rules.len(), 2, "no other way in");
+    let api_port = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "api")
+        .expect("the container names the API port");
+    assert_eq!(api_port["containerPort"], 8082);
+    assert!(
+        toml.contains("# listen = \"0.0.0.0:8082\""),
+        "the configmap shows how to turn the API on at that port"
+    );
+    let fnp = by_kind(&docs, "NetworkPolicy", "churnsignal-slack");
+    assert!(matches(
+        &fnp["spec"]["podSelector"],
+        &fdep["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert_eq!(fnp["spec"]["ingress"].as_array().unwrap().len(), 1);
     // Memory: the limit holds max_customers at about 1 KB each (state and a restore's
     // records) plus 512 MiB for the rest.
     let limit = c["resources"]["limits"]["memory"].as_str().unwrap();
@@ -656,6 +748,7 @@ fn the_kubernetes_manifests_fit_together_and_match_the_service() {
             "Service",
             "PodDisruptionBudget",
             "PodMonitor",
+            "NetworkPolicy",
         ] {
             assert!(
                 out.contains(&format!("kind: {kind}")),
