@@ -75,6 +75,9 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
     cfg.kafka.brokers = bootstrap.clone();
     cfg.kafka.group_id = "churnsignal-demo".into();
     cfg.http.listen = "127.0.0.1:0".into();
+    // The demo's customer API is on loopback and holds generated customers only.
+    cfg.http.customer_api.listen = "127.0.0.1:0".into();
+    cfg.http.customer_api.allow_unauthenticated = true;
     let t = cfg.kafka.topics.clone();
     // (the mock cluster has no CreateTopics: the changelog is made here too)
     for name in t.distinct().into_iter().chain([t.changelog.as_str()]) {
@@ -88,10 +91,10 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
         "churnsignal demo: {} customers, {} days at {} days/s on an in-process Kafka (mock cluster {bootstrap}).",
         opts.customers, opts.days, opts.speed
     );
-    if let Some(a) = service.http_addr() {
+    if let (Some(a), Some(api)) = (service.http_addr(), service.api_addr()) {
         let _ = writeln!(
             out,
-            "While it runs: curl http://{a}/metrics, http://{a}/readyz, http://{a}/customers/cust-0000007\n"
+            "While it runs: curl http://{a}/metrics, http://{a}/readyz, http://{api}/customers/cust-0000007\n"
         );
     }
 

@@ -270,10 +270,7 @@ pub fn run(
     )?;
     let alerts = parse_alerts(&alerts_json);
     // First and last event of every customer, and their order times.
-    let limits = Limits {
-        max_event_bytes: cfg.input.max_event_bytes,
-        ..Limits::default()
-    };
+    let limits = Limits::from_input(&cfg.input, None);
     let mut span: BTreeMap<String, (Timestamp, Timestamp)> = BTreeMap::new();
     let mut orders: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
     let mut end = Timestamp(i64::MIN);

@@ -228,7 +228,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("churnsignal: {e:#}");
+            let message = format!("churnsignal: {e:#}");
+            eprintln!("{}", churnsignal::config::secret::redact(&message));
             ExitCode::FAILURE
         }
     }
@@ -239,10 +240,40 @@ fn init_logging(cfg: &churnsignal::config::LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(|| Redacting(io::stderr()));
     match cfg.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
+    }
+}
+
+/// Standard error with every registered secret value replaced (the log writer: a
+/// secret that reaches a log line by any path is not printed). The formatter writes
+/// each event with one call.
+struct Redacting(io::Stderr);
+
+impl io::Write for Redacting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(churnsignal::config::secret::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, so that many clients (or a
+/// large consumer group's sockets) do not exhaust it, and says so.
+fn raise_open_file_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(after)) if after > before => {
+            tracing::info!(from = before, to = after, "raised the open-file soft limit")
+        }
+        (_, Err(e)) => tracing::warn!(error = %e, "cannot raise the open-file soft limit"),
+        _ => {}
     }
 }
 
@@ -276,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config } => {
             let cfg = load_config(config.as_deref())?;
             init_logging(&cfg.log);
+            raise_open_file_limit();
             let report = signal_runtime()?.block_on(churnsignal::kafka::run(cfg, termination()))?;
             tracing::info!(
                 events = report.events,
@@ -288,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Slack { config } => {
             let cfg = load_config(config.as_deref())?;
             init_logging(&cfg.log);
+            raise_open_file_limit();
             let report = signal_runtime()?.block_on(churnsignal::slack::run(cfg, termination()))?;
             tracing::info!(posted = report.posted, "stopped");
             Ok(())
@@ -430,6 +463,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             init_logging(&log);
+            raise_open_file_limit();
             let opts = churnsignal::demo::Options {
                 customers,
                 days,

@@ -103,11 +103,7 @@ pub fn run(
     snapshot: Option<&mut dyn Write>,
 ) -> Result<Report, ReplayError> {
     let mut engine = Engine::new(cfg.clone());
-    let limits = Limits {
-        max_event_bytes: cfg.input.max_event_bytes,
-        max_clock_skew_ms: cfg.input.max_clock_skew_secs as i64 * 1000,
-        now: opts.now,
-    };
+    let limits = Limits::from_input(&cfg.input, opts.now);
     let mut report = Report::default();
     let mut pending = Vec::new();
     // Lines are decoded and applied in batches, as the live consumer applies a poll's
@@ -132,28 +128,21 @@ pub fn run(
         }
         report.lines += batch.len() as u64;
         let mut events = Vec::with_capacity(batch.len());
+        let mut numbers = Vec::with_capacity(batch.len());
         for line in &batch {
-            let line_no = &line.number;
             match line.decode(&limits) {
                 Ok(e) if opts.as_of.is_some_and(|a| e.occurred_at > a) => report.after_as_of += 1,
-                Ok(e) => events.push(e),
-                Err(err) => {
-                    report.invalid += 1;
-                    *report
-                        .invalid_by_reason
-                        .entry(err.reason.code())
-                        .or_default() += 1;
-                    if report.examples.len() < EXAMPLES {
-                        report.examples.push(Invalid {
-                            line: *line_no,
-                            reason: err.reason.code(),
-                            message: err.message,
-                        });
-                    }
+                Ok(e) => {
+                    events.push(e);
+                    numbers.push(line.number);
                 }
+                Err(err) => report.invalid(line.number, err),
             }
         }
-        engine.apply_batch(&events, &mut pending);
+        // An event too old for stream time when its turn comes is invalid as well.
+        engine.apply_batch_with(&events, &mut pending, |i, err| {
+            report.invalid(numbers[i], err)
+        });
         write_alerts(&mut pending, alerts, &mut report)?;
     }
     let end = match (opts.as_of, engine.max_event_time()) {
@@ -183,6 +172,19 @@ pub fn run(
 }
 
 impl Report {
+    /// Counts an invalid line (and keeps the first few as examples).
+    fn invalid(&mut self, line: u64, err: crate::decode::DecodeError) {
+        self.invalid += 1;
+        *self.invalid_by_reason.entry(err.reason.code()).or_default() += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(Invalid {
+                line,
+                reason: err.reason.code(),
+                message: err.message,
+            });
+        }
+    }
+
     /// The human summary printed on stderr.
     pub fn render(&self) -> String {
         let mut s = format!(

@@ -267,3 +267,121 @@ fn check_config_accepts_the_default_file_and_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("engine.bucket_days"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A January-to-May backfill replayed with one hostile line inserted in the middle:
+/// the alerts and the late count with it, and the report.
+fn backfill_with(extra: Option<&str>) -> (Vec<String>, churnsignal::replay::Report) {
+    let spec = Spec {
+        customers: 400,
+        days: 150,
+        seed: 17,
+        ..Spec::default()
+    };
+    let mut lines: Vec<u8> = Vec::new();
+    let events: Vec<_> = History::new(spec).collect();
+    for (i, g) in events.iter().enumerate() {
+        if i == events.len() / 2 {
+            if let Some(x) = extra {
+                // `{middle}`: the time of the event it is inserted before
+                let at = g.to_event().occurred_at.to_string();
+                lines.extend_from_slice(x.replace("{middle}", &at).as_bytes());
+                lines.push(b'\n');
+            }
+        }
+        g.write_json(&mut lines).unwrap();
+    }
+    let mut out = Vec::new();
+    let report = churnsignal::replay::run(
+        &lines[..],
+        &churnsignal::config::Config::default(),
+        &churnsignal::replay::Options::default(),
+        &mut out,
+        None,
+    )
+    .unwrap();
+    let alerts = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (alerts, report)
+}
+
+#[test]
+fn one_event_dated_far_ahead_or_long_ago_does_not_move_stream_time_for_everyone() {
+    let (clean, _) = backfill_with(None);
+    assert!(!clean.is_empty());
+    // Dated "now" in the middle of a January-to-May backfill: before, it marked every
+    // later event of the backfill late (40,954 of 81,909) and let every customer's
+    // silence deadline pass (363 alerts instead of 124). Compared with the same event
+    // dated among its neighbours (one more customer changes the value tiers).
+    let login = |at: &str| {
+        format!(
+            r#"{{"event_id":"x-1","customer_id":"intruder","type":"engagement.login","occurred_at":"{at}"}}"#
+        )
+    };
+    let (on_time, clean_report) = backfill_with(Some(&login("{middle}")));
+    let (alerts, report) = backfill_with(Some(&login("2026-12-01T00:00:00Z")));
+    // Each alert as who, which step, how risky and why (the on-time login also counts
+    // in the population's engagement, which moves baselines in the fourth digit).
+    let others = |a: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|l| !l.contains("\"intruder\""))
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let signals: Vec<&str> = v["signals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["signal"].as_str().unwrap())
+                    .collect();
+                format!(
+                    "{} {} {} {} {} {:?}",
+                    v["customer_id"], v["sequence"], v["status"], v["risk"], v["as_of"], signals
+                )
+            })
+            .collect()
+    };
+    assert_eq!(report.invalid, 0, "it is a valid event");
+    assert_eq!(report.applied, clean_report.applied);
+    assert_eq!(report.late, clean_report.late, "no event turned late");
+    assert!(
+        others(&alerts) == others(&on_time),
+        "every other customer's alerts are as with the event on time"
+    );
+    // Dated 1970 (and year 0): refused as too old, nothing changes.
+    for old in ["1970-01-01T00:00:00Z", "0000-01-01T00:00:00Z"] {
+        let line = format!(
+            r#"{{"event_id":"x-2","customer_id":"intruder","type":"order.placed","order_id":"o","amount":5.0,"occurred_at":"{old}"}}"#
+        );
+        let (alerts, report) = backfill_with(Some(&line));
+        assert!(alerts == clean, "{old}");
+        assert_eq!(report.invalid_by_reason.get("too_old"), Some(&1), "{old}");
+    }
+    // An order worth 1.7e308 is out of range (sums would reach infinity).
+    let huge = r#"{"event_id":"x-3","customer_id":"intruder","type":"order.placed","order_id":"o","amount":1.7e308,"occurred_at":"2026-03-01T00:00:00Z"}"#;
+    let (alerts, report) = backfill_with(Some(huge));
+    assert!(alerts == clean);
+    assert_eq!(report.invalid_by_reason.get("out_of_range"), Some(&1));
+}
+
+#[test]
+fn an_event_older_than_stream_time_by_more_than_the_maximum_age_is_too_old() {
+    let (clean, _) = backfill_with(None);
+    // 2025-06-01 is within 400 days of March 2026 (the middle of the backfill): applied.
+    // 2024-06-01 is not: a dead letter, `too_old`, with its line number.
+    let within = r#"{"event_id":"x-4","customer_id":"intruder","type":"engagement.login","occurred_at":"2025-06-01T00:00:00Z"}"#;
+    let (_, report) = backfill_with(Some(within));
+    assert_eq!(report.invalid, 0);
+    let beyond = within.replace("2025-06-01", "2024-06-01");
+    let (alerts, report) = backfill_with(Some(&beyond));
+    assert_eq!(report.invalid_by_reason.get("too_old"), Some(&1));
+    let example = &report.examples[0];
+    assert_eq!(example.reason, "too_old");
+    assert!(
+        example.message.contains("max_event_age_days"),
+        "{}",
+        example.message
+    );
+    assert!(alerts == clean);
+}

@@ -94,7 +94,16 @@ fn records_of_the_previous_layout_restore_the_engine_that_wrote_them() {
     let (first, second) = all.split_at(all.len() / 2);
     let mut original = Engine::new(cfg.clone());
     original.apply_batch(first, &mut Vec::new());
+    let lateness = cfg.engine.lateness_ms();
     let mut rebuilt = Engine::restore(cfg, engine_record, customers.iter()).unwrap();
+    // The older build's stream time followed the latest event time; this one follows the
+    // latest that 3 of the last 5 events agree on, a few events behind. Both are let to
+    // pass to the older one's stream time (the restored engine is there already).
+    let latest = first.iter().map(|e| e.occurred_at).max().unwrap();
+    let older_stream_time = churnsignal::time::Timestamp(latest.0 - lateness);
+    assert_eq!(rebuilt.stream_time(), Some(older_stream_time));
+    original.advance_to(older_stream_time);
+    assert!(rebuilt.advance_to(older_stream_time).is_empty());
     // Version 3 counts support trouble differently (routine tickets no longer count, and
     // each bucket counts trouble by kind), so trouble points written by the older build
     // stay as they were; everything else is the same customer.

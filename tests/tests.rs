@@ -2,10 +2,12 @@
 
 mod accuracy;
 mod deploy;
+mod http;
 mod kafka;
 mod properties;
 mod replay;
 mod restore;
 mod scenario;
 mod scenarios;
+mod secrets;
 mod trust;

@@ -125,10 +125,7 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
         last = Some(g.at);
     }
     let events = bounds.len() as u64;
-    let limits = Limits {
-        max_event_bytes: cfg.input.max_event_bytes,
-        ..Limits::default()
-    };
+    let limits = Limits::from_input(&cfg.input, None);
 
     // 1. decode + apply
     let rss_before = rss_bytes();

@@ -1,14 +1,9 @@
-//! `[kafka]`, `[http]` and `[log]`: the live service's settings, validated like the
-//! engine's. librdkafka properties can be passed through (TLS, SASL, tuning), except
-//! the ones churnsignal must own to keep its delivery guarantees; secrets among them
-//! are never printed, not even by `Debug`.
-
-use std::collections::BTreeMap;
-use std::fmt;
+//! `[kafka]` and `[log]`: the live service's settings, validated like the engine's.
+//! librdkafka properties pass through `properties.rs`.
 
 use serde::Deserialize;
 
-use super::{check_listen, check_range, invalid, ConfigError};
+use super::{check_range, invalid, ConfigError, Properties};
 use crate::decode::wire::Encoding;
 use crate::event::Family;
 use crate::kafka::records::AlertFormat;
@@ -65,6 +60,9 @@ pub struct KafkaConfig {
     pub consumer_properties: Properties,
     /// librdkafka properties for the producer only.
     pub producer_properties: Properties,
+    /// Properties refused as unsafe (they load code, run commands or turn off TLS
+    /// verification) that are nevertheless allowed, by name.
+    pub allow_unsafe_properties: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -92,6 +90,7 @@ impl Default for KafkaConfig {
             properties: Properties::default(),
             consumer_properties: Properties::default(),
             producer_properties: Properties::default(),
+            allow_unsafe_properties: Vec::new(),
         }
     }
 }
@@ -303,7 +302,7 @@ impl KafkaConfig {
             ("kafka.consumer_properties", &self.consumer_properties),
             ("kafka.producer_properties", &self.producer_properties),
         ] {
-            props.validate(section)?;
+            props.validate(section, &self.allow_unsafe_properties)?;
             let reaches_consumer = section != "kafka.producer_properties";
             if reaches_consumer && self.group_protocol == GroupProtocol::Consumer {
                 if let Some((k, v)) = props
@@ -442,169 +441,6 @@ impl Default for EncodingConfig {
     }
 }
 
-/// librdkafka properties that churnsignal sets itself, with the option to use instead.
-pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "kafka.brokers"),
-    ("metadata.broker.list", "kafka.brokers"),
-    ("group.id", "kafka.group_id"),
-    ("client.id", "kafka.client_id"),
-    ("auto.offset.reset", "kafka.auto_offset_reset"),
-    ("partitioner", "kafka.partitioner"),
-    (
-        "enable.auto.commit",
-        "nothing: offsets are committed after the alerts they caused are acknowledged",
-    ),
-    (
-        "enable.auto.offset.store",
-        "nothing: offsets are committed after the alerts they caused are acknowledged",
-    ),
-    (
-        "enable.idempotence",
-        "nothing: the producer is always idempotent",
-    ),
-    ("acks", "nothing: alerts are always produced with acks=all"),
-    (
-        "request.required.acks",
-        "nothing: alerts are always produced with acks=all",
-    ),
-    (
-        "message.timeout.ms",
-        "nothing: alerts are retried until delivered or shutdown",
-    ),
-    (
-        "delivery.timeout.ms",
-        "nothing: alerts are retried until delivered or shutdown",
-    ),
-    (
-        "partition.assignment.strategy",
-        "nothing: co-partitioned topics need the range assignor",
-    ),
-    ("group.protocol", "kafka.group_protocol"),
-    (
-        "group.remote.assignor",
-        "nothing: co-partitioned topics need the range assignor",
-    ),
-    (
-        "transactional.id",
-        "kafka.processing.transactional_id_prefix",
-    ),
-    ("group.instance.id", "kafka.group_instance_id"),
-    ("isolation.level", "nothing: read_committed is always used"),
-    (
-        "statistics.interval.ms",
-        "nothing: churnsignal reads positions from statistics every 500 ms",
-    ),
-    ("enable.partition.eof", "nothing"),
-];
-
-/// Is this property's value a secret (never printed)?
-pub fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "jaas",
-        "oauthbearer.config",
-        "key.pem",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-        || k == "ssl.key"
-}
-
-/// A table of librdkafka properties. Values may be strings, numbers or booleans.
-/// `Debug` prints secret values (passwords, keys) as `<redacted>`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Properties(pub BTreeMap<String, toml::Value>);
-
-impl Properties {
-    /// (key, value as librdkafka reads it) pairs.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, String)> {
-        self.0.iter().map(|(k, v)| {
-            let s = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.as_str(), s)
-        })
-    }
-
-    fn validate(&self, section: &str) -> Result<(), ConfigError> {
-        for (k, v) in &self.0 {
-            let key = format!("{section}.\"{k}\"");
-            if !matches!(
-                v,
-                toml::Value::String(_)
-                    | toml::Value::Integer(_)
-                    | toml::Value::Float(_)
-                    | toml::Value::Boolean(_)
-            ) {
-                let shown = if is_secret(k) {
-                    "<redacted>".to_owned()
-                } else {
-                    v.to_string()
-                };
-                return Err(invalid(&key, shown, "a string, number or boolean"));
-            }
-            if let Some((_, instead)) = OWNED_PROPERTIES.iter().find(|(o, _)| o == k) {
-                return Err(invalid(
-                    &key,
-                    "(set)",
-                    format!("not this property: churnsignal owns it; use {instead}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Properties {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut m = f.debug_map();
-        for (k, v) in self.pairs() {
-            if is_secret(k) {
-                m.entry(&k, &"<redacted>");
-            } else {
-                m.entry(&k, &v);
-            }
-        }
-        m.finish()
-    }
-}
-
-/// `[http]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Listen address of `/metrics`, `/healthz`, `/readyz` and `/customers/{id}`;
-    /// port 0 picks a free one; empty disables the server.
-    pub listen: String,
-    /// `/healthz` fails when a loop has not reported for this long, seconds.
-    pub liveness_timeout_secs: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: "0.0.0.0:8080".into(),
-            liveness_timeout_secs: 30,
-        }
-    }
-}
-
-impl HttpConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        check_listen("http.listen", &self.listen, 8080)?;
-        check_range(
-            "http.liveness_timeout_secs",
-            self.liveness_timeout_secs as f64,
-            1.0,
-            3600.0,
-        )
-    }
-}
-
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -637,18 +473,6 @@ impl Default for LogConfig {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-
-    #[test]
-    fn owned_properties_are_refused_with_the_option_to_use() {
-        let err = Config::from_toml("[kafka.properties]\n\"group.id\" = \"x\"\n").unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("kafka.properties.\"group.id\"") && msg.contains("kafka.group_id"),
-            "{msg}"
-        );
-        let err = Config::from_toml("[kafka.producer_properties]\nacks = 1\n").unwrap_err();
-        assert!(err.to_string().contains("acks=all"), "{err}");
-    }
 
     #[test]
     fn classic_session_settings_are_refused_under_kip_848_with_what_sets_them() {
@@ -719,11 +543,5 @@ mod tests {
         );
         let err = Config::from_toml("[kafka.topics]\nalerts = \"orders\"\n").unwrap_err();
         assert!(err.to_string().contains("kafka.topics"), "{err}");
-    }
-
-    #[test]
-    fn bad_listen_address_is_named() {
-        let err = Config::from_toml("[http]\nlisten = \"localhost\"\n").unwrap_err();
-        assert!(err.to_string().contains("http.listen"), "{err}");
     }
 }

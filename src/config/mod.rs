@@ -5,8 +5,9 @@
 //!
 //! Environment overrides: `CHURNSIGNAL__<SECTION>__<KEY>=<value>`, sections nested with
 //! double underscores, e.g. `CHURNSIGNAL__SIGNALS__INACTIVITY__CADENCE_MULTIPLIER=2.5`.
-//! The value is read as a TOML value (`2.5`, `true`, `"apply"`); a bare word is taken
-//! as a string.
+//! A key whose default is a string, and every librdkafka property, takes the text as it
+//! is; other values are read as TOML values (`2.5`, `true`), a bare word as a string
+//! (see `env.rs`).
 
 use std::path::Path;
 
@@ -14,13 +15,19 @@ use serde::Deserialize;
 
 use crate::time::{DAY_MS, SECOND_MS};
 
+mod env;
+mod http;
 mod kafka;
+mod properties;
+pub mod secret;
 mod slack;
+pub use http::{CustomerApiConfig, HttpConfig};
 pub use kafka::{
-    is_secret, EncodingConfig, GroupProtocol, Guarantee, HttpConfig, InputTopic, KafkaConfig,
-    LogConfig, LogFormat, OffsetReset, ProcessingConfig, Properties, TopicsConfig,
-    OWNED_PROPERTIES,
+    EncodingConfig, GroupProtocol, Guarantee, InputTopic, KafkaConfig, LogConfig, LogFormat,
+    OffsetReset, ProcessingConfig, TopicsConfig,
 };
+pub use properties::{Properties, OWNED_PROPERTIES};
+pub use secret::is_secret;
 pub use slack::{Route, SlackConfig, WebhookSource};
 
 /// Prefix of environment overrides.
@@ -109,6 +116,14 @@ pub struct InputConfig {
     pub max_event_bytes: usize,
     /// How far in the future (wall clock) `occurred_at` may be, seconds.
     pub max_clock_skew_secs: u64,
+    /// Events before this instant (RFC 3339) are refused as `too_old`: an epoch-zero or
+    /// year-0 date is a producer's bug, not history. "" = no bound.
+    pub min_event_time: String,
+    /// Events older than stream time by more than this many days are refused as
+    /// `too_old` (0 = no bound).
+    pub max_event_age_days: u32,
+    /// Largest accepted `amount` (larger ones are `out_of_range`).
+    pub max_amount: f64,
 }
 
 impl Default for InputConfig {
@@ -116,7 +131,18 @@ impl Default for InputConfig {
         InputConfig {
             max_event_bytes: 65_536,
             max_clock_skew_secs: 300,
+            min_event_time: "2000-01-01T00:00:00Z".into(),
+            max_event_age_days: 400,
+            max_amount: 1e12,
         }
+    }
+}
+
+impl InputConfig {
+    /// `min_event_time` as an instant (the earliest one when unset; validated).
+    pub fn min_event_time(&self) -> crate::time::Timestamp {
+        crate::time::Timestamp::parse_rfc3339(&self.min_event_time)
+            .unwrap_or(crate::time::Timestamp(i64::MIN))
     }
 }
 
@@ -550,16 +576,17 @@ impl Config {
         };
         let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
-            message: e.to_string(),
+            message: secret::toml_error(&text, &e),
         })?;
-        apply_env(&mut value, env)?;
+        env::apply_env(&mut value, env)?;
         let cfg: Config = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 origin,
-                message: e.to_string(),
+                message: typed_error(&e),
             })?;
         cfg.validate()?;
+        cfg.register_secrets();
         Ok(cfg)
     }
 
@@ -567,10 +594,28 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: None,
-            message: e.to_string(),
+            message: secret::toml_error(text, &e),
         })?;
         cfg.validate()?;
+        cfg.register_secrets();
         Ok(cfg)
+    }
+
+    /// Remembers the secret values of the configuration, so that no output prints
+    /// them (see [`secret::redact`]).
+    pub fn register_secrets(&self) {
+        let k = &self.kafka;
+        for props in [
+            &k.properties,
+            &k.consumer_properties,
+            &k.producer_properties,
+        ] {
+            for (key, value) in props.pairs() {
+                if is_secret(key) {
+                    secret::register(&value);
+                }
+            }
+        }
     }
 
     /// Checks every value against what is allowed.
@@ -582,6 +627,22 @@ impl Config {
             64.0,
             16.0 * 1024.0 * 1024.0,
         )?;
+        if !self.input.min_event_time.is_empty()
+            && crate::time::Timestamp::parse_rfc3339(&self.input.min_event_time).is_none()
+        {
+            return Err(invalid(
+                "input.min_event_time",
+                format!("\"{}\"", self.input.min_event_time),
+                "an RFC 3339 instant such as \"2000-01-01T00:00:00Z\", or \"\" for no bound",
+            ));
+        }
+        check_range(
+            "input.max_event_age_days",
+            f64::from(self.input.max_event_age_days),
+            0.0,
+            36_500.0,
+        )?;
+        check_range("input.max_amount", self.input.max_amount, 1.0, 1e15)?;
         check_range("engine.bucket_days", f64::from(e.bucket_days), 1.0, 28.0)?;
         check_range(
             "engine.evict_after_days",
@@ -825,6 +886,17 @@ impl Config {
     }
 }
 
+/// A type error of the parsed table, with quoted values removed when it is about a
+/// secret key.
+fn typed_error(e: &toml::de::Error) -> String {
+    let m = e.to_string().trim().to_owned();
+    if is_secret(&m) {
+        secret::toml_error("", e)
+    } else {
+        m
+    }
+}
+
 fn invalid(key: &str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
@@ -882,51 +954,6 @@ fn check_listen(key: &str, v: &str, example_port: u16) -> Result<(), ConfigError
     ))
 }
 
-/// Applies `CHURNSIGNAL__A__B=v` overrides onto the parsed table.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    vars.sort();
-    for (name, raw) in vars {
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(|p| p.to_ascii_lowercase())
-            .collect();
-        if path.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError::Parse {
-                origin: Some(name.clone()),
-                message: "empty key segment in environment override".into(),
-            });
-        }
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let mut cur = &mut *table;
-        for seg in &path[..path.len() - 1] {
-            let entry = cur
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            cur = match entry {
-                toml::Value::Table(t) => t,
-                _ => {
-                    return Err(ConfigError::Parse {
-                        origin: Some(name.clone()),
-                        message: format!("`{seg}` is not a section"),
-                    })
-                }
-            };
-        }
-        cur.insert(path[path.len() - 1].clone(), value);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,6 +989,38 @@ mod tests {
         .unwrap();
         assert_eq!(c.signals.inactivity.cadence_multiplier, 2.5);
         assert_eq!(c.engine.late_events, LatePolicy::Drop);
+    }
+
+    #[test]
+    fn environment_overrides_of_strings_and_properties_stay_text() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CHURNSIGNAL__KAFKA__GROUP_ID", "0x1F"),
+                ("CHURNSIGNAL__KAFKA__CLIENT_ID", "true"),
+                ("CHURNSIGNAL__KAFKA__PROPERTIES__SASL_USERNAME", "0x1F"),
+                ("CHURNSIGNAL__KAFKA__PROPERTIES__SASL.PASSWORD", "1e3"),
+                (
+                    "CHURNSIGNAL__KAFKA__CONSUMER_PROPERTIES__FETCH_MAX_BYTES",
+                    "1048576",
+                ),
+                ("CHURNSIGNAL__ENGINE__BUCKET_DAYS", "14"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.group_id, "0x1F");
+        assert_eq!(c.kafka.client_id, "true");
+        let props: Vec<(&str, String)> = c.kafka.properties.pairs().collect();
+        assert_eq!(
+            props,
+            vec![
+                ("sasl.password", "1e3".to_owned()),
+                ("sasl.username", "0x1F".to_owned())
+            ]
+        );
+        let consumer: Vec<(&str, String)> = c.kafka.consumer_properties.pairs().collect();
+        assert_eq!(consumer, vec![("fetch.max.bytes", "1048576".to_owned())]);
+        assert_eq!(c.engine.bucket_days, 14);
     }
 
     #[test]

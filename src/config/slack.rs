@@ -37,6 +37,8 @@ pub struct SlackConfig {
     pub webhooks: BTreeMap<String, WebhookSource>,
     /// Routes, first match wins; an alert no route matches is not posted.
     pub routes: Vec<Route>,
+    /// Accept `http://` webhook URLs (a proxy or a test server); else `https://` only.
+    pub allow_http_webhooks: bool,
 }
 
 impl Default for SlackConfig {
@@ -53,6 +55,7 @@ impl Default for SlackConfig {
             post_resolved: true,
             webhooks: BTreeMap::new(),
             routes: Vec::new(),
+            allow_http_webhooks: false,
         }
     }
 }

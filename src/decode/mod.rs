@@ -50,11 +50,14 @@ pub enum Reason {
     /// The Kafka message key is absent or differs from `customer_id` (events are keyed
     /// by customer, so that a customer's events meet in one partition).
     KeyMismatch,
+    /// `occurred_at` is before `input.min_event_time`, or older than stream time by more
+    /// than `input.max_event_age_days`.
+    TooOld,
 }
 
 impl Reason {
     /// Every reason, for metrics pre-registration and documentation.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BadJson,
         Reason::BadProtobuf,
         Reason::MissingField,
@@ -68,6 +71,7 @@ impl Reason {
         Reason::BadFraming,
         Reason::WrongTopic,
         Reason::KeyMismatch,
+        Reason::TooOld,
     ];
 
     /// The stable code used in dead-letter headers, metric labels and reports.
@@ -86,6 +90,7 @@ impl Reason {
             Reason::BadFraming => "bad_framing",
             Reason::WrongTopic => "wrong_topic",
             Reason::KeyMismatch => "key_mismatch",
+            Reason::TooOld => "too_old",
         }
     }
 }
@@ -105,9 +110,23 @@ pub struct DecodeError {
 pub const MAX_MESSAGE_BYTES: usize = 300;
 
 impl DecodeError {
-    /// A rejection; the message is capped at [`MAX_MESSAGE_BYTES`].
+    /// A rejection; the message is capped at [`MAX_MESSAGE_BYTES`], and control
+    /// characters in it (which may come from the event) are escaped (`\n`, `\u{1b}`),
+    /// so that it stays one line in a report or a dead-letter header.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         let mut message = message.into();
+        if message.chars().any(char::is_control) {
+            message = message
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+        }
         if message.len() > MAX_MESSAGE_BYTES {
             let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
             while !message.is_char_boundary(end) {
@@ -130,6 +149,23 @@ pub struct Limits {
     /// The reference instant for the skew check (wall clock in live mode). `None`
     /// disables the check.
     pub now: Option<Timestamp>,
+    /// Events before this instant are refused (`too_old`).
+    pub min_event_time: Timestamp,
+    /// Largest accepted amount.
+    pub max_amount: f64,
+}
+
+impl Limits {
+    /// The limits `[input]` sets, with `now` for the clock-skew check.
+    pub fn from_input(c: &crate::config::InputConfig, now: Option<Timestamp>) -> Limits {
+        Limits {
+            max_event_bytes: c.max_event_bytes,
+            max_clock_skew_ms: c.max_clock_skew_secs as i64 * 1000,
+            now,
+            min_event_time: c.min_event_time(),
+            max_amount: c.max_amount,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -138,6 +174,8 @@ impl Default for Limits {
             max_event_bytes: 64 * 1024,
             max_clock_skew_ms: 5 * 60 * 1000,
             now: None,
+            min_event_time: Timestamp(i64::MIN),
+            max_amount: f64::MAX,
         }
     }
 }

@@ -32,11 +32,15 @@ fn id<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, DecodeEr
     Ok(v)
 }
 
-fn amount(field: &str, v: f64) -> Result<f64, DecodeError> {
-    if v.is_finite() && v >= 0.0 {
+fn amount(field: &str, v: f64, max: f64) -> Result<f64, DecodeError> {
+    if v.is_finite() && v >= 0.0 && v <= max {
         Ok(v)
     } else {
-        Err(range(field, v, "a finite number >= 0"))
+        Err(range(
+            field,
+            format!("{v:e}"),
+            &format!("a number from 0 to {max:e} (input.max_amount)"),
+        ))
     }
 }
 
@@ -85,6 +89,15 @@ pub fn validate<'a>(raw: RawEvent<'a>, limits: &Limits) -> Result<Event<'a>, Dec
         })?,
         RawTime::Millis(m) => Timestamp(m),
     };
+    if occurred_at < limits.min_event_time {
+        return Err(DecodeError::new(
+            Reason::TooOld,
+            format!(
+                "`occurred_at` = {occurred_at} is before {} (input.min_event_time)",
+                limits.min_event_time
+            ),
+        ));
+    }
     if let Some(now) = limits.now {
         if occurred_at.0 > now.0.saturating_add(limits.max_clock_skew_ms) {
             return Err(DecodeError::new(
@@ -118,16 +131,27 @@ pub fn validate<'a>(raw: RawEvent<'a>, limits: &Limits) -> Result<Event<'a>, Dec
     let kind = match event_type.as_ref() {
         "order.placed" => EventKind::OrderPlaced {
             order_id: id("order_id", raw.order_id)?,
-            amount: amount("amount", raw.amount.ok_or_else(|| missing("amount"))?)?,
+            amount: amount(
+                "amount",
+                raw.amount.ok_or_else(|| missing("amount"))?,
+                limits.max_amount,
+            )?,
             discount_pct: pct("discount_pct", raw.discount_pct.unwrap_or(0.0))?,
         },
         "order.cancelled" => EventKind::OrderCancelled {
             order_id: id("order_id", raw.order_id)?,
-            amount: raw.amount.map(|a| amount("amount", a)).transpose()?,
+            amount: raw
+                .amount
+                .map(|a| amount("amount", a, limits.max_amount))
+                .transpose()?,
         },
         "order.refunded" => EventKind::OrderRefunded {
             order_id: id("order_id", raw.order_id)?,
-            amount: amount("amount", raw.amount.ok_or_else(|| missing("amount"))?)?,
+            amount: amount(
+                "amount",
+                raw.amount.ok_or_else(|| missing("amount"))?,
+                limits.max_amount,
+            )?,
         },
         "ticket.opened" => EventKind::TicketOpened {
             ticket_id: id("ticket_id", raw.ticket_id)?,
@@ -366,6 +390,36 @@ mod tests {
             ..limits
         };
         assert!(validate(raw("engagement.login"), &limits).is_ok());
+    }
+
+    #[test]
+    fn events_before_the_minimum_time_and_amounts_over_the_maximum_are_refused() {
+        let limits = Limits {
+            min_event_time: Timestamp(946_684_800_000),
+            max_amount: 1e12,
+            ..Limits::default()
+        };
+        let e = validate(raw("order.placed"), &limits).unwrap_err();
+        assert_eq!(e.reason, Reason::TooOld, "{e}");
+        assert!(e.message.contains("min_event_time"), "{e}");
+        let mut r = raw("order.placed");
+        r.occurred_at = Some(RawTime::Millis(1_767_225_600_000));
+        r.order_id = Some("o".into());
+        r.amount = Some(1.7e308);
+        let e = validate(r, &limits).unwrap_err();
+        assert_eq!(e.reason, Reason::OutOfRange);
+        assert!(e.message.contains("max_amount"), "{e}");
+    }
+
+    #[test]
+    fn control_characters_in_a_message_are_escaped() {
+        let e = DecodeError::new(Reason::OutOfRange, "id \"a\nline 999: ok\u{1b}[2J\"");
+        assert!(!e.message.chars().any(char::is_control), "{}", e.message);
+        assert!(
+            e.message.contains("\\n") && e.message.contains("\\u{1b}"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

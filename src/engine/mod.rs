@@ -6,11 +6,14 @@
 //! left open). The same engine runs live (one per Kafka partition) and in replay, so
 //! both produce the same alerts for the same events in the same order.
 //!
-//! Stream time is a watermark: the latest event time seen minus the allowed lateness.
+//! Stream time is a watermark: the latest event time that several recent events agree on
+//! (see [`clock`]: one outlier cannot move it) minus the allowed lateness. An event
+//! older than stream time by more than `input.max_event_age_days` is refused.
 //! Customers due for re-evaluation wait in a deadline queue, so letting time pass costs
 //! O(customers due).
 
 pub mod bgnbd;
+pub mod clock;
 pub mod codec;
 pub mod deadlines;
 pub mod index;
@@ -64,6 +67,9 @@ pub enum Outcome {
     Duplicate,
     /// Older than the watermark and `late_events = "drop"`: ignored.
     DroppedLate,
+    /// Older than stream time by more than `input.max_event_age_days`: refused (callers
+    /// that dead-letter ask [`Engine::check_age`] first).
+    TooOld,
 }
 
 /// Counters of an engine.
@@ -118,7 +124,9 @@ pub struct Engine {
     tiers: Tiers,
     /// The purchase model (BG/NBD) fitted on this engine's customers.
     model: bgnbd::Model,
+    /// The latest event time recent events agree on (see [`clock`]).
     max_event_time: Timestamp,
+    recent: clock::Recent,
     stream_time: Timestamp,
     /// The most the watermark may be, set by a caller that merges several sources.
     watermark_limit: Timestamp,
@@ -148,6 +156,7 @@ impl Engine {
             tiers: Tiers::default(),
             model: bgnbd::Model::default(),
             max_event_time: NEVER,
+            recent: clock::Recent::default(),
             stream_time: NEVER,
             watermark_limit: Timestamp(i64::MAX),
             changed_bits: Vec::new(),
@@ -211,9 +220,33 @@ impl Engine {
         (self.stream_time != NEVER).then_some(self.stream_time)
     }
 
-    /// Latest event time seen.
+    /// The latest event time recent events agree on (see [`clock`]); before enough
+    /// events to agree, the latest seen. End of input advances stream time to it.
     pub fn max_event_time(&self) -> Option<Timestamp> {
-        (self.max_event_time != NEVER).then_some(self.max_event_time)
+        (self.max_event_time != NEVER)
+            .then_some(self.max_event_time)
+            .or_else(|| self.recent.latest().map(Timestamp))
+    }
+
+    /// `Err` when `e` is older than stream time by more than `input.max_event_age_days`
+    /// (the dead-letter reason `too_old`): such an event would rewrite history that
+    /// windows, baselines and the purchase model have moved past.
+    pub fn check_age(&self, e: &Event<'_>) -> Result<(), crate::decode::DecodeError> {
+        let days = self.cfg.input.max_event_age_days;
+        if days == 0 || self.stream_time == NEVER {
+            return Ok(());
+        }
+        let oldest = self.stream_time.plus_days(-f64::from(days));
+        if e.occurred_at >= oldest {
+            return Ok(());
+        }
+        Err(crate::decode::DecodeError::new(
+            crate::decode::Reason::TooOld,
+            format!(
+                "`occurred_at` = {} is more than {days} days (input.max_event_age_days) before stream time ({})",
+                e.occurred_at, self.stream_time
+            ),
+        ))
     }
 
     /// Bytes of state held: customer records, index, deadline queue, long ids.
@@ -383,6 +416,7 @@ impl Engine {
         self.population.encode(&mut w);
         self.tiers.encode(&mut w);
         self.model.encode(&mut w);
+        self.recent.encode(&mut w);
     }
 
     /// The state record of every customer, in the engine's order.
@@ -433,6 +467,17 @@ impl Engine {
         if !r.rest().is_empty() {
             e.model = bgnbd::Model::decode(&mut r)?;
         }
+        // Records written before the agreed event time: their latest event time is taken
+        // as agreed.
+        e.recent = if r.rest().is_empty() {
+            if e.max_event_time == NEVER {
+                clock::Recent::default()
+            } else {
+                clock::Recent::filled(e.max_event_time.0)
+            }
+        } else {
+            clock::Recent::decode(&mut r)?
+        };
         r.end()?;
         for bytes in customers {
             let c = Customer::decode(bytes.as_ref())?;
@@ -473,6 +518,9 @@ impl Engine {
     /// [`Engine::apply_into`] with the customer id's hash already computed.
     fn apply_hashed(&mut self, e: &Event<'_>, hash: u64, out: &mut Vec<Alert>) -> Outcome {
         let t = e.occurred_at;
+        if self.check_age(e).is_err() {
+            return Outcome::TooOld;
+        }
         let idx = self.find_or_insert(hash, &e.customer_id);
         let fp = fingerprint(&e.event_id);
         if self.customers[idx].dedup.seen(fp) {
@@ -490,7 +538,10 @@ impl Engine {
         self.stats.applied += 1;
         self.record(idx, e, fp);
 
-        self.max_event_time = self.max_event_time.max(t);
+        self.recent.push(t.0);
+        if let Some(agreed) = self.recent.agreed() {
+            self.max_event_time = self.max_event_time.max(Timestamp(agreed));
+        }
         let watermark = Timestamp(
             self.max_event_time
                 .0
@@ -538,8 +589,19 @@ impl Engine {
     /// first looks up every customer of the batch and asks the CPU to fetch their
     /// records, so the cache misses of one batch overlap instead of queueing.
     pub fn apply_batch(&mut self, events: &[Event<'_>], out: &mut Vec<Alert>) {
+        self.apply_batch_with(events, out, |_, _| {});
+    }
+
+    /// [`Engine::apply_batch`], telling `refused` (with the event's position in
+    /// `events`) of each event [`Engine::check_age`] refuses when its turn comes.
+    pub fn apply_batch_with(
+        &mut self,
+        events: &[Event<'_>],
+        out: &mut Vec<Alert>,
+        mut refused: impl FnMut(usize, crate::decode::DecodeError),
+    ) {
         const CHUNK: usize = 32;
-        for chunk in events.chunks(CHUNK) {
+        for (n, chunk) in events.chunks(CHUNK).enumerate() {
             // 1. the index slot of every event
             let mut hashes = [0u64; CHUNK];
             for (h, e) in hashes.iter_mut().zip(chunk) {
@@ -553,7 +615,11 @@ impl Engine {
                 }
             }
             // 3. the work, in order
-            for (e, h) in chunk.iter().zip(hashes) {
+            for (i, (e, h)) in chunk.iter().zip(hashes).enumerate() {
+                if let Err(why) = self.check_age(e) {
+                    refused(n * CHUNK + i, why);
+                    continue;
+                }
                 self.apply_hashed(e, h, out);
             }
         }
@@ -770,7 +836,18 @@ impl Engine {
                 c.gap_bin = gap;
             }
         }
-        if pop_orders > 0.0 || pop_engagement > 0.0 {
+        // The population baseline counts activity by day in a ring that follows the
+        // latest day recorded: an event dated far ahead of the agreed event time would
+        // move it and drop every later day of the backfill. So it counts events up to
+        // one bucket ahead of the agreed time (none before there is one).
+        let agreed_horizon = self
+            .max_event_time
+            .0
+            .saturating_add(self.cfg.engine.bucket_ms());
+        if (pop_orders > 0.0 || pop_engagement > 0.0)
+            && self.max_event_time != NEVER
+            && t.0 <= agreed_horizon
+        {
             self.population.record(t, pop_orders, pop_engagement);
         }
     }

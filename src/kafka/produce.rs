@@ -76,10 +76,7 @@ pub fn produce(cfg: &Config, input: impl BufRead) -> Produced {
             }
         };
     let t = &cfg.kafka.topics;
-    let limits = Limits {
-        max_event_bytes: cfg.input.max_event_bytes,
-        ..Limits::default()
-    };
+    let limits = Limits::from_input(&cfg.input, None);
     for line in Lines::new(input, limits.max_event_bytes) {
         let line = match line {
             Ok(l) => l,

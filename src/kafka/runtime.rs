@@ -1019,6 +1019,44 @@ pub struct Service {
     lag: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     http: Option<http::Server>,
+    api: Option<http::Server>,
+}
+
+/// The operations server on `http.listen` and the customer API on
+/// `http.customer_api.listen`, each when its address is set.
+fn start_http(
+    c: &crate::config::HttpConfig,
+    probe: Arc<dyn http::Probe>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(Option<http::Server>, Option<http::Server>), RunError> {
+    let limits = http::Limits::from_config(c);
+    let bind = |listen: &str, router, name| -> Result<Option<http::Server>, RunError> {
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let failed = |message: String| RunError::Http {
+            listen: listen.to_owned(),
+            message,
+        };
+        let addr: SocketAddr = listen.parse().map_err(|e| failed(format!("{e}")))?;
+        http::serve(addr, router, limits, name)
+            .map(Some)
+            .map_err(|e| failed(e.to_string()))
+    };
+    let ops = bind(&c.listen, http::ops(probe.clone(), metrics), "http")?;
+    let a = &c.customer_api;
+    let api = if a.listen.is_empty() {
+        None
+    } else {
+        let access =
+            http::Access::load(a, |k| std::env::var(k).ok()).map_err(|message| RunError::Http {
+                listen: a.listen.clone(),
+                message,
+            })?;
+        let limit = http::RateLimit::new(a.rate_per_sec, a.rate_burst);
+        bind(&a.listen, http::api(probe, access, limit), "customer-api")?
+    };
+    Ok((ops, api))
 }
 
 /// Totals at the end of a run.
@@ -1119,23 +1157,10 @@ impl Service {
             .subscribe(&names)
             .map_err(|e| RunError::Client(e.to_string()))?;
 
-        let http = if cfg.http.listen.is_empty() {
-            None
-        } else {
-            let addr: SocketAddr = cfg.http.listen.parse().map_err(|e| RunError::Http {
-                listen: cfg.http.listen.clone(),
-                message: format!("{e}"),
-            })?;
-            let probe = Arc::new(Probe {
-                shared: shared.clone(),
-            });
-            Some(
-                http::serve(addr, probe, metrics).map_err(|e| RunError::Http {
-                    listen: cfg.http.listen.clone(),
-                    message: e.to_string(),
-                })?,
-            )
-        };
+        let probe: Arc<dyn http::Probe> = Arc::new(Probe {
+            shared: shared.clone(),
+        });
+        let (http, api) = start_http(&cfg.http, probe, metrics)?;
 
         let mut worker_threads = Vec::new();
         for (id, rx) in receivers.into_iter().enumerate() {
@@ -1178,6 +1203,7 @@ impl Service {
             topics = ?names,
             workers,
             http = ?http.as_ref().map(|h| h.addr()),
+            customer_api = ?api.as_ref().map(|h| h.addr()),
             "churnsignal running"
         );
         Ok(Service {
@@ -1187,6 +1213,7 @@ impl Service {
             lag: Some(lag),
             workers: worker_threads,
             http,
+            api,
         })
     }
 
@@ -1198,6 +1225,11 @@ impl Service {
     /// The HTTP server's address, if it runs.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|h| h.addr())
+    }
+
+    /// The customer API's address, if it runs.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|h| h.addr())
     }
 
     /// Readiness as `/readyz` answers it.
@@ -1239,7 +1271,7 @@ impl Service {
         } else {
             tracing::warn!("shutdown deadline reached; leaving without the consumer's goodbye");
         }
-        if let Some(h) = self.http.take() {
+        for h in [self.http.take(), self.api.take()].into_iter().flatten() {
             h.stop();
         }
         // The lag monitor ends within its current request (left behind past 1 s).

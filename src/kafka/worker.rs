@@ -303,11 +303,7 @@ fn decode_input(
     m: &InMsg,
     now: Timestamp,
 ) -> Result<Event<'static>, DecodeError> {
-    let limits = Limits {
-        max_event_bytes: cfg.input.max_event_bytes,
-        max_clock_skew_ms: cfg.input.max_clock_skew_secs as i64 * 1000,
-        now: Some(now),
-    };
+    let limits = Limits::from_input(&cfg.input, Some(now));
     decode_message(m.value(), topic.encoding, m.content_type(), &limits)
         .and_then(|e| check_placement(e, topic, m.key()))
 }
@@ -1033,7 +1029,9 @@ fn replay_journal(
                         i.next = Some(m.offset + 1);
                     }
                     // Refused (a dead letter then): nothing reaches the engine.
-                    if let Ok(event) = decode_input(cfg, &topics[t], &m, Timestamp(now)) {
+                    let decoded = decode_input(cfg, &topics[t], &m, Timestamp(now))
+                        .and_then(|e| engine.check_age(&e).map(|()| e));
+                    if let Ok(event) = decoded {
                         let time = event.occurred_at;
                         cap_watermark(inputs, engine, t, time, live, lateness);
                         engine.apply_into(&event, &mut scratch);
@@ -1642,6 +1640,8 @@ impl Worker {
         pe.last_event = instant;
         pe.dirty = true;
         let topic = &self.inputs[m.topic];
+        // Too old for this partition's stream time: a dead letter like a decode error.
+        let decoded = decoded.and_then(|e| pe.engine.check_age(&e).map(|()| e));
         // Exactly-once journals the message under the input's position.
         let position = eos.then(|| pe.position(m.topic));
         self.out.clear();

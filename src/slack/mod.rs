@@ -250,8 +250,10 @@ impl Forwarder {
         }
         let mut webhooks = BTreeMap::new();
         for (name, source) in &s.webhooks {
-            let hook = Webhook::resolve(name, source, |v| std::env::var(v).ok())
-                .map_err(SlackError::Webhook)?;
+            let hook = Webhook::resolve(name, source, s.allow_http_webhooks, |v| {
+                std::env::var(v).ok()
+            })
+            .map_err(SlackError::Webhook)?;
             webhooks.insert(name.clone(), hook);
         }
         let client = post::Client::new(Duration::from_secs(s.timeout_secs))
@@ -296,7 +298,9 @@ impl Forwarder {
         let addr = listen
             .parse()
             .map_err(|e| SlackError::Start(format!("slack.listen: {e}")))?;
-        http::serve(addr, Arc::new(Probe(self.status.clone())), metrics)
+        let limits = http::Limits::from_config(&self.cfg.http);
+        let routes = http::ops(Arc::new(Probe(self.status.clone())), metrics);
+        http::serve(addr, routes, limits, "http")
             .map(Some)
             .map_err(|e| SlackError::Start(format!("HTTP server on {listen}: {e}")))
     }

@@ -28,6 +28,7 @@ impl Webhook {
     pub fn resolve(
         name: &str,
         source: &WebhookSource,
+        allow_http: bool,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Webhook, String> {
         let (raw, origin) = if !source.url_file.is_empty() {
@@ -55,6 +56,13 @@ impl Webhook {
                     "slack.webhooks.{name}: what {origin} holds is not an http(s) URL (its value is not shown: it is a secret)"
                 )
             })?;
+        if url.scheme() == "http" && !allow_http {
+            return Err(format!(
+                "slack.webhooks.{name}: what {origin} holds is an http:// URL; webhooks must be https:// (the URL is a secret sent in clear otherwise), unless slack.allow_http_webhooks = true"
+            ));
+        }
+        crate::config::secret::register(url.as_str());
+        crate::config::secret::register(raw.trim());
         Ok(Webhook {
             name: name.to_owned(),
             url,
@@ -299,22 +307,40 @@ mod tests {
             ..Default::default()
         };
         let secret = "https://hooks.slack.com/services/T0/B0/s3cr3t";
-        let hook = Webhook::resolve("key", &src, |_| Some(format!("  {secret}\n"))).unwrap();
+        let hook = Webhook::resolve("key", &src, false, |_| Some(format!("  {secret}\n"))).unwrap();
         assert!(!format!("{hook:?}").contains("s3cr3t"));
         assert_eq!(hook.name(), "key");
-        let err = Webhook::resolve("key", &src, |_| Some("s3cr3t-not-a-url".into())).unwrap_err();
+        let err =
+            Webhook::resolve("key", &src, false, |_| Some("s3cr3t-not-a-url".into())).unwrap_err();
         assert!(
             err.contains("slack.webhooks.key") && err.contains("HOOK"),
             "{err}"
         );
         assert!(!err.contains("s3cr3t"), "{err}");
-        let err = Webhook::resolve("key", &src, |_| None).unwrap_err();
+        let err = Webhook::resolve("key", &src, false, |_| None).unwrap_err();
         assert!(err.contains("HOOK") && err.contains("not set"), "{err}");
         let file = WebhookSource {
             url_file: "/nonexistent/hook".into(),
             ..Default::default()
         };
-        let err = Webhook::resolve("key", &file, |_| None).unwrap_err();
+        let err = Webhook::resolve("key", &file, false, |_| None).unwrap_err();
         assert!(err.contains("/nonexistent/hook"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_webhooks_are_refused_unless_allowed() {
+        let src = WebhookSource {
+            url_env: "HOOK".into(),
+            ..Default::default()
+        };
+        let plain = || Some("http://hooks.example/services/T0/B0/plain-s3cr3t".to_owned());
+        let err = Webhook::resolve("key", &src, false, |_| plain()).unwrap_err();
+        assert!(
+            err.contains("https://")
+                && err.contains("allow_http_webhooks")
+                && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        assert!(Webhook::resolve("key", &src, true, |_| plain()).is_ok());
     }
 }

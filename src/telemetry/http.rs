@@ -1,39 +1,61 @@
-//! The HTTP server: `/metrics` (Prometheus text), `/healthz` (liveness), `/readyz`
-//! (readiness) and `GET /customers/{id}` (the customer's health record). It runs on its
-//! own thread with a small Tokio runtime, so that it answers while the processing
-//! threads are busy, and it knows the service only through [`Probe`].
+//! The HTTP servers: the operations server (`/metrics`, `/healthz`, `/readyz`) and the
+//! customer API (`GET /customers/{id}`, see [`super::api`]). Each runs on its own thread
+//! with a small Tokio runtime, so that it answers while the processing threads are busy.
+//!
+//! Slow and hostile clients cannot hold a server: a connection must send a request's
+//! headers within `header_read_timeout` (of connecting or of its previous answer), a
+//! request is answered within `request_timeout` (else 503), headers are capped at
+//! 16 KiB, and at `max_connections` the oldest connection is closed for each new one,
+//! so that a health probe always gets through. Stopping closes idle connections at once
+//! and gives requests in flight `shutdown_grace`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::oneshot;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, watch, Notify};
+use tower::ServiceExt;
 
-/// What the server asks the service.
-pub trait Probe: Send + Sync + 'static {
-    /// `Ok` while every loop reports in time; else what stalled.
-    fn live(&self) -> Result<(), String>;
-    /// `Ok` when the service should receive traffic; else why not.
-    fn ready(&self) -> Result<(), String>;
-    /// The health record of one customer, as JSON. Blocking.
-    fn customer(&self, id: &str) -> Lookup;
+pub use super::api::{api, ops, Access, Lookup, Probe, RateLimit};
+
+/// Limits of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send a request's headers, from connecting or from the previous answer.
+    pub header_read_timeout: Duration,
+    /// Time to answer a request (503 after).
+    pub request_timeout: Duration,
+    /// Open connections; at the cap the oldest is closed for each new one.
+    pub max_connections: usize,
+    /// On stop, how long requests in flight may finish.
+    pub shutdown_grace: Duration,
 }
 
-/// Answer of [`Probe::customer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// The record, JSON.
-    Found(String),
-    /// No partition engine of this instance holds the customer.
-    NotOwned,
-    /// The service cannot answer now (shutting down, a worker busy for too long).
-    Unavailable(String),
+impl Limits {
+    /// The limits `[http]` configures.
+    pub fn from_config(c: &crate::config::HttpConfig) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(c.header_read_timeout_secs),
+            request_timeout: Duration::from_secs(c.request_timeout_secs),
+            max_connections: c.max_connections,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&crate::config::HttpConfig::default())
+    }
 }
 
 /// A running server.
@@ -49,7 +71,8 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting, finishes open requests, joins the thread.
+    /// Stops accepting, closes idle connections, gives requests in flight the shutdown
+    /// grace, closes the rest, joins the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -70,45 +93,28 @@ impl Drop for Server {
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    probe: Arc<dyn Probe>,
-    metrics: PrometheusHandle,
-}
-
-/// Binds `listen` and serves until [`Server::stop`].
+/// Binds `listen` and serves `router` until [`Server::stop`]. `name` names the thread
+/// and the log lines (`http`, `customer-api`).
 pub fn serve(
     listen: SocketAddr,
-    probe: Arc<dyn Probe>,
-    metrics: PrometheusHandle,
+    router: Router,
+    limits: Limits,
+    name: &'static str,
 ) -> std::io::Result<Server> {
     let std_listener = std::net::TcpListener::bind(listen)?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let state = AppState { probe, metrics };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let thread = std::thread::Builder::new()
-        .name("churnsignal-http".into())
+        .name(format!("churnsignal-{name}"))
         .spawn(move || {
             runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "http listener");
-                        return;
-                    }
-                };
-                let app = router(state);
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "http server stopped");
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(listener) => accept_loop(listener, router, limits, rx, name).await,
+                    Err(e) => tracing::error!(server = name, error = %e, "http listener"),
                 }
             })
         })?;
@@ -119,60 +125,121 @@ pub fn serve(
     })
 }
 
-fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/customers/{id}", get(customer))
-        .with_state(state)
-}
+/// The open connections, oldest first, each with the signal that closes it at once.
+type Open = Arc<Mutex<BTreeMap<u64, Arc<Notify>>>>;
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: oneshot::Receiver<()>,
+    name: &'static str,
+) {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(16 * 1024);
+    let open: Open = Arc::default();
+    let (closing_tx, closing) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_id = 0u64;
+    let mut accept_errors = 0u64;
+    let mut last_error_log: Option<tokio::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        while tasks.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors (EMFILE) or a connection reset before accept:
+                // say so at most every 10 s, and let connections close before retrying.
+                accept_errors += 1;
+                if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(server = name, error = %e, errors = accept_errors, "cannot accept HTTP connections");
+                    last_error_log = Some(tokio::time::Instant::now());
+                }
+                evict_oldest(&open);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.lock().expect("open lock").len() >= limits.max_connections {
+            evict_oldest(&open);
+        }
+        let id = next_id;
+        next_id += 1;
+        let evicted = Arc::new(Notify::new());
+        open.lock().expect("open lock").insert(id, evicted.clone());
+        let conn = http1.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(handler(router.clone(), peer, limits.request_timeout)),
+        );
+        let (open, mut closing, grace) = (open.clone(), closing.clone(), limits.shutdown_grace);
+        tasks.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = evicted.notified() => {}
+                _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, conn).await;
+                }
+            }
+            open.lock().expect("open lock").remove(&id);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let all_closed = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(
+        limits.shutdown_grace + Duration::from_millis(100),
+        all_closed,
     )
-        .into_response()
-}
-
-fn verdict(r: Result<(), String>) -> Response {
-    match r {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    .await
+    .is_err()
+    {
+        tasks.abort_all();
     }
 }
 
-async fn healthz(State(s): State<AppState>) -> Response {
-    verdict(s.probe.live())
+/// Closes the oldest open connection (it is the likeliest to be idle or slow).
+fn evict_oldest(open: &Open) {
+    let oldest = open.lock().expect("open lock").pop_first();
+    if let Some((_, close)) = oldest {
+        close.notify_one();
+    }
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
-    verdict(s.probe.ready())
-}
+/// The answer to one request, as hyper's `service_fn` wants it.
+type Answer = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+            + Send,
+    >,
+>;
 
-async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let probe = s.probe.clone();
-    let looked = tokio::task::spawn_blocking(move || probe.customer(&id)).await;
-    let json = |status: StatusCode, body: String| {
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    };
-    match looked {
-        Ok(Lookup::Found(record)) => json(StatusCode::OK, record),
-        Ok(Lookup::NotOwned) => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":"not_owned","message":"no partition of this instance holds this customer"}"#
-                .into(),
-        ),
-        Ok(Lookup::Unavailable(why)) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "unavailable", "message": why}).to_string(),
-        ),
-        Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"error": "internal", "message": e.to_string()}).to_string(),
-        ),
+/// One request: the client's address as [`ConnectInfo`], the router, the time limit.
+fn handler(
+    router: Router,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> impl Fn(Request<Incoming>) -> Answer + Clone {
+    move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        Box::pin(async move {
+            let req = req.map(Body::new);
+            match tokio::time::timeout(timeout, router.oneshot(req)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response())
+                }
+            }
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! partition, event type, reason code, status, signal, risk, value tier); never a
 //! customer id. Call sites use the small functions below, not strings.
 
+pub mod api;
 pub mod http;
 
 use std::sync::OnceLock;

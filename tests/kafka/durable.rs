@@ -26,6 +26,18 @@ fn spawn_run(cfg: &Config, port: u16) -> Proc {
     Proc(child)
 }
 
+/// The customer API's address of a `churnsignal run` started with `cfg` (whose
+/// `http.customer_api.listen` has a fixed port: see [`with_api_port`]).
+fn api_addr(cfg: &Config) -> std::net::SocketAddr {
+    cfg.http.customer_api.listen.parse().unwrap()
+}
+
+/// `cfg` with the customer API on a free port, for child processes.
+fn with_api_port(mut cfg: Config) -> Config {
+    cfg.http.customer_api.listen = format!("127.0.0.1:{}", free_port());
+    cfg
+}
+
 fn addr(port: u16) -> std::net::SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
@@ -84,7 +96,7 @@ fn replay_records(cfg: &Config, spec: Spec) -> BTreeMap<String, serde_json::Valu
 /// health record equal replay's. Returns the duplicates seen.
 fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
     let b = shared_bootstrap();
-    let mut cfg = one_topic_config(b, test);
+    let mut cfg = with_api_port(one_topic_config(b, test));
     cfg.kafka.processing.guarantee = guarantee;
     // At-least-once checkpoints often. Exactly-once commits every 100 ms and writes
     // its state records every 3 s, journaling the transactions between: most kills
@@ -123,7 +135,7 @@ fn kill_loop(test: &str, guarantee: Guarantee) -> usize {
             });
             let mut records = BTreeMap::new();
             for id in replay_records(&cfg, spec.clone()).keys() {
-                let (s, body) = http_get(addr(port), &format!("/customers/{id}"));
+                let (s, body) = customer_get(api_addr(&cfg), id);
                 assert_eq!(s, 200, "{id}");
                 records.insert(
                     id.clone(),
@@ -479,7 +491,11 @@ fn switched_to_at_least_once_the_service_replays_the_pending_journal_then_drops_
         seed: 43,
         ..Spec::default()
     };
-    let (mut cfg, recs) = exactly_once(one_topic_config(b, "journal-switch"), 600_000, &spec);
+    let (mut cfg, recs) = exactly_once(
+        with_api_port(one_topic_config(b, "journal-switch")),
+        600_000,
+        &spec,
+    );
     let topic = cfg.kafka.topics.orders.clone();
     let group = cfg.kafka.group_id.clone();
     let (head, rest) = recs.split_at(recs.len() / 10);
@@ -522,7 +538,7 @@ fn switched_to_at_least_once_the_service_replays_the_pending_journal_then_drops_
         "a tombstone for the journal"
     );
     for (id, want) in replay_records(&cfg, spec) {
-        let (status, body) = http_get(addr(port), &format!("/customers/{id}"));
+        let (status, body) = customer_get(api_addr(&cfg), &id);
         assert_eq!(status, 200, "{id}");
         let got: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(got, want, "{id}'s health record");
@@ -805,7 +821,7 @@ fn two_million_distinct_customers_stay_within_the_cap_and_returning_ones_start_f
     const N: u64 = 2_000_000;
     const CAP: u64 = 200_000;
     let b = shared_bootstrap();
-    let mut cfg = one_topic_config(b, "evict");
+    let mut cfg = with_api_port(one_topic_config(b, "evict"));
     cfg.engine.evict_after_days = 1;
     cfg.engine.max_customers = CAP;
     cfg.kafka.commit_interval_ms = 2000;
@@ -854,7 +870,7 @@ fn two_million_distinct_customers_stay_within_the_cap_and_returning_ones_start_f
         consumed(port) >= (N + 10) as f64
     });
     let orders_of = |c: &str| -> u64 {
-        let (s, body) = http_get(addr(port), &format!("/customers/{c}"));
+        let (s, body) = customer_get(api_addr(&cfg), c);
         assert_eq!(s, 200, "{c}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["windows"]["orders_total"].as_u64().unwrap()

@@ -95,11 +95,15 @@ fn golden_run_events_in_exactly_the_expected_alerts_out() {
     // The customer API answers for owned customers, 404 for others; ready once caught up.
     let addr = service.http_addr().unwrap();
     wait_for("ready", WAIT, || http_get(addr, "/readyz").0 == 200);
-    let (status, body) = http_get(addr, "/customers/acme");
+    let api = service.api_addr().unwrap();
+    let (status, body) = customer_get(api, "acme");
     assert_eq!(status, 200, "{body}");
     let rec: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rec["customer_id"], "acme");
-    assert_eq!(http_get(addr, "/customers/nobody").0, 404);
+    assert_eq!(customer_get(api, "nobody").0, 404);
+    // Without the token, or on the operations port, no customer data.
+    assert_eq!(http_get(api, "/customers/acme").0, 401);
+    assert_eq!(http_get(addr, "/customers/acme").0, 404);
     assert_eq!(http_get(addr, "/healthz").0, 200);
     wait_for("offsets committed", WAIT, || {
         committed(b, &cfg.kafka.group_id, &t.orders, 1) == vec![Some(3)]
@@ -410,13 +414,27 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    // One sentinel secret as a SASL password, a key password, a keystore password
+    // and a customer-API token.
     const SECRET: &str = "s3cr3t-hunter2-Zq9";
+    let api_port = free_port();
+    let tokens = std::env::temp_dir().join(format!("cs-sentinel-tokens-{}", std::process::id()));
+    std::fs::write(&tokens, format!("{SECRET}-api-token\n")).unwrap();
     let mut child = run_command(&cfg, port)
         .env("RUST_LOG", "debug")
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__SASL.USERNAME", "svc")
-        .env("CHURNSIGNAL__KAFKA__PROPERTIES__SASL.PASSWORD", SECRET)
+        .env("CHURNSIGNAL__KAFKA__PROPERTIES__SASL_PASSWORD", SECRET)
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__SSL.KEY.PASSWORD", SECRET)
+        .env(
+            "CHURNSIGNAL__KAFKA__PROPERTIES__SSL.KEYSTORE.PASSWORD",
+            SECRET,
+        )
         .env("CHURNSIGNAL__KAFKA__PROPERTIES__DEBUG", "conf,security")
+        .env(
+            "CHURNSIGNAL__HTTP__CUSTOMER_API__LISTEN",
+            format!("127.0.0.1:{api_port}"),
+        )
+        .env("CHURNSIGNAL__HTTP__CUSTOMER_API__TOKENS_FILE", &tokens)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -448,6 +466,34 @@ fn sigterm_under_load_exits_cleanly_in_time_and_secrets_stay_out_of_logs_and_met
         (consumed(&metrics) as usize) < recs.len(),
         "still under load when the signal comes"
     );
+    // Every HTTP answer, the customer API's with the secret token, a wrong one and none.
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let auth = format!("Authorization: Bearer {SECRET}-api-token\r\n");
+    let mut answers = vec![
+        http_get(addr, "/healthz"),
+        http_get(addr, "/readyz"),
+        http_get(addr, "/customers/cust-0000001"),
+        http_get_with(api, "/customers/cust-0000001", &auth),
+        http_get_with(api, "/customers/nobody", &auth),
+        http_get(api, "/customers/cust-0000001"),
+        http_get_with(
+            api,
+            "/customers/cust-0000001",
+            "Authorization: Bearer s3cr3t-hunter2\r\n",
+        ),
+    ];
+    assert!(
+        matches!(answers[3].0, 200 | 404),
+        "the token admits: {}",
+        answers[3].0
+    );
+    assert_eq!(answers[4].0, 404);
+    assert_eq!(answers[5].0, 401);
+    answers.push((0, http_get(addr, "/metrics").1));
+    for (status, body) in &answers {
+        assert!(!body.contains(SECRET), "{status}: {body}");
+    }
+    let _ = std::fs::remove_file(&tokens);
     let sent = std::time::Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -561,9 +607,9 @@ fn state_moves_with_its_partition_through_rebalances() {
     wait_for("round 5 processed", WAIT, || {
         a.status().events.load(Relaxed) + b2.status().events.load(Relaxed) == 120
     });
-    let b_addr = b2.http_addr().unwrap();
+    let b_addr = b2.api_addr().unwrap();
     let orders_at = |addr, c: &str| -> Option<u64> {
-        let (s, body) = http_get(addr, &format!("/customers/{c}"));
+        let (s, body) = customer_get(addr, c);
         (s == 200).then(|| {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             v["windows"]["orders_total"].as_u64().unwrap()
@@ -586,7 +632,7 @@ fn state_moves_with_its_partition_through_rebalances() {
         a.status().assigned.load(Relaxed) == 6
     });
     produce(b, &round(6));
-    let a_addr = a.http_addr().unwrap();
+    let a_addr = a.api_addr().unwrap();
     // Every customer has all seven orders, whichever instance had it meanwhile.
     wait_for("round 6 processed", WAIT, || {
         customers.iter().all(|c| orders_at(a_addr, c) == Some(7))

@@ -192,6 +192,8 @@ auto_offset_reset = "earliest"
 listen = "{listen}"
 retry_initial_ms = {retry_initial_ms}
 retry_max_ms = {retry_max_ms}
+# the fake Slack is plain HTTP on loopback
+allow_http_webhooks = true
 [slack.webhooks]
 everyone = {{ url_env = "TEST_SLACK_EVERYONE" }}
 {first}[[slack.routes]]

@@ -207,7 +207,29 @@ pub fn config(bootstrap: &str, test: &str) -> Config {
     c.kafka.commit_interval_ms = 100;
     c.kafka.workers = 2;
     c.http.listen = "127.0.0.1:0".into();
+    c.http.customer_api.listen = "127.0.0.1:0".into();
+    c.http.customer_api.tokens_file = api_tokens_file();
+    // tests poll the API in loops
+    c.http.customer_api.rate_per_sec = 100_000.0;
+    c.http.customer_api.rate_burst = 100_000;
     c
+}
+
+/// The bearer token the test services' customer API admits.
+pub const API_TOKEN: &str = "test-api-token-0123456789";
+
+/// A file holding [`API_TOKEN`] (written once per test process).
+pub fn api_tokens_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!(
+            "churnsignal-test-api-tokens-{}",
+            std::process::id()
+        ));
+        std::fs::write(&p, format!("{API_TOKEN}\n")).unwrap();
+        p.display().to_string()
+    })
+    .clone()
 }
 
 /// [`config`] with every family on one topic and no allowed lateness: the live run
@@ -442,15 +464,31 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// GET `path`: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    http_get_with(addr, path, "")
+}
+
+/// `GET /customers/{id}` from the customer API with [`API_TOKEN`].
+pub fn customer_get(api: SocketAddr, id: &str) -> (u16, String) {
+    http_get_with(
+        api,
+        &format!("/customers/{id}"),
+        &format!("Authorization: Bearer {API_TOKEN}\r\n"),
     )
-    .unwrap();
+}
+
+/// `GET path` with extra header lines (each ending in CRLF): status and body; status 0
+/// when the server is not there or went away mid-answer (a process that exits).
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
     let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
+    if s.write_all(request.as_bytes()).is_err() || s.read_to_string(&mut buf).is_err() {
+        return (0, String::new());
+    }
     let status = buf
         .split_whitespace()
         .nth(1)
@@ -626,6 +664,22 @@ pub fn run_command(cfg: &Config, port: u16) -> std::process::Command {
             cfg.engine.max_customers.to_string(),
         ),
         ("HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "HTTP__CUSTOMER_API__LISTEN",
+            cfg.http.customer_api.listen.clone(),
+        ),
+        (
+            "HTTP__CUSTOMER_API__TOKENS_FILE",
+            cfg.http.customer_api.tokens_file.clone(),
+        ),
+        (
+            "HTTP__CUSTOMER_API__RATE_PER_SEC",
+            format!("{:?}", cfg.http.customer_api.rate_per_sec),
+        ),
+        (
+            "HTTP__CUSTOMER_API__RATE_BURST",
+            cfg.http.customer_api.rate_burst.to_string(),
+        ),
     ] {
         c.env(format!("CHURNSIGNAL__{key}"), value);
     }
