@@ -1271,8 +1271,10 @@ impl Service {
         } else {
             tracing::warn!("shutdown deadline reached; leaving without the consumer's goodbye");
         }
+        // What is left of the shutdown time (at most the servers' own grace) for
+        // requests in flight; idle and slow connections close at once.
         for h in [self.http.take(), self.api.take()].into_iter().flatten() {
-            h.stop();
+            h.stop_within(deadline.saturating_duration_since(Instant::now()));
         }
         // The lag monitor ends within its current request (left behind past 1 s).
         if let Some(lag) = self.lag.take() {

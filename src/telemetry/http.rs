@@ -61,7 +61,7 @@ impl Default for Limits {
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<oneshot::Sender<Duration>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -74,12 +74,18 @@ impl Server {
     /// Stops accepting, closes idle connections, gives requests in flight the shutdown
     /// grace, closes the rest, joins the thread.
     pub fn stop(mut self) {
-        self.shutdown();
+        self.shutdown(Duration::MAX);
     }
 
-    fn shutdown(&mut self) {
+    /// [`Server::stop`], giving requests in flight at most `budget` (what is left of
+    /// the service's shutdown time).
+    pub fn stop_within(mut self, budget: Duration) {
+        self.shutdown(budget);
+    }
+
+    fn shutdown(&mut self, budget: Duration) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(budget);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -89,7 +95,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(Duration::MAX);
     }
 }
 
@@ -104,7 +110,7 @@ pub fn serve(
     let std_listener = std::net::TcpListener::bind(listen)?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    let (tx, rx) = oneshot::channel::<()>();
+    let (tx, rx) = oneshot::channel::<Duration>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -132,7 +138,7 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: Limits,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<Duration>,
     name: &'static str,
 ) {
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -146,9 +152,9 @@ async fn accept_loop(
     let mut next_id = 0u64;
     let mut accept_errors = 0u64;
     let mut last_error_log: Option<tokio::time::Instant> = None;
-    loop {
+    let budget = loop {
         let accepted = tokio::select! {
-            _ = &mut stop => break,
+            budget = &mut stop => break budget.unwrap_or(Duration::ZERO),
             a = listener.accept() => a,
         };
         while tasks.try_join_next().is_some() {}
@@ -191,17 +197,12 @@ async fn accept_loop(
             }
             open.lock().expect("open lock").remove(&id);
         });
-    }
+    };
     drop(listener);
     let _ = closing_tx.send(true);
     let all_closed = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(
-        limits.shutdown_grace + Duration::from_millis(100),
-        all_closed,
-    )
-    .await
-    .is_err()
-    {
+    let grace = limits.shutdown_grace.min(budget);
+    if tokio::time::timeout(grace, all_closed).await.is_err() {
         tasks.abort_all();
     }
 }
