@@ -417,6 +417,9 @@ impl Engine {
         self.tiers.encode(&mut w);
         self.model.encode(&mut w);
         self.recent.encode(&mut w);
+        for d in self.population.slot_days() {
+            w.i64(*d);
+        }
     }
 
     /// The state record of every customer, in the engine's order.
@@ -478,6 +481,17 @@ impl Engine {
         } else {
             clock::Recent::decode(&mut r)?
         };
+        // Records written before population slots had days: derived from the latest day.
+        let slot_days = if r.rest().is_empty() {
+            None
+        } else {
+            let mut days = [0i64; population::DAYS];
+            for d in days.iter_mut() {
+                *d = r.i64()?;
+            }
+            Some(days)
+        };
+        e.population.set_slot_days(slot_days);
         r.end()?;
         for bytes in customers {
             let c = Customer::decode(bytes.as_ref())?;
@@ -836,18 +850,15 @@ impl Engine {
                 c.gap_bin = gap;
             }
         }
-        // The population baseline counts activity by day in a ring that follows the
-        // latest day recorded: an event dated far ahead of the agreed event time would
-        // move it and drop every later day of the backfill. So it counts events up to
-        // one bucket ahead of the agreed time (none before there is one).
-        let agreed_horizon = self
+        // An event dated further ahead of the agreed event time than the population
+        // keeps days (an event dated "now" inside a backfill) is left out of it: it
+        // would take the slot of a day the backfill has yet to count.
+        let horizon = self
             .max_event_time
-            .0
-            .saturating_add(self.cfg.engine.bucket_ms());
-        if (pop_orders > 0.0 || pop_engagement > 0.0)
-            && self.max_event_time != NEVER
-            && t.0 <= agreed_horizon
-        {
+            .plus_days(population::DAYS as f64)
+            .max(self.max_event_time);
+        let far_ahead = self.max_event_time != NEVER && t > horizon;
+        if (pop_orders > 0.0 || pop_engagement > 0.0) && !far_ahead {
             self.population.record(t, pop_orders, pop_engagement);
         }
     }

@@ -95,6 +95,10 @@ impl LogHistogram {
 pub struct Population {
     orders: [f64; DAYS],
     engagement: [f64; DAYS],
+    /// The day each slot counts (the latest day recorded in it): a slot belongs to one
+    /// day, so an event dated far ahead claims its own slot only, and never clears the
+    /// others' days (as a ring that follows the latest day did).
+    slot_day: [i64; DAYS],
     head_day: i64,
     first_day: i64,
     /// Per-customer mean gap between orders (customers with 2+ orders).
@@ -117,6 +121,7 @@ impl Default for Population {
         Population {
             orders: [0.0; DAYS],
             engagement: [0.0; DAYS],
+            slot_day: [i64::MIN; DAYS],
             head_day: i64::MIN,
             first_day: i64::MAX,
             cadence: LogHistogram::default(),
@@ -132,30 +137,50 @@ fn slot(day: i64) -> usize {
 }
 
 impl Population {
-    /// Counts activity at `t`.
+    /// Counts activity at `t`: in the slot of its day, which a later day of the same
+    /// slot (`DAYS` days on) takes over. The counts are the same in whatever order the
+    /// events come.
     pub fn record(&mut self, t: Timestamp, orders: f64, engagement: f64) {
         let d = t.0.div_euclid(DAY_MS);
-        if self.head_day == i64::MIN {
-            self.head_day = d;
-        } else if d > self.head_day {
-            let skip = (d - self.head_day).min(DAYS as i64);
-            for k in 1..=skip {
-                let s = slot(d - skip + k);
-                self.orders[s] = 0.0;
-                self.engagement[s] = 0.0;
-            }
-            self.head_day = d;
-        } else if d <= self.head_day - DAYS as i64 {
+        let s = slot(d);
+        if d < self.slot_day[s] {
             return;
         }
+        if d > self.slot_day[s] {
+            self.slot_day[s] = d;
+            self.orders[s] = 0.0;
+            self.engagement[s] = 0.0;
+        }
+        self.head_day = self.head_day.max(d);
         self.first_day = self.first_day.min(d);
-        let s = slot(d);
         self.orders[s] += orders;
         self.engagement[s] += engagement;
     }
 
+    /// The day of every slot, for the engine's state record.
+    pub(crate) fn slot_days(&self) -> &[i64; DAYS] {
+        &self.slot_day
+    }
+
+    /// Sets the day of every slot (from the engine's state record); `None` for a
+    /// record written before slots had days: each slot then holds the day of the
+    /// `DAYS` up to the latest one that maps to it, as the ring that followed the
+    /// latest day held them.
+    pub(crate) fn set_slot_days(&mut self, days: Option<[i64; DAYS]>) {
+        self.slot_day = days.unwrap_or_else(|| {
+            let head = self.head_day;
+            std::array::from_fn(|s| {
+                if head == i64::MIN {
+                    i64::MIN
+                } else {
+                    head - (head - s as i64).rem_euclid(DAYS as i64)
+                }
+            })
+        });
+    }
+
     fn day_value(&self, which: Activity, d: i64) -> f64 {
-        if self.head_day == i64::MIN || d > self.head_day || d <= self.head_day - DAYS as i64 {
+        if self.slot_day[slot(d)] != d {
             return 0.0;
         }
         let s = slot(d);
@@ -350,6 +375,35 @@ mod tests {
 
     fn day(d: i64) -> Timestamp {
         Timestamp(d * DAY_MS + 3_600_000)
+    }
+
+    #[test]
+    fn a_day_far_ahead_takes_its_own_slot_only_and_order_does_not_matter() {
+        let days: Vec<i64> = (1000..1100).collect();
+        let mut in_order = Population::default();
+        for d in &days {
+            in_order.record(day(*d), 1.0, 2.0);
+        }
+        // The same days with one dated 300 days ahead in the middle, and reversed.
+        let mut with_outlier = Population::default();
+        for (i, d) in days.iter().enumerate() {
+            if i == 50 {
+                with_outlier.record(day(1400), 1.0, 0.0);
+            }
+            with_outlier.record(day(*d), 1.0, 2.0);
+        }
+        let mut reversed = Population::default();
+        for d in days.iter().rev() {
+            reversed.record(day(*d), 1.0, 2.0);
+        }
+        for d in 1000..1100 {
+            let want = in_order.day_value(Activity::Orders, d);
+            assert_eq!(want, 1.0);
+            assert_eq!(reversed.day_value(Activity::Orders, d), want, "day {d}");
+            // only the day sharing the outlier's slot (1400 - 3 * 128 = 1016) is lost
+            let lost = if d == 1016 { 0.0 } else { want };
+            assert_eq!(with_outlier.day_value(Activity::Orders, d), lost, "day {d}");
+        }
     }
 
     #[test]
