@@ -891,7 +891,11 @@ impl Config {
 fn typed_error(e: &toml::de::Error) -> String {
     let m = e.to_string().trim().to_owned();
     if is_secret(&m) {
-        secret::toml_error("", e)
+        // the value is quoted in the message; the key comes after "in"
+        match m.split_once("\nin `") {
+            Some((what, key)) => format!("{}\nin `{key}", secret::without_quoted(what)),
+            None => secret::without_quoted(&m),
+        }
     } else {
         m
     }
@@ -1050,6 +1054,21 @@ mod tests {
         let err =
             Config::load(None, env(&[("CHURNSIGNAL__ENGINE__BUCKET_DAYS", "seven")])).unwrap_err();
         assert!(err.to_string().contains("bucket_days"), "{err}");
+    }
+
+    #[test]
+    fn a_type_error_on_a_secret_key_does_not_show_the_value() {
+        // (a file is parsed into a table first; its type errors have no line to show)
+        let path = std::env::temp_dir().join(format!("cs-typed-{}.toml", std::process::id()));
+        std::fs::write(&path, "[http.customer_api]\ntokens_env = 987654321\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new())
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            err.contains("tokens_env") && !err.contains("987654321"),
+            "{err}"
+        );
     }
 
     #[test]

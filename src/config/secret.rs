@@ -91,7 +91,7 @@ pub fn toml_error(source: &str, e: &toml::de::Error) -> String {
 }
 
 /// `text` with the contents of every `"..."` and `'...'` replaced by `<redacted>`.
-fn without_quoted(text: &str) -> String {
+pub(crate) fn without_quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut quote: Option<char> = None;
     for c in text.chars() {
