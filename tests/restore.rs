@@ -264,6 +264,9 @@ fn restored_in_another_customer_order_the_engine_gives_the_same_alerts_and_recor
     customers.sort_by_key(|r| Customer::decode(r).unwrap().id.to_string());
     customers.reverse();
     let mut rebuilt = Engine::restore(cfg, &engine_record, &customers).unwrap();
+    // the store's basket spread, learnt before the cut, comes back with the engine
+    assert!(original.basket_spread().is_some());
+    assert_eq!(original.basket_spread(), rebuilt.basket_spread());
     let (mut a, mut b) = (Vec::new(), Vec::new());
     original.apply_batch(&all[cut..], &mut a);
     rebuilt.apply_batch(&all[cut..], &mut b);

@@ -348,6 +348,9 @@ pub struct ConsumptionDropConfig {
     pub significance: f64,
     /// Baseline history needed, days.
     pub min_baseline_days: f64,
+    /// Judge a customer's basket-to-basket spread against the store's, learnt from its
+    /// customers, rather than against a fixed generous one.
+    pub learn_basket_spread: bool,
 }
 
 impl Default for ConsumptionDropConfig {
@@ -358,6 +361,7 @@ impl Default for ConsumptionDropConfig {
             min_drop: 0.4,
             significance: 3.5,
             min_baseline_days: 28.0,
+            learn_basket_spread: true,
         }
     }
 }

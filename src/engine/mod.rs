@@ -12,6 +12,7 @@
 //! Customers due for re-evaluation wait in a deadline queue, so letting time pass costs
 //! O(customers due).
 
+pub mod basket;
 pub mod bgnbd;
 pub mod clock;
 pub mod codec;
@@ -124,6 +125,9 @@ pub struct Engine {
     tiers: Tiers,
     /// The purchase model (BG/NBD) fitted on this engine's customers.
     model: bgnbd::Model,
+    /// The store's basket spread (see [`basket`]), learnt with each fit of the model;
+    /// none until enough customers have a baseline.
+    basket_spread: Option<f64>,
     /// The latest event time recent events agree on (see [`clock`]).
     max_event_time: Timestamp,
     recent: clock::Recent,
@@ -155,6 +159,7 @@ impl Engine {
             population: Population::default(),
             tiers: Tiers::default(),
             model: bgnbd::Model::default(),
+            basket_spread: None,
             max_event_time: NEVER,
             recent: clock::Recent::default(),
             stream_time: NEVER,
@@ -420,6 +425,7 @@ impl Engine {
         for d in self.population.slot_days() {
             w.i64(*d);
         }
+        w.f64(self.basket_spread.unwrap_or(0.0));
     }
 
     /// The state record of every customer, in the engine's order.
@@ -492,6 +498,11 @@ impl Engine {
             Some(days)
         };
         e.population.set_slot_days(slot_days);
+        // Records written before the store's basket spread: none, learnt at the next fit.
+        if !r.rest().is_empty() {
+            let v = r.f64()?;
+            e.basket_spread = (v > 0.0).then_some(v);
+        }
         r.end()?;
         for bytes in customers {
             let c = Customer::decode(bytes.as_ref())?;
@@ -673,6 +684,7 @@ impl Engine {
             return;
         }
         if self.model.due(self.stream_time.0) {
+            self.learn_basket_spread();
             self.fit_model();
         }
         // Due customers are taken in batches whose records are prefetched first: at a
@@ -918,6 +930,38 @@ impl Engine {
         self.model.refit(&samples, now);
     }
 
+    /// Learns the store's basket spread (see [`basket`]) from a sample of customers at
+    /// stream time: those whose id hashes into it, so that the same customers give the
+    /// same spread in whatever order they were restored.
+    fn learn_basket_spread(&mut self) {
+        let layout = self.layout_at(self.stream_time);
+        let enough = |c: &&Customer| {
+            !c.id.is_empty() && c.orders_total as usize >= basket::MIN_ORDER_BUCKETS
+        };
+        let n = self.customers.iter().filter(enough).count();
+        let every = n.div_ceil(basket::SAMPLE).max(1) as u32;
+        let estimates = self
+            .customers
+            .iter()
+            .filter(enough)
+            .filter(|c| fingerprint(&c.id) % every == 0)
+            .filter_map(|c| {
+                let (mean, var, buckets) =
+                    WindowView::read(&c.ring, layout, c.first_seen).baseline_basket()?;
+                basket::estimate(mean, var, buckets)
+            })
+            .collect();
+        if let Some(spread) = basket::prior(estimates) {
+            self.basket_spread = Some(spread);
+        }
+    }
+
+    /// The store's basket spread learnt so far (none before enough customers had a
+    /// baseline).
+    pub fn basket_spread(&self) -> Option<f64> {
+        self.basket_spread
+    }
+
     /// The purchase model in force.
     pub fn purchase_model(&self) -> bgnbd::Params {
         self.model.params
@@ -966,6 +1010,11 @@ impl Engine {
             observed_since: pop.observed_since(),
             ..PopulationView::default()
         };
+        if cfg.signals.consumption_drop.learn_basket_spread {
+            if let Some(spread) = self.basket_spread {
+                v.basket_spread = spread;
+            }
+        }
         if cfg.population.enabled
             && (self.customers.len() - self.free.len()) as u32 >= cfg.population.min_customers
         {

@@ -12,29 +12,34 @@ use super::{
 use crate::config::ConsumptionDropConfig;
 use crate::engine::window::{WindowView, RING};
 
-/// `detail` when the value drop was the larger.
+/// `detail` when the drop in the window's order value was the larger.
 pub const BY_VALUE: u8 = 1;
+/// `detail` when the drop in the value per order was the larger.
+pub const BY_BASKET: u8 = 2;
 
-/// The spread of one order's value around the customer's mean (coefficient of
-/// variation) assumed before their own orders say otherwise ...
-const PRIOR_BASKET_CV: f64 = 0.4;
-/// ... worth this many baseline buckets.
+/// The prior spread of one order's value (the population's `basket_spread`) is worth
+/// this many baseline buckets.
 const PRIOR_BASKET_BUCKETS: f64 = 3.0;
+/// Fewest recent orders for the value per order to be read: one or two orders (one of
+/// them cancelled, say) are a sample too small for a mean; the count and the window's
+/// value speak for them.
+const MIN_BASKET_ORDERS: u32 = 3;
 /// Never trust a spread below this.
 const MIN_BASKET_CV: f64 = 0.15;
 
-/// How many standard errors the recent mean order value lies below the baseline's (the
-/// difference of two means, each with the variance of one order over its count).
-fn basket_z(w: &WindowView) -> Option<f64> {
+/// The customer's usual value per order, and how many standard errors the recent mean
+/// order value lies below it (the difference of two means, each with the variance of
+/// one order over its count).
+fn basket_drop_z(w: &WindowView, prior_spread: f64) -> Option<(f64, f64)> {
     let (mean, var, buckets) = w.baseline_basket()?;
     let dof = buckets.saturating_sub(1) as f64;
-    let prior = (PRIOR_BASKET_CV * mean).powi(2);
+    let prior = (prior_spread * mean).powi(2);
     let var = ((var * dof + prior * PRIOR_BASKET_BUCKETS) / (dof + PRIOR_BASKET_BUCKETS))
         .max((MIN_BASKET_CV * mean).powi(2));
     let recent = f64::from(w.recent.orders);
     let recent_mean = w.recent.value.max(0.0) / recent;
     let se = (var * (1.0 / recent + 1.0 / f64::from(w.baseline.orders))).sqrt();
-    Some((mean - recent_mean) / se)
+    Some((mean, (mean - recent_mean) / se))
 }
 
 /// Evaluates the signal over several splits of the ring; the strongest reading counts.
@@ -100,10 +105,23 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
     } else {
         0.0
     };
+    // Value per order: a smaller basket at the same rhythm. It counts only while the
+    // window's value fell too (by at least half of `min_drop`): more orders of smaller
+    // baskets are not a customer spending less.
+    let basket_drop = if w.recent.orders >= MIN_BASKET_ORDERS && value_drop >= cfg.min_drop / 2.0 {
+        let usual = w.baseline.value.max(0.0) / f64::from(w.baseline.orders);
+        let recent = w.recent.value.max(0.0) / f64::from(w.recent.orders);
+        if usual > 0.0 {
+            (1.0 - recent / usual).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    } else {
+        0.0
+    };
     // z never exceeds drop / min_drop: if that cannot beat what we have, stop here.
-    if count_drop.max(value_drop) == 0.0
-        || severity(count_drop.max(value_drop) / cfg.min_drop) <= to_beat
-    {
+    let largest = count_drop.max(value_drop).max(basket_drop);
+    if largest == 0.0 || severity(largest / cfg.min_drop) <= to_beat {
         return Reading::NONE;
     }
     let z_count = if count_drop > 0.0 {
@@ -117,22 +135,24 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
     } else {
         0.0
     };
-    // Value: judged by what each order is worth. A smaller basket at the same rhythm
-    // shows after a few orders, against the customer's own basket-to-basket spread
-    // (shrunk toward a prior spread, so few orders never make a drop look certain);
-    // fewer orders show in the count. Without recent orders the count says it all.
-    let z_basket = if value_drop > 0.0 && w.recent.orders > 0 {
-        basket_z(w)
-            .map_or(0.0, |z| {
-                (value_drop / cfg.min_drop).min(z / cfg.significance)
+    // The basket drop shows after a few orders, against the customer's own
+    // basket-to-basket spread (shrunk toward the store's, so few orders never make a
+    // drop look certain); fewer orders show in the count. Without recent orders the
+    // count says it all.
+    let mut basket = None;
+    let z_basket = if basket_drop > 0.0 {
+        basket = basket_drop_z(w, input.population.basket_spread);
+        basket
+            .map_or(0.0, |(_, z)| {
+                (basket_drop / cfg.min_drop).min(z / cfg.significance)
             })
             .max(0.0)
     } else {
         0.0
     };
-    // ... and the value of the whole window (fewer orders and smaller ones together),
-    // against the customer's own weekly value scatter, never below that of a regular
-    // buyer with a typical basket.
+    // The value of the whole window (fewer orders and smaller ones together), against
+    // the customer's own weekly value scatter, never below that of a regular buyer with
+    // a typical basket.
     let z_total = if value_drop > 0.0 {
         let order_value = w.baseline.value.max(0.0) / f64::from(w.baseline.orders);
         let d = w
@@ -151,17 +171,27 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
     } else {
         0.0
     };
-    let z_value = z_basket.max(z_total);
-    let by_value = z_value > z_count;
-    let (drop, z) = if by_value {
-        (value_drop, z_value)
+    let (z, drop, observed, baseline, detail) = if z_basket > z_total.max(z_count) {
+        let (usual, _) = basket.unwrap_or_default();
+        let orders = f64::from(w.recent.orders);
+        (
+            z_basket,
+            basket_drop,
+            w.recent.value.max(0.0) / orders,
+            usual,
+            BY_BASKET,
+        )
+    } else if z_total > z_count {
+        (
+            z_total,
+            value_drop,
+            w.recent.value,
+            expected_value,
+            BY_VALUE,
+        )
     } else {
-        (count_drop, z_count)
-    };
-    let (observed, baseline) = if by_value {
-        (w.recent.value, expected_value)
-    } else {
-        (f64::from(w.recent.orders), expected_orders)
+        let orders = f64::from(w.recent.orders);
+        (z_count, count_drop, orders, expected_orders, 0)
     };
     Reading {
         severity: severity(z),
@@ -170,13 +200,22 @@ fn over(w: &WindowView, input: &Input<'_>, cfg: &ConsumptionDropConfig, to_beat:
         threshold: baseline * (1.0 - cfg.min_drop),
         window_days: w.recent_days,
         extra: drop,
-        detail: u8::from(by_value),
+        detail,
         due: None,
     }
 }
 
 /// One sentence.
 pub fn explain(r: &Reading) -> String {
+    if r.detail == BY_BASKET {
+        return format!(
+            "Orders were worth {} each on average in the last {} days, against {} per order from this customer's own habit (a {:.0}% smaller basket).",
+            num(r.observed),
+            num(r.window_days),
+            num(r.baseline),
+            r.extra * 100.0
+        );
+    }
     let what = if r.detail == BY_VALUE {
         format!("Ordered {} worth", num(r.observed))
     } else {
@@ -250,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn smaller_baskets_at_the_same_rhythm_show_as_a_value_drop() {
+    fn smaller_baskets_at_the_same_rhythm_show_as_a_basket_drop() {
         let mut c = buyer(3, 12, 0, 0);
         for w in 12..16 {
             for k in 0..3 {
@@ -263,8 +302,52 @@ mod tests {
         }
         let v = view(&c, 16.0 * 7.0 - 0.1);
         let r = evaluate(&input(&c, &v, 16.0 * 7.0 - 0.1), &Default::default());
-        assert_eq!(r.detail, BY_VALUE);
+        assert_eq!(r.detail, BY_BASKET, "{r:?}");
         assert!(r.severity >= 0.5, "{r:?}");
+        assert!(
+            explain(&r).contains("80% smaller basket"),
+            "{}",
+            explain(&r)
+        );
+    }
+
+    #[test]
+    fn one_cancelled_order_of_a_buyer_every_ten_days_is_no_drop() {
+        // orders of 100 every ten days for four months, the last one cancelled the same
+        // day: the recent window holds two orders worth 50 on average
+        let mut c = customer();
+        for k in 0..12 {
+            add(&mut c, f64::from(k) * 10.0 + 0.1, order(100.0));
+        }
+        add(
+            &mut c,
+            110.2,
+            Delta {
+                value: -100.0,
+                ..Default::default()
+            },
+        );
+        let now = 112.0;
+        let v = view(&c, now);
+        let mut i = input(&c, &v, now);
+        // a store whose baskets vary little
+        i.population.basket_spread = 0.2;
+        let r = evaluate(&i, &Default::default());
+        assert!(r.severity < 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn twice_the_orders_at_half_the_basket_is_no_drop() {
+        // three orders a week at 100, then six a week at 50: the same spending
+        let mut c = buyer(3, 12, 0, 0);
+        for w in 12..16 {
+            for k in 0..6 {
+                add(&mut c, f64::from(w) * 7.0 + f64::from(k) + 0.1, order(50.0));
+            }
+        }
+        let v = view(&c, 16.0 * 7.0 - 0.1);
+        let r = evaluate(&input(&c, &v, 16.0 * 7.0 - 0.1), &Default::default());
+        assert!(r.severity < 0.5, "{r:?}");
     }
 
     #[test]
@@ -289,7 +372,7 @@ mod tests {
         }
         let v = view(&c, now);
         let r = evaluate(&input(&c, &v, now), &Default::default());
-        assert_eq!(r.detail, BY_VALUE, "{r:?}");
+        assert_eq!(r.detail, BY_BASKET, "{r:?}");
         assert!(r.severity >= 0.5, "{r:?}");
         assert!(r.window_days < 14.0, "a short window fired: {r:?}");
         assert!(

@@ -151,7 +151,15 @@ pub struct PopulationView {
     pub second_order_days: f64,
     /// The first event this engine saw (start of its knowledge).
     pub observed_since: Timestamp,
+    /// The spread of one order's value around a customer's mean (coefficient of
+    /// variation) assumed before their own orders say otherwise: the store's, once
+    /// learnt (see `engine::basket`).
+    pub basket_spread: f64,
 }
+
+/// The basket spread assumed before the store's is learnt: generous, since real baskets
+/// vary a lot.
+pub const DEFAULT_BASKET_SPREAD: f64 = 0.4;
 
 impl Default for PopulationView {
     fn default() -> Self {
@@ -163,6 +171,7 @@ impl Default for PopulationView {
             cadence_days: 30.0,
             second_order_days: 45.0,
             observed_since: Timestamp(i64::MIN / 2),
+            basket_spread: DEFAULT_BASKET_SPREAD,
         }
     }
 }

@@ -9,9 +9,10 @@
 //! optimal detector (CUSUM knowing both gap laws exactly) at 2% of steady customers
 //! alerted a year, and even it needs a median of 27 days at three orders a week, 39 at
 //! two, 64 weekly and 123 fortnightly. What this test holds: halved baskets of
-//! customers who order twice a week or more are alerted within three weeks at the
-//! median, those of weekly or more frequent buyers within four, and no more than 1% of
-//! the changing customers are alerted before their change.
+//! customers who order twice a week or more are alerted within 17 days at the median
+//! and four weeks at the 90th percentile, those of weekly or more frequent buyers
+//! within three weeks at the median and 45 days at the 90th percentile, and no more
+//! than 1% of the changing customers are alerted before their change.
 
 use std::collections::BTreeMap;
 
@@ -87,7 +88,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 #[test]
-fn halved_baskets_of_weekly_buyers_are_alerted_within_four_weeks_at_the_median() {
+fn halved_baskets_of_weekly_or_more_frequent_buyers_are_alerted_within_the_target() {
     let people = population(40, 11);
     let steady = people.iter().filter(|p| p.2 == Drop::None).count();
     let change: BTreeMap<String, (u32, f64, Drop)> = people
@@ -159,16 +160,19 @@ fn halved_baskets_of_weekly_buyers_are_alerted_within_four_weeks_at_the_median()
         eprintln!("  early: {e}");
     }
     let frequent = delays(&|g, k| g <= 3.5 && k == Drop::Value);
-    let frequent_median = quantile(&frequent, 0.5);
+    let (frequent_median, frequent_p90) = (quantile(&frequent, 0.5), quantile(&frequent, 0.9));
     assert!(
-        frequent_median <= 21.0,
-        "halved baskets of buyers who order twice a week or more: median {frequent_median:.1} days"
+        frequent_median <= 17.0 && frequent_p90 <= 28.0,
+        "halved baskets of buyers who order twice a week or more: median {frequent_median:.1} days, p90 {frequent_p90:.1}"
     );
     let baskets = delays(&|g, k| g <= 7.0 && k == Drop::Value);
-    let basket_median = quantile(&baskets, 0.5);
+    let (basket_median, basket_p90) = (quantile(&baskets, 0.5), quantile(&baskets, 0.9));
+    eprintln!(
+        "drops: halved baskets, weekly or more: median {basket_median:.1} d, p90 {basket_p90:.1} d"
+    );
     assert!(
-        basket_median <= 28.0,
-        "halved baskets of weekly or more frequent buyers: median {basket_median:.1} days"
+        basket_median <= 21.0 && basket_p90 <= 45.0,
+        "halved baskets of weekly or more frequent buyers: median {basket_median:.1} days, p90 {basket_p90:.1}"
     );
     let steady_per_year = steady_alerted.len() as f64 / steady as f64 / (f64::from(DAYS) / 365.0);
     assert!(
