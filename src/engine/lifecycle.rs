@@ -34,6 +34,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 3] = [Status::Open, Status::Escalated, Status::Resolved];
+
     /// The contract spelling.
     pub fn as_str(self) -> &'static str {
         match self {

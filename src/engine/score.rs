@@ -31,6 +31,9 @@ pub enum Risk {
 }
 
 impl Risk {
+    /// Every risk, lowest first.
+    pub const ALL: [Risk; 4] = [Risk::Low, Risk::Medium, Risk::High, Risk::Critical];
+
     /// The contract spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,6 +18,9 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier, smallest accounts first.
+    pub const ALL: [Tier; 3] = [Tier::Tail, Tier::Core, Tier::Key];
+
     /// The contract spelling.
     pub fn as_str(self) -> &'static str {
         match self {

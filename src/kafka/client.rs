@@ -198,6 +198,51 @@ pub fn describe(c: &ClientConfig) -> String {
         .join(" ")
 }
 
+/// How an error's code is spelled in metric labels (`churnsignal_kafka_errors_total`,
+/// `churnsignal_produce_errors_total`): the librdkafka code's name, `unknown` without
+/// one.
+pub fn error_code(e: &rdkafka::error::KafkaError) -> String {
+    e.rdkafka_error_code()
+        .map_or_else(|| "unknown".into(), |c| format!("{c:?}"))
+}
+
+/// Client error codes counted at zero from the start: those an operator acts on
+/// (brokers unreachable, authentication and authorization, a topic gone, a fatal error).
+pub fn common_client_errors() -> Vec<String> {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    [
+        AllBrokersDown,
+        BrokerTransportFailure,
+        Resolve,
+        Authentication,
+        SaslAuthenticationFailed,
+        TopicAuthorizationFailed,
+        GroupAuthorizationFailed,
+        UnknownTopicOrPartition,
+        Fatal,
+    ]
+    .iter()
+    .map(|c| format!("{c:?}"))
+    .collect()
+}
+
+/// Produce error codes counted at zero from the start: why a broker refuses a record
+/// for good.
+pub fn common_produce_errors() -> Vec<String> {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    [
+        MessageTimedOut,
+        MessageSizeTooLarge,
+        TopicAuthorizationFailed,
+        UnknownTopicOrPartition,
+        InvalidRecord,
+        PolicyViolation,
+    ]
+    .iter()
+    .map(|c| format!("{c:?}"))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -369,10 +369,7 @@ impl ProducerContext for ProducerCtx {
 impl ProducerCtx {
     fn settle(&self, result: &DeliveryResult<'_>) {
         if let Err((e, msg)) = result {
-            let code = e
-                .rdkafka_error_code()
-                .map(|c| format!("{c:?}"))
-                .unwrap_or_else(|| "unknown".into());
+            let code = super::client::error_code(e);
             let purged = matches!(
                 e,
                 KafkaError::MessageProduction(
@@ -433,10 +430,7 @@ pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
 }
 
 fn client_error(error: KafkaError, reason: &str) {
-    let code = error
-        .rdkafka_error_code()
-        .map(|c| format!("{c:?}"))
-        .unwrap_or_else(|| "unknown".into());
+    let code = super::client::error_code(&error);
     tracing::warn!(target: "librdkafka", code = %code, "{reason}");
     telemetry::kafka_error(code);
 }
@@ -1103,6 +1097,10 @@ impl Service {
         let inputs = Arc::new(k.input_topics());
         let status = Arc::new(Status::new(workers, opts.record_latencies));
         let metrics = telemetry::install();
+        telemetry::register_error_codes(
+            &super::client::common_client_errors(),
+            &super::client::common_produce_errors(),
+        );
         for t in inputs.iter() {
             // Zero for every reason from the start: rates and ratios in the alert rules
             // see a topic's dead letters before the first one.

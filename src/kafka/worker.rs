@@ -534,7 +534,7 @@ impl Worker {
             self.settle(p, true);
         }
         for p in self.engines.keys() {
-            telemetry::partition_state(*p, 0, 0, None, &[[0; 3]; 4]);
+            telemetry::partition_gone(*p);
         }
     }
 
@@ -671,7 +671,7 @@ impl Worker {
         if pe.txn.open {
             let _ = pe.txn.producer.abort_transaction(Duration::from_secs(5));
         }
-        telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
+        telemetry::partition_gone(p);
         drop(pe);
     }
 
@@ -1198,7 +1198,7 @@ impl Worker {
                 // Stopping (perhaps fenced): a new producer would fence the next owner.
                 tracing::error!(partition = p, "a checkpoint did not finish; given up");
                 if let Some(pe) = self.engines.remove(&p) {
-                    telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
+                    telemetry::partition_gone(p);
                     drop(pe);
                 }
                 return;
@@ -1267,7 +1267,7 @@ impl Worker {
     fn fatal(&mut self, p: i32, why: String) {
         self.full.clear_partition(p);
         if let Some(pe) = self.engines.remove(&p) {
-            telemetry::partition_state(p, 0, 0, None, &[[0; 3]; 4]);
+            telemetry::partition_gone(p);
             drop(pe);
         }
         self.status.fail(format!(

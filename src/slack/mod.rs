@@ -292,6 +292,7 @@ impl Forwarder {
     pub fn serve(&self) -> Result<Option<http::Server>, SlackError> {
         let listen = &self.cfg.slack.listen;
         let metrics = telemetry::install_slack(self.webhooks.keys().map(String::as_str));
+        telemetry::register_error_codes(&crate::kafka::client::common_client_errors(), &[]);
         if listen.is_empty() {
             return Ok(None);
         }
@@ -324,7 +325,7 @@ impl Forwarder {
                 None => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
-                    telemetry::kafka_error(format!("{:?}", e.rdkafka_error_code()));
+                    telemetry::kafka_error(crate::kafka::client::error_code(&e));
                 }
                 Some(Ok(m)) => match self.handle(&m) {
                     Handled::Skipped => self.mark_done(m.topic(), m.partition(), m.offset()),
@@ -533,6 +534,11 @@ impl Forwarder {
                 break;
             }
             self.beat();
+            // The lag keeps counting while a post waits (a webhook outage is when
+            // alerts pile up and `ChurnsignalSlackForwarderBehind` must see them).
+            if self.last_lag.elapsed() >= Duration::from_secs(5) {
+                self.lag();
+            }
             let left = until.saturating_duration_since(Instant::now());
             if let Some(Ok(m)) = self.consumer.poll(left.min(Duration::from_millis(200))) {
                 // Fetched before the pause took effect: read it again later.

@@ -55,10 +55,9 @@ pub fn ops(probe: Arc<dyn Probe>, metrics: PrometheusHandle) -> Router {
 }
 
 async fn metrics_text(State(s): State<Ops>) -> Response {
-    s.metrics.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        super::render(&s.metrics),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod http;
+pub mod partitions;
 
 use std::sync::OnceLock;
 
@@ -85,6 +86,9 @@ pub mod names {
     /// Consumed messages waiting for their turn in event-time order, per partition.
     pub const SYNC_BUFFERED: &str = "churnsignal_sync_buffered_messages";
 
+    /// 1, labelled with the version and the commit the binary was built from.
+    pub const BUILD_INFO: &str = "churnsignal_build_info";
+
     /// Slack forwarder: alerts read from the alerts topic, by result (`posted`,
     /// `duplicate`, `unrouted`, `unreadable`).
     pub const SLACK_ALERTS: &str = "churnsignal_slack_alerts_total";
@@ -100,7 +104,7 @@ pub mod names {
     pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 33] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
@@ -133,13 +137,57 @@ pub mod names {
         CUSTOMERS_AT_RISK,
         STREAM_TIME_HELD,
         SYNC_BUFFERED,
+        BUILD_INFO,
     ];
 }
 
-/// Buckets of the event-to-alert latency histogram, seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+/// Buckets of the event-to-alert latency histogram, seconds: from single milliseconds
+/// (a caught-up service) to seconds (a backlog), dense enough everywhere in between that
+/// `histogram_quantile` interpolates within a step of at most 1.5 times, not across
+/// the 0.25/0.5/1 s bounds.
+pub const LATENCY_BUCKETS: [f64; 24] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
+
+/// The commit the binary was built from (`unknown` outside a git checkout).
+pub const COMMIT: &str = match option_env!("CHURNSIGNAL_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// The process metrics (CPU, memory, open files, threads, start time), read at each
+/// scrape.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    })
+}
+
+/// The `/metrics` page: the recorder's metrics (process metrics read now) and the
+/// gauges of the partition engines this instance holds.
+pub fn render(handle: &PrometheusHandle) -> String {
+    process().collect();
+    handle.run_upkeep();
+    let mut out = handle.render();
+    partitions::render(&mut out);
+    out
+}
+
+/// Counters of client and produce errors at zero for these codes (spelled as
+/// `kafka_error` and `produce_error` spell them), so that a rule's `increase()` sees
+/// the first error of each.
+pub fn register_error_codes(kafka: &[String], produce: &[String]) {
+    for code in kafka {
+        counter!(names::KAFKA_ERRORS, "code" => code.clone()).absolute(0);
+    }
+    for code in produce {
+        counter!(names::PRODUCE_ERRORS, "code" => code.clone()).absolute(0);
+    }
+}
 
 /// Installs the process-wide Prometheus recorder once and returns its handle, with the
 /// service's label-less metrics at zero.
@@ -165,7 +213,13 @@ pub fn install_slack<'a>(webhooks: impl IntoIterator<Item = &'a str>) -> Prometh
         }
     }
     gauge!(names::SLACK_RETRYING).set(0.0);
+    build_info();
+    process().collect();
     handle
+}
+
+fn build_info() {
+    gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => COMMIT).set(1.0);
 }
 
 /// Outcomes of a POST to Slack.
@@ -225,6 +279,32 @@ fn register() {
     for g in [ASSIGNED_PARTITIONS, BACKPRESSURE, READY, RESTORING] {
         gauge!(g).set(0.0);
     }
+    counter!(REPLAYED_MESSAGES).absolute(0);
+    for kind in ["assign", "revoke", "error"] {
+        counter!(REBALANCES, "kind" => kind).absolute(0);
+    }
+    for result in ["ok", "failed"] {
+        counter!(COMMITS, "result" => result).absolute(0);
+    }
+    for kind in ["customer", "tombstone", "partition", "journal"] {
+        counter!(STATE_RECORDS, "kind" => kind).absolute(0);
+    }
+    // Every alert label set: `increase()` cannot see a series' first increment, so an
+    // alert counted into a new series would be missing from the alerts-per-hour panels
+    // (3 x 8 x 4 x 3 = 288 series).
+    for status in crate::engine::lifecycle::Status::ALL {
+        let signals = crate::signals::SignalKind::ALL.map(|k| k.name());
+        for signal in signals.into_iter().chain(["none"]) {
+            for risk in crate::engine::score::Risk::ALL {
+                for tier in crate::engine::tiers::Tier::ALL {
+                    counter!(ALERTS, "status" => status.as_str(), "signal" => signal,
+                        "risk" => risk.as_str(), "value_tier" => tier.as_str())
+                    .absolute(0);
+                }
+            }
+        }
+    }
+    build_info();
 }
 
 fn describe() {
@@ -248,13 +328,6 @@ fn describe() {
         "Input message timestamp to alert acknowledgement"
     );
     describe_gauge!(CONSUMER_LAG, "Consumer lag per input partition, messages");
-    describe_gauge!(CUSTOMERS_TRACKED, "Customers held in memory, per partition");
-    describe_gauge!(STATE_BYTES, Unit::Bytes, "Engine state size, per partition");
-    describe_gauge!(
-        WATERMARK,
-        Unit::Seconds,
-        "Stream time per partition (unix seconds)"
-    );
     describe_counter!(LATE_EVENTS, "Events older than the watermark");
     describe_counter!(DUPLICATE_EVENTS, "Re-sent events ignored");
     describe_counter!(REBALANCES, "Partition assignments and revocations");
@@ -281,10 +354,6 @@ fn describe() {
     describe_counter!(PRODUCER_QUEUE_FULL, "Waits for room in the producer queue");
     describe_counter!(IDLE_ADVANCES, "Idle partitions advanced by the wall clock");
     describe_gauge!(READY, "1 when ready");
-    describe_gauge!(
-        RESTORE_REMAINING,
-        "Changelog records still to read by a restoring partition"
-    );
     describe_counter!(RESTORED_RECORDS, "Changelog records read by restores");
     describe_counter!(
         REPLAYED_MESSAGES,
@@ -295,10 +364,6 @@ fn describe() {
     describe_counter!(TRANSACTION_ERRORS, "Transactional API errors, by class");
     describe_counter!(STATE_RECORDS, "State records written to the changelog");
     describe_counter!(CUSTOMERS_EVICTED, "Customers forgotten, by reason");
-    describe_gauge!(
-        CUSTOMERS_AT_RISK,
-        "Customers with an open alert, per partition, by announced risk and value tier"
-    );
     describe_counter!(SLACK_ALERTS, "Slack forwarder: alerts read, by result");
     describe_counter!(
         SLACK_POSTS,
@@ -309,6 +374,7 @@ fn describe() {
         "Slack forwarder: alerts not yet handled, per partition"
     );
     describe_gauge!(SLACK_RETRYING, "Slack forwarder: 1 while waiting to retry");
+    describe_gauge!(BUILD_INFO, "1, by the version and commit of the binary");
 }
 
 /// Counts one alert the Slack forwarder read.
@@ -334,7 +400,7 @@ pub fn slack_retrying(waiting: bool) {
 
 /// A partition's restore progress.
 pub fn restore_progress(partition: i32, remaining: u64, read: u64) {
-    gauge!(names::RESTORE_REMAINING, "partition" => partition.to_string()).set(remaining as f64);
+    partitions::set(names::RESTORE_REMAINING, partition, &[], remaining as f64);
     counter!(names::RESTORED_RECORDS).increment(read);
 }
 
@@ -406,22 +472,27 @@ pub fn partition_state(
     watermark_ms: Option<i64>,
     at_risk: &[[u64; 3]; 4],
 ) {
-    let p = partition.to_string();
-    for (r, risk) in ["low", "medium", "high", "critical"]
-        .into_iter()
-        .enumerate()
-    {
-        for (t, tier) in ["tail", "core", "key"].into_iter().enumerate() {
-            gauge!(names::CUSTOMERS_AT_RISK, "partition" => p.clone(), "risk" => risk,
-                "value_tier" => tier)
-            .set(at_risk[r][t] as f64);
+    use crate::engine::{score::Risk, tiers::Tier};
+    for (r, risk) in Risk::ALL.into_iter().enumerate() {
+        for (t, tier) in Tier::ALL.into_iter().enumerate() {
+            partitions::set(
+                names::CUSTOMERS_AT_RISK,
+                partition,
+                &[("risk", risk.as_str()), ("value_tier", tier.as_str())],
+                at_risk[r][t] as f64,
+            );
         }
     }
-    gauge!(names::CUSTOMERS_TRACKED, "partition" => p.clone()).set(customers as f64);
-    gauge!(names::STATE_BYTES, "partition" => p.clone()).set(bytes as f64);
+    partitions::set(names::CUSTOMERS_TRACKED, partition, &[], customers as f64);
+    partitions::set(names::STATE_BYTES, partition, &[], bytes as f64);
     if let Some(ms) = watermark_ms {
-        gauge!(names::WATERMARK, "partition" => p).set(ms as f64 / 1000.0);
+        partitions::set(names::WATERMARK, partition, &[], ms as f64 / 1000.0);
     }
+}
+
+/// Partition `partition`'s engine left this instance: its gauges go with it.
+pub fn partition_gone(partition: i32) {
+    partitions::remove(partition);
 }
 
 /// The counter of time partition `partition` waited for input `topic`, seconds.
@@ -431,7 +502,7 @@ pub fn stream_time_held(partition: i32, topic: &str) -> Counter {
 
 /// Messages partition `partition` holds for their turn.
 pub fn sync_buffered(partition: i32, n: usize) {
-    gauge!(names::SYNC_BUFFERED, "partition" => partition.to_string()).set(n as f64);
+    partitions::set(names::SYNC_BUFFERED, partition, &[], n as f64);
 }
 
 /// Late and duplicate event counters.
@@ -501,4 +572,56 @@ pub fn idle_advance() {
 /// Sets the readiness gauge.
 pub fn ready(ready: bool) {
     gauge!(names::READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_page_has_every_alert_label_set_the_build_and_the_process_from_the_start() {
+        let page = render(&install());
+        let alerts: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("churnsignal_alerts_total{"))
+            .collect();
+        assert_eq!(alerts.len(), 3 * 8 * 4 * 3, "{alerts:#?}");
+        assert!(alerts.contains(
+            &r#"churnsignal_alerts_total{status="open",signal="inactivity",risk="critical",value_tier="key"} 0"#
+        ));
+        let build = format!(
+            r#"churnsignal_build_info{{version="{}",commit="{COMMIT}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(page.contains(&build), "{build} not in the page");
+        let rss = page
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(rss.is_some_and(|b| b > 1e6), "resident memory: {rss:?}");
+        assert!(page.contains("process_cpu_seconds_total"));
+        assert!(page.contains("process_open_fds"));
+    }
+
+    #[test]
+    fn latency_resolves_single_milliseconds() {
+        let handle = install();
+        event_to_alert_latency(0.004);
+        let page = render(&handle);
+        let bucket = |le: &str| {
+            page.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "churnsignal_event_to_alert_latency_seconds_bucket{{le=\"{le}\"}} "
+                    ))
+                })
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        // 4 ms lies between the 3 and 5 ms bounds
+        let (below, above) = (bucket("0.003"), bucket("0.005"));
+        assert!(
+            matches!((below, above), (Some(b), Some(a)) if a > b),
+            "{below:?} {above:?}"
+        );
+    }
 }
