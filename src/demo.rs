@@ -30,6 +30,9 @@ pub struct Options {
     pub speed: f64,
     /// Generator seed.
     pub seed: u64,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (a free loopback port when
+    /// none), so that a Prometheus can be pointed at the demo before it starts.
+    pub listen: Option<String>,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             days: 180,
             speed: 12.0,
             seed: 42,
+            listen: None,
         }
     }
 }
@@ -74,7 +78,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
     let mut cfg = Config::default();
     cfg.kafka.brokers = bootstrap.clone();
     cfg.kafka.group_id = "churnsignal-demo".into();
-    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.http.listen = opts.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
     // The demo's customer API is on loopback and holds generated customers only.
     cfg.http.customer_api.listen = "127.0.0.1:0".into();
     cfg.http.customer_api.allow_unauthenticated = true;

@@ -63,6 +63,10 @@ enum Command {
         /// Generator seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Address of /metrics, /healthz and /readyz (default: a free loopback port,
+        /// printed at start).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Replay contract events (JSON Lines) through the engine: alerts out, optional snapshot.
     Replay {
@@ -454,6 +458,7 @@ fn run(cli: Cli) -> Result<()> {
             days,
             speed,
             seed,
+            listen,
         } => {
             if speed.is_nan() || speed <= 0.0 {
                 bail!("--speed must be greater than 0 (simulated days per second), got {speed}");
@@ -469,6 +474,7 @@ fn run(cli: Cli) -> Result<()> {
                 days,
                 speed,
                 seed,
+                listen,
             };
             churnsignal::demo::run(&opts, &mut io::stdout()).map_err(anyhow::Error::msg)?;
             Ok(())

@@ -37,7 +37,7 @@ fn yaml_docs(rel: &str) -> Vec<Value> {
 /// Whether `tool` runs here; when it does not, the check is skipped, unless the tool
 /// is listed in `CHURNSIGNAL_REQUIRE_TOOLS` (comma-separated; CI lists what it
 /// installed, so that there the check cannot be skipped).
-fn have(tool: &str, args: &[&str]) -> bool {
+pub(crate) fn have(tool: &str, args: &[&str]) -> bool {
     let ok = Command::new(tool)
         .args(args)
         .output()
@@ -67,7 +67,7 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// Every `churnsignal_*` and `process_*` name in a PromQL text.
-fn metric_names(expr: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for prefix in ["churnsignal_", "process_"] {
         let mut rest = expr;
@@ -88,7 +88,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// Every metric selector (`name` or `name{...}`) of a PromQL text, with its matchers.
-fn selectors(expr: &str) -> Vec<(String, String)> {
+pub(crate) fn selectors(expr: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in metric_names(expr) {
         let mut rest = expr;
@@ -119,7 +119,7 @@ fn rendered_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn dashboard() -> Value {
+pub(crate) fn dashboard() -> Value {
     serde_json::from_str(&read("deploy/grafana/churnsignal.json")).unwrap()
 }
 
@@ -133,7 +133,7 @@ fn dashboard_exprs(d: &Value) -> Vec<String> {
         .collect()
 }
 
-fn rules() -> Vec<Value> {
+pub(crate) fn rules() -> Vec<Value> {
     yaml("deploy/prometheus/rules.yml")["groups"]
         .as_array()
         .unwrap()
@@ -154,6 +154,7 @@ fn every_metric_in_the_dashboard_and_the_rules_is_one_the_service_renders() {
             // Slow enough for a few rounds of the gauges (every 2 s).
             speed: 25.0,
             seed: 4,
+            listen: None,
         },
         &mut std::io::sink(),
     )

@@ -4,6 +4,7 @@ mod accuracy;
 mod deploy;
 mod http;
 mod kafka;
+mod prometheus;
 mod properties;
 mod replay;
 mod restore;

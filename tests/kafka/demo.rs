@@ -9,6 +9,7 @@ fn the_demo_runs_the_service_on_a_mock_cluster_and_sums_up_what_it_found() {
         days: 150,
         speed: 400.0,
         seed: 9,
+        listen: None,
     };
     let mut out = Vec::new();
     let s = run(&opts, &mut out).unwrap();

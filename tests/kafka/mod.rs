@@ -6,4 +6,4 @@ mod durable;
 mod faults;
 mod live;
 mod slack;
-mod support;
+pub(crate) mod support;
