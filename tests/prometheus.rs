@@ -91,8 +91,8 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 /// is four scrape intervals, Grafana's minimum), without the `> 0` that only hides
 /// series at zero from the legend.
 fn as_grafana_sends_it(expr: &str) -> String {
-    expr.replace("$job", ".*")
-        .replace("$instance", ".*")
+    expr.replace("$job", ".+")
+        .replace("$instance", ".+")
         .replace("$__rate_interval", "4s")
         .trim_end_matches(" > 0")
         .to_owned()
@@ -260,7 +260,7 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
     // Alerts per hour, summed over signals, against the demo's own count and the raw
     // counter; within the most alerts one scrape interval added.
     let panel = api.total(
-        r#"sum by (signal) (increase(churnsignal_alerts_total{job=~".*",instance=~".*",status!="resolved"}[1h]))"#,
+        r#"sum by (signal) (increase(churnsignal_alerts_total{job=~".+",instance=~".+",status!="resolved"}[1h]))"#,
         last,
     );
     let steps = api
