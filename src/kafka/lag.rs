@@ -11,6 +11,11 @@
 //! with `auto_offset_reset = "latest"`). Every instance reports every partition; the
 //! owner's figure is the freshest, the others' are behind by at most a commit interval,
 //! so dashboards take the largest.
+//!
+//! The lag in seconds is how long ago the log end passed the offset consumption counts
+//! from, interpolated between the ends observed (kafka-lag-exporter's method, see
+//! [`EndHistory`]): the age of the oldest message not consumed yet, as the brokers saw
+//! it arrive.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +50,65 @@ pub struct Offsets {
 /// the partition, else the group's committed offset, else where a new consumer would
 /// start.
 pub fn lag(o: Offsets, reset: OffsetReset) -> i64 {
+    (o.end - counted_from(o, reset)).max(0)
+}
+
+/// The log ends of one partition as the monitor saw them: (end offset, wall-clock
+/// seconds when it was first seen), oldest first, one entry per change of the end, at
+/// most [`EndHistory::CAP`] (the oldest are dropped).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndHistory {
+    ends: std::collections::VecDeque<(i64, f64)>,
+}
+
+impl EndHistory {
+    /// Entries kept: at one measurement every [`INTERVAL`], at least 30 minutes of a
+    /// partition written to continuously.
+    pub const CAP: usize = 1_000;
+
+    /// Records the end seen at `now` (nothing new while the end stays).
+    pub fn observe(&mut self, end: i64, now: f64) {
+        if self.ends.back().is_some_and(|&(e, _)| e >= end) {
+            if self.ends.back().is_some_and(|&(e, _)| e > end) {
+                // The log was truncated or recreated: start over.
+                self.ends.clear();
+                self.ends.push_back((end, now));
+            }
+            return;
+        }
+        if self.ends.len() == Self::CAP {
+            self.ends.pop_front();
+        }
+        self.ends.push_back((end, now));
+    }
+
+    /// Seconds since the end passed `from` (the next offset to consume), at `now`: 0
+    /// when nothing waits; interpolated between the two ends observed around it; and,
+    /// for an offset older than the history, the age of the oldest entry (a lower
+    /// bound: the monitor did not see it arrive).
+    pub fn seconds_behind(&self, from: i64, now: f64) -> f64 {
+        let Some(&(last, _)) = self.ends.back() else {
+            return 0.0;
+        };
+        if from >= last {
+            return 0.0;
+        }
+        // The first end beyond `from`: the message at `from` arrived by then.
+        let k = self.ends.partition_point(|&(e, _)| e <= from);
+        let arrived = match k {
+            0 => self.ends[0].1,
+            k => {
+                let (o0, t0) = self.ends[k - 1];
+                let (o1, t1) = self.ends[k];
+                t0 + (from - o0 + 1) as f64 / (o1 - o0) as f64 * (t1 - t0)
+            }
+        };
+        (now - arrived).max(0.0)
+    }
+}
+
+/// Where consumption of a partition counts from (see [`lag`]).
+fn counted_from(o: Offsets, reset: OffsetReset) -> i64 {
     let from = match (o.own, o.committed) {
         (Some(own), c) => own.max(c.unwrap_or(i64::MIN)),
         (None, Some(c)) => c,
@@ -53,7 +117,7 @@ pub fn lag(o: Offsets, reset: OffsetReset) -> i64 {
             OffsetReset::Latest => o.end,
         },
     };
-    (o.end - from.max(o.start)).max(0)
+    from.max(o.start)
 }
 
 /// This instance's consumed positions, by (input topic index, partition), as its
@@ -73,6 +137,7 @@ pub fn run(cfg: KafkaConfig, inputs: Vec<InputTopic>, own: OwnPositions, stop: A
     };
     let timeout = Duration::from_secs(5);
     let mut last_warning: Option<Instant> = None;
+    let mut history: BTreeMap<(usize, i32), EndHistory> = BTreeMap::new();
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() < next {
@@ -82,8 +147,18 @@ pub fn run(cfg: KafkaConfig, inputs: Vec<InputTopic>, own: OwnPositions, stop: A
         next = Instant::now() + INTERVAL;
         match measure(&consumer, &inputs, &own, timeout) {
             Ok(all) => {
+                let now = wall_seconds();
+                history.retain(|k, _| all.contains_key(k));
                 for ((t, p), o) in all {
-                    telemetry::consumer_lag(&inputs[t].name, p, lag(o, cfg.auto_offset_reset));
+                    let h = history.entry((t, p)).or_default();
+                    h.observe(o.end, now);
+                    let from = counted_from(o, cfg.auto_offset_reset);
+                    telemetry::consumer_lag(
+                        &inputs[t].name,
+                        p,
+                        lag(o, cfg.auto_offset_reset),
+                        h.seconds_behind(from, now),
+                    );
                 }
             }
             Err(e) => {
@@ -95,6 +170,12 @@ pub fn run(cfg: KafkaConfig, inputs: Vec<InputTopic>, own: OwnPositions, stop: A
             }
         }
     }
+}
+
+fn wall_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Every input partition's offsets, from the brokers (and this instance's positions).
@@ -183,6 +264,49 @@ mod tests {
             lag(o(500, 900, Some(100), None), OffsetReset::Earliest),
             400
         );
+    }
+
+    fn history(ends: &[(i64, f64)]) -> EndHistory {
+        let mut h = EndHistory::default();
+        for &(e, t) in ends {
+            h.observe(e, t);
+        }
+        h
+    }
+
+    #[test]
+    fn seconds_behind_interpolate_between_the_ends_seen() {
+        // ends 100 at t=0, 200 at t=10, 300 at t=20 (ten messages a second)
+        let h = history(&[(100, 0.0), (100, 5.0), (200, 10.0), (300, 20.0)]);
+        // caught up
+        assert_eq!(h.seconds_behind(300, 25.0), 0.0);
+        // the next to consume, 249, arrived when the end passed it: t = 15
+        assert!((h.seconds_behind(249, 25.0) - 10.0).abs() < 1e-9);
+        // a stalled consumer's lag in seconds grows with the wall clock
+        assert!((h.seconds_behind(249, 85.0) - 70.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_offset_older_than_the_history_is_at_least_as_old_as_its_oldest_entry() {
+        let h = history(&[(1_000, 50.0), (1_100, 60.0)]);
+        assert_eq!(h.seconds_behind(10, 70.0), 20.0);
+    }
+
+    #[test]
+    fn a_truncated_log_starts_the_history_over_and_no_end_means_no_lag() {
+        let h = history(&[(1_000, 50.0), (10, 60.0), (20, 70.0)]);
+        assert_eq!(h, history(&[(10, 60.0), (20, 70.0)]));
+        assert_eq!(EndHistory::default().seconds_behind(0, 10.0), 0.0);
+    }
+
+    #[test]
+    fn the_history_keeps_its_newest_entries() {
+        let mut h = EndHistory::default();
+        for i in 0..(EndHistory::CAP as i64 + 10) {
+            h.observe(i, i as f64);
+        }
+        assert_eq!(h.ends.len(), EndHistory::CAP);
+        assert_eq!(h.ends[0], (10, 10.0));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub mod names {
     pub const EVENT_TO_ALERT_LATENCY: &str = "churnsignal_event_to_alert_latency_seconds";
     /// Consumer lag per input partition, messages.
     pub const CONSUMER_LAG: &str = "churnsignal_consumer_lag_messages";
+    /// Consumer lag per input partition, seconds: the age of the oldest message not
+    /// consumed yet.
+    pub const CONSUMER_LAG_SECONDS: &str = "churnsignal_consumer_lag_seconds";
     /// Customers held in memory, per partition.
     pub const CUSTOMERS_TRACKED: &str = "churnsignal_customers_tracked";
     /// Engine state size, per partition, bytes.
@@ -104,12 +107,13 @@ pub mod names {
     pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 34] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
         EVENT_TO_ALERT_LATENCY,
         CONSUMER_LAG,
+        CONSUMER_LAG_SECONDS,
         CUSTOMERS_TRACKED,
         STATE_BYTES,
         WATERMARK,
@@ -328,6 +332,11 @@ fn describe() {
         "Input message timestamp to alert acknowledgement"
     );
     describe_gauge!(CONSUMER_LAG, "Consumer lag per input partition, messages");
+    describe_gauge!(
+        CONSUMER_LAG_SECONDS,
+        Unit::Seconds,
+        "Consumer lag per input partition: age of the oldest message not consumed yet"
+    );
     describe_counter!(LATE_EVENTS, "Events older than the watermark");
     describe_counter!(DUPLICATE_EVENTS, "Re-sent events ignored");
     describe_counter!(REBALANCES, "Partition assignments and revocations");
@@ -457,10 +466,12 @@ pub fn event_to_alert_latency(seconds: f64) {
     histogram!(names::EVENT_TO_ALERT_LATENCY).record(seconds);
 }
 
-/// Sets one partition's consumer lag.
-pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+/// Sets one partition's consumer lag, in messages and in seconds.
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64, seconds: f64) {
     gauge!(names::CONSUMER_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
         .set(lag as f64);
+    gauge!(names::CONSUMER_LAG_SECONDS, "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(seconds);
 }
 
 /// Sets one partition engine's size and its customers at risk (`[risk][tier]`, see

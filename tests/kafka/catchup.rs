@@ -189,9 +189,17 @@ fn a_second_instance_joining_and_leaving_during_catch_up_changes_no_alert() {
 /// `churnsignal_consumer_lag_messages` of each input partition, as the instance serving
 /// `addr` reports it.
 fn lag_gauges(addr: std::net::SocketAddr) -> std::collections::BTreeMap<(String, i32), f64> {
+    gauges(addr, "churnsignal_consumer_lag_messages")
+}
+
+/// A gauge labelled by topic and partition, from `/metrics`.
+fn gauges(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> std::collections::BTreeMap<(String, i32), f64> {
     let (_, body) = http_get(addr, "/metrics");
     body.lines()
-        .filter(|l| l.starts_with("churnsignal_consumer_lag_messages{"))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter_map(|l| {
             let topic = l.split("topic=\"").nth(1)?.split('"').next()?.to_owned();
             let p = l
@@ -208,7 +216,8 @@ fn lag_gauges(addr: std::net::SocketAddr) -> std::collections::BTreeMap<(String,
 
 /// Another member of the group owns partitions and consumes nothing (it keeps them
 /// paused): their backlog shows in this instance's lag gauge, counted from the group's
-/// committed offsets, next to its own partitions, which it consumes to 0.
+/// committed offsets, next to its own partitions, which it consumes to 0; and their lag
+/// in seconds grows with the wall clock while ours stays 0.
 #[test]
 fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -278,6 +287,23 @@ fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
             })
         });
         all && ours > 0 && theirs > 0
+    });
+    let stalled_partitions: Vec<(String, i32)> = lag_gauges(addr)
+        .into_iter()
+        .filter(|(_, lag)| *lag > 0.0)
+        .map(|(k, _)| k)
+        .collect();
+    wait_for("the stalled partitions' lag in seconds grows", LONG, || {
+        let seconds = gauges(addr, "churnsignal_consumer_lag_seconds");
+        let messages = lag_gauges(addr);
+        seconds.len() == messages.len()
+            && seconds.iter().all(|(k, s)| {
+                if stalled_partitions.contains(k) {
+                    *s >= 3.0
+                } else {
+                    *s == 0.0
+                }
+            })
     });
     stop.store(true, Relaxed);
     stalled.join().unwrap();
