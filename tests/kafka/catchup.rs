@@ -288,20 +288,20 @@ fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
         });
         all && ours > 0 && theirs > 0
     });
-    let stalled_partitions: Vec<(String, i32)> = lag_gauges(addr)
-        .into_iter()
-        .filter(|(_, lag)| *lag > 0.0)
-        .map(|(k, _)| k)
-        .collect();
+    // Read together: a partition with messages waiting has an age that grows with the
+    // wall clock, one without has none (whichever member holds it by then).
     wait_for("the stalled partitions' lag in seconds grows", LONG, || {
-        let seconds = gauges(addr, "churnsignal_consumer_lag_seconds");
         let messages = lag_gauges(addr);
+        let seconds = gauges(addr, "churnsignal_consumer_lag_seconds");
+        let waiting = messages.values().filter(|m| **m > 0.0).count();
         seconds.len() == messages.len()
-            && seconds.iter().all(|(k, s)| {
-                if stalled_partitions.contains(k) {
-                    *s >= 3.0
+            && waiting > 0
+            && messages.iter().all(|(k, m)| {
+                let s = seconds[k];
+                if *m > 0.0 {
+                    s >= 3.0
                 } else {
-                    *s == 0.0
+                    s == 0.0
                 }
             })
     });
