@@ -406,20 +406,25 @@ fn customers_at_risk_are_those_whose_episode_is_open_by_the_highest_risk_announc
             .unwrap()
     };
     let mut open: HashMap<&str, usize> = HashMap::new();
+    // announced as a key account during the open episode
+    let mut key: HashMap<&str, bool> = HashMap::new();
     for a in &alerts {
         let r = level(a.risk.as_str());
         match a.status {
             Status::Open => {
                 open.insert(&a.customer_id, r);
+                key.insert(&a.customer_id, a.value_tier == "key");
             }
             Status::Escalated => {
                 let cur = open
                     .get_mut(a.customer_id.as_str())
                     .expect("escalated within an episode");
                 *cur = (*cur).max(r);
+                *key.get_mut(a.customer_id.as_str()).unwrap() |= a.value_tier == "key";
             }
             Status::Resolved => {
                 open.remove(a.customer_id.as_str());
+                key.remove(a.customer_id.as_str());
             }
         }
     }
@@ -436,6 +441,14 @@ fn customers_at_risk_are_those_whose_episode_is_open_by_the_highest_risk_announc
     assert!(
         got.iter().any(|tiers| tiers[2] > 0),
         "key accounts among them: {got:?}"
+    );
+    // A customer alerted as a key account stays one while the episode is open, even if
+    // its revenue has fallen out of the key tier since.
+    let announced_key = key.values().filter(|k| **k).count() as u64;
+    let counted_key: u64 = got.iter().map(|tiers| tiers[2]).sum();
+    assert!(
+        counted_key >= announced_key,
+        "{counted_key} counted as key, {announced_key} alerted as key"
     );
 }
 

@@ -62,6 +62,10 @@ pub struct Episode {
     pub announced: u8,
     /// Highest risk announced in this episode.
     pub announced_risk: u8,
+    /// Highest value tier announced in this episode, plus one (0: none yet, or a record
+    /// of an older build): a key account whose falling revenue moves it out of `key`
+    /// while its alert is open is still counted as one.
+    pub announced_tier: u8,
     /// An episode is open.
     pub open: bool,
 }
@@ -140,6 +144,7 @@ impl Episode {
                 active,
                 announced: active,
                 announced_risk: risk,
+                announced_tier: 0,
                 open: true,
             };
             return Some(Status::Open);

@@ -212,10 +212,11 @@ impl Engine {
         let t = &self.cfg.value_tiers;
         let mut out = [[0; 3]; 4];
         for c in self.customers.iter().filter(|c| c.episode.open) {
-            let tier = self
+            let now = self
                 .tiers
                 .tier(c.value_bin, t.key_top_fraction, t.core_top_fraction);
-            out[usize::from(c.episode.announced_risk.min(3))][tier as usize] += 1;
+            let tier = (now as usize).max(usize::from(c.episode.announced_tier).saturating_sub(1));
+            out[usize::from(c.episode.announced_risk.min(3))][tier.min(2)] += 1;
         }
         out
     }
@@ -1101,6 +1102,9 @@ impl Engine {
             .episode
             .transition(&c.id, &ev.readings, ev.risk, now, rules);
         if let Some(status) = status {
+            if status != Status::Resolved {
+                c.episode.announced_tier = c.episode.announced_tier.max(ev.tier as u8 + 1);
+            }
             match status {
                 Status::Open => self.stats.alerts_open += 1,
                 Status::Escalated => self.stats.alerts_escalated += 1,

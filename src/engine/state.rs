@@ -306,7 +306,8 @@ impl Customer {
         w.var(e.sequence.into());
         w.u8(e.active);
         w.u8(e.announced);
-        w.u8(e.announced_risk);
+        // risk (0..=3) and tier (0..=3) share the byte
+        w.u8((e.announced_risk & 0x0f) | (e.announced_tier << 4));
     }
 
     /// A customer from its state record (version 3, or 2 written by older builds).
@@ -370,7 +371,9 @@ impl Customer {
         e.sequence = r.var_as()?;
         e.active = r.u8()?;
         e.announced = r.u8()?;
-        e.announced_risk = r.u8()?;
+        let risk_and_tier = r.u8()?;
+        e.announced_risk = risk_and_tier & 0x0f;
+        e.announced_tier = risk_and_tier >> 4;
         r.end()?;
         Ok(c)
     }
@@ -479,7 +482,7 @@ mod tests {
             next in 0..DEDUP_SLOTS as u8,
             slots in proptest::collection::vec(prop_oneof![Just((0u32, 0u32)), any::<(u32, u32)>()], TICKET_SLOTS),
             overflow in any::<u8>(),
-            episode in (prop_oneof![Just(0u64), any::<u64>()], any::<u16>(), any::<(u8, u8, u8)>(), any::<bool>()),
+            episode in (prop_oneof![Just(0u64), any::<u64>()], any::<u16>(), (any::<u8>(), any::<u8>(), 0u8..16, 0u8..16), any::<bool>()),
         ) -> Customer {
             let mut c = Customer::new(&id);
             c.ring = crate::engine::window::Ring::from_parts(buckets.try_into().unwrap(), head);
@@ -488,8 +491,8 @@ mod tests {
             (c.orders_total, c.nps, c.value_bin, c.gap_bin) = counts;
             c.dedup = Dedup { fps: fps.try_into().unwrap(), next };
             c.tickets = OpenTickets { slots: slots.try_into().unwrap(), overflow };
-            let (alert_id, sequence, (active, announced, announced_risk), open) = episode;
-            c.episode = Episode { alert_id, last_alert_at, sequence, active, announced, announced_risk, open };
+            let (alert_id, sequence, (active, announced, announced_risk, announced_tier), open) = episode;
+            c.episode = Episode { alert_id, last_alert_at, sequence, active, announced, announced_risk, announced_tier, open };
             c
         }
     }
