@@ -685,7 +685,9 @@ impl Engine {
             return;
         }
         if self.model.due(self.stream_time.0) {
-            self.learn_basket_spread();
+            if self.cfg.signals.consumption_drop.learn_basket_spread {
+                self.learn_basket_spread();
+            }
             self.fit_model();
         }
         // Due customers are taken in batches whose records are prefetched first: at a

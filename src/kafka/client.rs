@@ -210,7 +210,7 @@ pub fn error_code(e: &rdkafka::error::KafkaError) -> String {
 /// (brokers unreachable, authentication and authorization, a topic gone, a fatal error).
 pub fn common_client_errors() -> Vec<String> {
     use rdkafka::types::RDKafkaErrorCode::*;
-    [
+    spelled(&[
         AllBrokersDown,
         BrokerTransportFailure,
         Resolve,
@@ -220,27 +220,26 @@ pub fn common_client_errors() -> Vec<String> {
         GroupAuthorizationFailed,
         UnknownTopicOrPartition,
         Fatal,
-    ]
-    .iter()
-    .map(|c| format!("{c:?}"))
-    .collect()
+    ])
 }
 
 /// Produce error codes counted at zero from the start: why a broker refuses a record
 /// for good.
 pub fn common_produce_errors() -> Vec<String> {
     use rdkafka::types::RDKafkaErrorCode::*;
-    [
+    spelled(&[
         MessageTimedOut,
         MessageSizeTooLarge,
         TopicAuthorizationFailed,
         UnknownTopicOrPartition,
         InvalidRecord,
         PolicyViolation,
-    ]
-    .iter()
-    .map(|c| format!("{c:?}"))
-    .collect()
+    ])
+}
+
+/// Codes as [`error_code`] spells them.
+fn spelled(codes: &[rdkafka::types::RDKafkaErrorCode]) -> Vec<String> {
+    codes.iter().map(|c| format!("{c:?}")).collect()
 }
 
 #[cfg(test)]

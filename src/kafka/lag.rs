@@ -68,13 +68,11 @@ impl EndHistory {
 
     /// Records the end seen at `now` (nothing new while the end stays).
     pub fn observe(&mut self, end: i64, now: f64) {
-        if self.ends.back().is_some_and(|&(e, _)| e >= end) {
-            if self.ends.back().is_some_and(|&(e, _)| e > end) {
-                // The log was truncated or recreated: start over.
-                self.ends.clear();
-                self.ends.push_back((end, now));
-            }
-            return;
+        match self.ends.back() {
+            Some(&(e, _)) if e == end => return,
+            // The log was truncated or recreated: start over.
+            Some(&(e, _)) if e > end => self.ends.clear(),
+            _ => {}
         }
         if self.ends.len() == Self::CAP {
             self.ends.pop_front();

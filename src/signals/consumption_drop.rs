@@ -288,18 +288,25 @@ mod tests {
         assert!(r.severity < 0.2, "{r:?}");
     }
 
-    #[test]
-    fn smaller_baskets_at_the_same_rhythm_show_as_a_basket_drop() {
+    /// Weeks 12 to 15 of a three-a-week buyer of 100: `per_week` orders of `value`,
+    /// `gap` days apart.
+    fn then_weeks_12_to_16(per_week: u32, gap: f64, value: f32) -> crate::engine::state::Customer {
         let mut c = buyer(3, 12, 0, 0);
         for w in 12..16 {
-            for k in 0..3 {
+            for k in 0..per_week {
                 add(
                     &mut c,
-                    f64::from(w) * 7.0 + f64::from(k) * 2.0 + 0.1,
-                    order(20.0),
+                    f64::from(w) * 7.0 + f64::from(k) * gap + 0.1,
+                    order(value),
                 );
             }
         }
+        c
+    }
+
+    #[test]
+    fn smaller_baskets_at_the_same_rhythm_show_as_a_basket_drop() {
+        let c = then_weeks_12_to_16(3, 2.0, 20.0);
         let v = view(&c, 16.0 * 7.0 - 0.1);
         let r = evaluate(&input(&c, &v, 16.0 * 7.0 - 0.1), &Default::default());
         assert_eq!(r.detail, BY_BASKET, "{r:?}");
@@ -339,12 +346,7 @@ mod tests {
     #[test]
     fn twice_the_orders_at_half_the_basket_is_no_drop() {
         // three orders a week at 100, then six a week at 50: the same spending
-        let mut c = buyer(3, 12, 0, 0);
-        for w in 12..16 {
-            for k in 0..6 {
-                add(&mut c, f64::from(w) * 7.0 + f64::from(k) + 0.1, order(50.0));
-            }
-        }
+        let c = then_weeks_12_to_16(6, 1.0, 50.0);
         let v = view(&c, 16.0 * 7.0 - 0.1);
         let r = evaluate(&input(&c, &v, 16.0 * 7.0 - 0.1), &Default::default());
         assert!(r.severity < 0.5, "{r:?}");
