@@ -6,6 +6,10 @@
 //! series selector of every rule returns at least one series, and the alerts-per-hour
 //! panel's total equals the alerts the demo read from its alerts topic, within what one
 //! scrape interval adds. The panels' values are printed (`--nocapture`).
+//!
+//! The Slack forwarder (`churnsignal slack`) runs beside it on the demo's mock cluster,
+//! posting to a local fake Slack that fails its first posts, and is scraped too: its
+//! panels and its rules' series are checked the same way.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::deploy::{dashboard, have, rules, selectors};
+use super::kafka::slack::{fake_slack, Shared};
 use super::kafka::support::free_port;
 
 /// Kills the child when dropped (a failed assertion must not leave Prometheus running).
@@ -107,13 +112,14 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
     let dir = std::env::temp_dir().join(format!("churnsignal-prometheus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (service, web) = (free_port(), free_port());
+    let (service, web, forwarder) = (free_port(), free_port(), free_port());
     let rules_file = root.join("deploy/prometheus/rules.yml");
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: churnsignal\n    static_configs:\n      - targets: [\"127.0.0.1:{service}\"]\n",
+             scrape_configs:\n  - job_name: churnsignal\n    static_configs:\n      - targets: [\"127.0.0.1:{service}\"]\n\
+             \x20 - job_name: churnsignal-slack\n    static_configs:\n      - targets: [\"127.0.0.1:{forwarder}\"]\n",
             rules_file.display()
         ),
     )
@@ -165,7 +171,48 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
     );
     let out = demo.0.stdout.take().unwrap();
     let mut alerts_read = None;
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
+    let mut lines = BufReader::new(out).lines().map_while(Result::ok);
+    // "churnsignal demo: ... on an in-process Kafka (mock cluster 127.0.0.1:PORT)."
+    let first = lines.next().expect("the demo's first line");
+    let bootstrap = first
+        .split("(mock cluster ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no bootstrap in {first:?}"))
+        .to_owned();
+    // The forwarder, on the same cluster, posting every alert to a fake Slack whose
+    // first three answers are 503.
+    let fake: Shared = Default::default();
+    fake.lock().unwrap().script.insert(
+        "demo-s3cr3t".into(),
+        std::collections::VecDeque::from(vec![(503, None); 3]),
+    );
+    let slack_port = fake_slack(fake.clone());
+    std::fs::write(
+        dir.join("slack.toml"),
+        format!(
+            "[kafka]\nbrokers = \"{bootstrap}\"\n[slack]\ngroup_id = \"demo-slack\"\n\
+             auto_offset_reset = \"earliest\"\nlisten = \"127.0.0.1:{forwarder}\"\n\
+             retry_initial_ms = 200\nretry_max_ms = 1000\nallow_http_webhooks = true\n\
+             [slack.webhooks]\neveryone = {{ url_env = \"DEMO_SLACK_URL\" }}\n\
+             [[slack.routes]]\nwebhook = \"everyone\"\n"
+        ),
+    )
+    .unwrap();
+    let _forwarder = Running(
+        Command::new(env!("CARGO_BIN_EXE_churnsignal"))
+            .args(["slack", "--config"])
+            .arg(dir.join("slack.toml"))
+            .env(
+                "DEMO_SLACK_URL",
+                format!("http://127.0.0.1:{slack_port}/services/T0/B0/demo-s3cr3t"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for line in lines {
         // "Summary (40.2 s): 31000 events (1 dead-lettered), 57 alerts (40 open, 9 escalated, 8 resolved)"
         if let Some(rest) = line.strip_prefix("Summary (") {
             let statuses = rest
@@ -214,11 +261,6 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
         let title = panel["title"].as_str().unwrap();
         for t in panel["targets"].as_array().into_iter().flatten() {
             let expr = as_grafana_sends_it(t["expr"].as_str().unwrap());
-            // The Slack forwarder is not part of this run; its metrics are checked to
-            // be rendered in tests/deploy.rs.
-            if expr.contains("churnsignal_slack_") {
-                continue;
-            }
             let series = api.query(&expr, last);
             let shown: Vec<String> = series
                 .iter()
@@ -239,7 +281,6 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
         let expr = rule["expr"].as_str().unwrap();
         let mut selected: Vec<String> = selectors(expr)
             .into_iter()
-            .filter(|(n, _)| !n.starts_with("churnsignal_slack_"))
             .map(|(n, m)| format!("{n}{{{m}}}"))
             .collect();
         if expr.contains("up == 0") {
@@ -296,6 +337,54 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
     assert!(
         (raw - alerts_read as f64).abs() <= one_scrape,
         "counter {raw} against {alerts_read} alerts read from the topic"
+    );
+
+    // The forwarder: what it posted, as Prometheus has it, against what the fake Slack
+    // accepted (once no more come), and the three 503s it was answered.
+    let accepted = || {
+        fake.lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|r| r.status == 200)
+            .count()
+    };
+    let mut last_count = (accepted(), Instant::now());
+    wait_for(
+        "the forwarder done posting",
+        Duration::from_secs(60),
+        || {
+            let n = accepted();
+            if n != last_count.0 {
+                last_count = (n, Instant::now());
+            }
+            last_count.1.elapsed() > Duration::from_secs(3)
+        },
+    );
+    let posted = last_count.0 as f64;
+    eprintln!("slack: the fake accepted {posted} posts");
+    assert!(posted >= 5.0, "the forwarder posted {posted} alerts");
+    wait_for(
+        "Prometheus scraped the forwarder's last post",
+        Duration::from_secs(30),
+        || {
+            api.total(
+                r#"sum(churnsignal_slack_alerts_total{result="posted"})"#,
+                now(),
+            ) == posted
+        },
+    );
+    assert_eq!(
+        api.total(
+            r#"sum(churnsignal_slack_post_attempts_total{outcome="server_error"})"#,
+            now()
+        ),
+        3.0
+    );
+    assert_eq!(
+        api.total("sum(churnsignal_slack_waiting_alerts)", now()),
+        0.0,
+        "nothing waits once every post is accepted"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

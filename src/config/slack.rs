@@ -31,6 +31,9 @@ pub struct SlackConfig {
     pub retry_after_max_secs: u64,
     /// Alerts per partition remembered to drop repeats of (also read back on assignment).
     pub dedup_lookback: u64,
+    /// Alerts of one partition that may wait for their webhook before the partition
+    /// pauses (a failing webhook holds back its own alerts only, up to this many).
+    pub max_waiting: u64,
     /// Post resolved alerts too.
     pub post_resolved: bool,
     /// Named webhooks.
@@ -52,6 +55,7 @@ impl Default for SlackConfig {
             retry_max_ms: 60_000,
             retry_after_max_secs: 900,
             dedup_lookback: 10_000,
+            max_waiting: 200,
             post_resolved: true,
             webhooks: BTreeMap::new(),
             routes: Vec::new(),
@@ -130,6 +134,7 @@ impl SlackConfig {
             0.0,
             10_000_000.0,
         )?;
+        check_range("slack.max_waiting", self.max_waiting as f64, 1.0, 1000.0)?;
         for (name, w) in &self.webhooks {
             let key = format!("slack.webhooks.{name}");
             match (w.url_file.is_empty(), w.url_env.is_empty()) {

@@ -2,10 +2,10 @@
 //! webhooks.
 //!
 //! ```text
-//! alerts topic ──► own consumer group ──► read ──► seen? ──► route ──► POST (Block Kit)
-//!                  (read_committed)        │        │ yes      │ none     │ 2xx: commit
-//!                                     unreadable  skip      skip     429: Retry-After
-//!                                                                    5xx/net: back-off
+//! alerts topic ──► own consumer group ──► read ──► seen? ──► route ──► webhook queue
+//!                  (read_committed)        │        │ yes      │ none     │ one thread
+//!                                     unreadable  skip      skip        ▼ per webhook
+//!                   commit: first waiting offset + what is done after it ◄── POST
 //! ```
 //!
 //! - **Never twice:** an alert is identified by (`alert_id`, `sequence`). The forwarder
@@ -13,21 +13,29 @@
 //!   alerts of each partition; when it is assigned a partition it reads that many alerts
 //!   before its starting offset back first, so repeats the service wrote around a crash
 //!   (at-least-once) are recognised across forwarder restarts and moves too.
-//! - **Never lost:** the offset of an alert is committed only after Slack accepted the
-//!   post (synchronously, right after it). A failing webhook is retried (429 honouring
-//!   `Retry-After`, 5xx and network errors with exponential back-off and jitter, a
-//!   refusal at the longest back-off), never skipped; the partitions are paused while it
-//!   waits, so the consumer stays in its group. The one window left is a crash between
-//!   Slack's answer and the commit: that single alert is posted again.
+//! - **Never lost:** a failing webhook is retried (429 honouring `Retry-After`, 5xx and
+//!   network errors with exponential back-off and jitter, a refusal at the longest
+//!   back-off), never skipped ([`deliver`]).
+//! - **No head-of-line blocking:** each webhook posts from its own queue, so a failing
+//!   one holds back only its own alerts. The committed offset stays at the first alert
+//!   still waiting; the alerts after it already handled are named in the commit's
+//!   metadata ([`progress`]), so the next reader posts only the rest. A partition with
+//!   [`max_waiting`](crate::config::SlackConfig::max_waiting) alerts waiting is paused
+//!   until half have gone. The windows left for a repeat: a crash between Slack's answer
+//!   and the commit right after it, and a post accepted after its partition moved.
 //! - **Secrets:** webhook URLs come from files or environment variables, are held in a
 //!   type whose `Debug` redacts them, and HTTP errors are logged without their URL.
 
+pub mod deliver;
 pub mod message;
 pub mod post;
+pub mod progress;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -37,8 +45,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::telemetry::{self, http};
+use deliver::{Done, Job, Owned, Poster, Retry};
 use message::AlertView;
-use post::{Outcome, Webhook};
+use post::Webhook;
+use progress::{Handover, Progress};
 
 /// Errors that stop the forwarder.
 #[derive(Debug, thiserror::Error)]
@@ -101,19 +111,25 @@ impl Seen {
     }
 }
 
+/// Partitions taken away since the loop last looked (their remembered keys go).
 #[derive(Default)]
 struct Changes {
-    assigned: Vec<i32>,
     revoked: Vec<i32>,
 }
 
 struct Ctx {
+    topic: String,
     changes: Mutex<Changes>,
-    /// Partitions are paused while a post is retried. librdkafka keeps a partition's
-    /// pause across a rebalance, but a resume reaches only the partitions assigned when
-    /// it is called: a rebalance resumes what it takes away and gives what it brings
-    /// this state.
-    paused: AtomicBool,
+    /// Per partition, from its first message on.
+    progress: Mutex<HashMap<i32, Progress>>,
+    owned: Arc<Owned>,
+    epochs: AtomicU64,
+}
+
+impl Ctx {
+    fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ClientContext for Ctx {
@@ -124,35 +140,69 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let _ = consumer.resume(tpl);
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        // The partitions' last progress is committed while they are still ours; their
+        // alerts waiting for a webhook are given up (`Owned`) to the next owner.
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut progress = self.progress();
+            for e in tpl.elements() {
+                self.owned.remove(e.partition());
+                if let Some(mut p) = progress.remove(&e.partition()) {
+                    if let Some((offset, meta)) = p.to_commit() {
+                        add_commit(&mut commit, &self.topic, e.partition(), offset, &meta);
+                    }
+                }
+            }
         }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "offset commit of revoked partitions failed");
+            }
+        }
+        // A partition paused for its waiting alerts starts afresh with its next owner.
+        let _ = consumer.resume(tpl);
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let _ = if self.paused.load(Ordering::SeqCst) {
-                consumer.pause(tpl)
-            } else {
-                consumer.resume(tpl)
-            };
-        }
-        let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         match rebalance {
-            Rebalance::Assign(tpl) => c
-                .assigned
-                .extend(tpl.elements().iter().map(|e| e.partition())),
-            Rebalance::Revoke(tpl) => c
+            Rebalance::Assign(tpl) => {
+                for e in tpl.elements() {
+                    let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
+                    self.owned.insert(e.partition(), epoch);
+                }
+                let _ = consumer.resume(tpl);
+            }
+            Rebalance::Revoke(tpl) => self
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .revoked
                 .extend(tpl.elements().iter().map(|e| e.partition())),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed");
+            // Committed again with the next one.
+            let mut progress = self.progress();
+            for el in offsets.elements() {
+                if let Some(p) = progress.get_mut(&el.partition()) {
+                    p.commit_failed();
+                }
+            }
         }
+    }
+}
+
+fn add_commit(tpl: &mut TopicPartitionList, topic: &str, p: i32, offset: i64, meta: &str) {
+    let mut e = tpl.add_partition(topic, p);
+    if e.set_offset(Offset::Offset(offset)).is_ok() {
+        e.set_metadata(meta);
     }
 }
 
@@ -206,37 +256,31 @@ pub struct Report {
     pub unreadable: u64,
 }
 
-/// The forwarder.
+/// A webhook as the consumer loop sees it: where its jobs go and how many wait.
+struct Queue {
+    name: String,
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    waiting: u64,
+}
+
+/// The forwarder: one consumer loop that reads, drops repeats, routes and commits, and
+/// one [`Poster`] thread per webhook.
 pub struct Forwarder {
     cfg: Config,
     consumer: BaseConsumer<Ctx>,
-    webhooks: BTreeMap<String, Webhook>,
+    webhooks: Vec<Webhook>,
+    queues: Vec<Queue>,
+    done: Option<(Sender<Done>, Receiver<Done>)>,
     client: post::Client,
     seen: HashMap<i32, Seen>,
+    /// Partitions paused because `max_waiting` of their alerts wait for a webhook.
+    paused: HashSet<i32>,
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
     report: Report,
-    dirty: bool,
     last_commit: Instant,
     last_lag: Instant,
-}
-
-/// What became of one message of the alerts topic.
-enum Handled {
-    /// Not posted (unreadable, a repeat, unrouted): its offset may be committed with
-    /// the next commit.
-    Skipped,
-    /// Posted: its offset is committed at once.
-    Posted,
-    /// Not done (stopping, or the partition revoked): read again, by us or the next
-    /// owner.
-    Abandoned,
-}
-
-enum Delivery {
-    Accepted,
-    /// Stopping, or the partition was revoked meanwhile: not posted, not committed.
-    Abandoned,
 }
 
 impl Forwarder {
@@ -248,20 +292,23 @@ impl Forwarder {
                 "slack.routes: no route, so no alert would be posted; add [[slack.routes]] with a webhook from [slack.webhooks]".into(),
             ));
         }
-        let mut webhooks = BTreeMap::new();
+        let mut webhooks = Vec::new();
         for (name, source) in &s.webhooks {
             let hook = Webhook::resolve(name, source, s.allow_http_webhooks, |v| {
                 std::env::var(v).ok()
             })
             .map_err(SlackError::Webhook)?;
-            webhooks.insert(name.clone(), hook);
+            webhooks.push(hook);
         }
         let client = post::Client::new(Duration::from_secs(s.timeout_secs))
             .map_err(|e| SlackError::Start(format!("HTTP client: {e}")))?;
         let consumer: BaseConsumer<Ctx> = crate::kafka::client::slack_consumer_config(&cfg)
             .create_with_context(Ctx {
+                topic: cfg.kafka.topics.alerts.clone(),
                 changes: Mutex::new(Changes::default()),
-                paused: AtomicBool::new(false),
+                progress: Mutex::new(HashMap::new()),
+                owned: Arc::new(Owned::default()),
+                epochs: AtomicU64::new(1),
             })
             .map_err(|e| SlackError::Start(format!("Kafka consumer: {e}")))?;
         consumer
@@ -273,25 +320,29 @@ impl Forwarder {
             stopping: AtomicBool::new(false),
             liveness: Duration::from_secs(cfg.http.liveness_timeout_secs.max(s.timeout_secs * 2)),
         });
-        Ok(Forwarder {
+        let mut forwarder = Forwarder {
             cfg,
             consumer,
             webhooks,
+            queues: Vec::new(),
+            done: Some(mpsc::channel()),
             client,
             seen: HashMap::new(),
+            paused: HashSet::new(),
             status,
             stop,
             report: Report::default(),
-            dirty: false,
             last_commit: Instant::now(),
             last_lag: Instant::now(),
-        })
+        };
+        forwarder.start_posters()?;
+        Ok(forwarder)
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` when `slack.listen` is set.
     pub fn serve(&self) -> Result<Option<http::Server>, SlackError> {
         let listen = &self.cfg.slack.listen;
-        let metrics = telemetry::install_slack(self.webhooks.keys().map(String::as_str));
+        let metrics = telemetry::install_slack(self.webhooks.iter().map(Webhook::name));
         telemetry::register_error_codes(&crate::kafka::client::common_client_errors(), &[]);
         if listen.is_empty() {
             return Ok(None);
@@ -306,19 +357,60 @@ impl Forwarder {
             .map_err(|e| SlackError::Start(format!("HTTP server on {listen}: {e}")))
     }
 
+    /// Starts one poster thread per webhook.
+    fn start_posters(&mut self) -> Result<(), SlackError> {
+        let s = &self.cfg.slack;
+        let retry = Retry {
+            initial: Duration::from_millis(s.retry_initial_ms),
+            max: Duration::from_millis(s.retry_max_ms),
+            retry_after_max: Duration::from_secs(s.retry_after_max_secs),
+        };
+        let Some((done, _)) = &self.done else {
+            return Ok(());
+        };
+        for (index, hook) in std::mem::take(&mut self.webhooks).into_iter().enumerate() {
+            let name = hook.name().to_owned();
+            let (jobs, rx) = mpsc::channel();
+            let poster = Poster {
+                index,
+                hook,
+                client: self.client.clone(),
+                retry,
+                owned: self.consumer.context().owned.clone(),
+                stop: self.stop.clone(),
+            };
+            let thread = poster
+                .spawn(rx, done.clone())
+                .map_err(|e| SlackError::Start(format!("poster thread: {e}")))?;
+            telemetry::slack_waiting(&name, 0);
+            self.queues.push(Queue {
+                name,
+                jobs: Some(jobs),
+                thread: Some(thread),
+                waiting: 0,
+            });
+        }
+        Ok(())
+    }
+
     /// Runs until the stop flag is set; commits what was handled and leaves the group.
     pub fn run(mut self) -> Report {
         tracing::info!(
             topic = %self.cfg.kafka.topics.alerts,
             group = %self.cfg.slack.group_id,
-            webhooks = ?self.webhooks.keys().collect::<Vec<_>>(),
+            webhooks = ?self.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
             "slack forwarder started"
         );
         while !self.stop.load(Ordering::Relaxed) {
             self.beat();
+            // Posted alerts are committed before anything else happens: the window in
+            // which a crash would post one again is this commit's round trip.
+            if self.collect() {
+                self.commit(CommitMode::Sync);
+            }
             let polled = self
                 .consumer
-                .poll(Duration::from_millis(200))
+                .poll(Duration::from_millis(100))
                 .map(|r| r.map(|m| m.detach()));
             self.apply_changes();
             match polled {
@@ -327,20 +419,9 @@ impl Forwarder {
                     tracing::warn!(error = %e, "consumer error");
                     telemetry::kafka_error(crate::kafka::client::error_code(&e));
                 }
-                Some(Ok(m)) => match self.handle(&m) {
-                    Handled::Skipped => self.mark_done(m.topic(), m.partition(), m.offset()),
-                    Handled::Posted => {
-                        // Committed before anything else happens: the window in which
-                        // a crash would post it again is this commit's round trip.
-                        self.mark_done(m.topic(), m.partition(), m.offset());
-                        self.commit(CommitMode::Sync);
-                    }
-                    // Do not move past it. When the partition is still ours (we are
-                    // stopping), the next owner starts here.
-                    Handled::Abandoned => continue,
-                },
+                Some(Ok(m)) => self.handle(&m),
             }
-            if self.dirty && self.last_commit.elapsed() >= Duration::from_secs(1) {
+            if self.last_commit.elapsed() >= Duration::from_secs(1) {
                 self.commit(CommitMode::Async);
             }
             if self.last_lag.elapsed() >= Duration::from_secs(5) {
@@ -348,9 +429,18 @@ impl Forwarder {
             }
         }
         self.status.stopping.store(true, Ordering::Relaxed);
-        if self.dirty {
-            self.commit(CommitMode::Sync);
+        // The posters give up what waits (stop is set) and end with their queues; a
+        // post in flight finishes first.
+        for q in &mut self.queues {
+            q.jobs = None;
         }
+        for q in &mut self.queues {
+            if let Some(t) = q.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.collect();
+        self.commit(CommitMode::Sync);
         self.consumer.unsubscribe();
         tracing::info!(
             posted = self.report.posted,
@@ -380,14 +470,84 @@ impl Forwarder {
         };
         for p in changes.revoked {
             self.seen.remove(&p);
-        }
-        for p in changes.assigned {
-            // Read back on the first message of the partition (its starting offset is
-            // known then).
-            self.seen.remove(&p);
+            self.paused.remove(&p);
         }
         let n = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
         self.status.assigned.store(n, Ordering::Relaxed);
+    }
+
+    /// Takes in what the posters finished; true when something was posted.
+    fn collect(&mut self) -> bool {
+        let Some((_, done)) = &self.done else {
+            return false;
+        };
+        let finished: Vec<Done> = done.try_iter().collect();
+        let mut posted = false;
+        let ctx = self.consumer.context();
+        for d in finished {
+            if let Some(q) = self.queues.get_mut(d.webhook) {
+                q.waiting = q.waiting.saturating_sub(1);
+                telemetry::slack_waiting(&q.name, q.waiting);
+            }
+            if !d.posted {
+                // Given up: stopping, or the partition moved. Not committed.
+                continue;
+            }
+            posted = true;
+            telemetry::slack_alert("posted");
+            self.report.posted += 1;
+            // Posted after its partition was revoked: its next owner reads it again
+            // from the offset committed at the revocation (the one window for a
+            // repeat besides a crash between Slack's answer and the commit).
+            if ctx.owned.current(d.partition, d.epoch) {
+                if let Some(p) = ctx.progress().get_mut(&d.partition) {
+                    p.done(d.offset);
+                }
+            }
+        }
+        self.resume_drained();
+        posted
+    }
+
+    /// Resumes the partitions paused for their waiting alerts once half have gone.
+    fn resume_drained(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let limit = self.cfg.slack.max_waiting as usize;
+        let drained: Vec<i32> = {
+            let progress = self.consumer.context().progress();
+            self.paused
+                .iter()
+                .copied()
+                .filter(|p| progress.get(p).is_none_or(|x| x.waiting() <= limit / 2))
+                .collect()
+        };
+        for p in drained {
+            self.paused.remove(&p);
+            self.pause(p, false);
+        }
+    }
+
+    fn pause(&self, p: i32, pause: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.cfg.kafka.topics.alerts, p);
+        let r = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(partition = p, error = %e, pause, "pause/resume failed");
+        } else {
+            tracing::info!(
+                partition = p,
+                paused = pause,
+                max_waiting = self.cfg.slack.max_waiting,
+                "alerts waiting for a webhook: partition {}",
+                if pause { "paused" } else { "resumed" }
+            );
+        }
     }
 
     /// Exports the lag of every assigned partition (a metadata round trip each).
@@ -411,13 +571,93 @@ impl Forwarder {
         }
     }
 
-    /// Handles one message: read, dropped as a repeat, routed, posted.
-    fn handle(&mut self, m: &OwnedMessage) -> Handled {
+    /// The committed offset of `p` and what its writer handed over past it.
+    fn handover(&self, topic: &str, p: i32) -> Option<(i64, Handover)> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(|e| tracing::warn!(partition = p, error = %e, "reading the committed offset"))
+            .ok()?;
+        let e = committed.find_partition(topic, p)?;
+        let Offset::Offset(offset) = e.offset() else {
+            return None;
+        };
+        // rdkafka panics on metadata that is not UTF-8 (another tool's): nothing handed
+        // over then.
+        let meta =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.metadata().to_owned()))
+                .unwrap_or_default();
+        Some((offset, Handover::parse(offset, &meta)))
+    }
+
+    /// Handles one message: read, dropped as a repeat, routed, queued for its webhook.
+    fn handle(&mut self, m: &OwnedMessage) {
         let p = m.partition();
+        let offset = m.offset();
+        let Some(epoch) = self.consumer.context().owned.epoch(p) else {
+            return;
+        };
         if !self.seen.contains_key(&p) {
-            let seen = self.read_back(m.topic(), p, m.offset());
+            let seen = self.read_back(m.topic(), p, offset);
             self.seen.insert(p, seen);
+            let (start, handover) = self
+                .handover(m.topic(), p)
+                .unwrap_or((offset, Handover::default()));
+            if !handover.pending.is_empty() || handover.end > start {
+                tracing::info!(
+                    partition = p,
+                    committed = start,
+                    handed_over_until = handover.end,
+                    waiting = handover.pending.len(),
+                    "resuming after alerts posted past the committed offset"
+                );
+            }
+            self.consumer
+                .context()
+                .progress()
+                .insert(p, Progress::new(start.min(offset), handover));
         }
+        let queued = self.route(m, p);
+        let mut progress = self.consumer.context().progress();
+        let Some(pr) = progress.get_mut(&p) else {
+            return;
+        };
+        match queued {
+            Some((queue, alert)) if !pr.handed_over(offset) => {
+                pr.wait(offset);
+                let full = pr.waiting() >= self.cfg.slack.max_waiting as usize;
+                drop(progress);
+                let q = &mut self.queues[queue];
+                let job = Job {
+                    partition: p,
+                    epoch,
+                    offset,
+                    alert,
+                };
+                if q.jobs.as_ref().is_some_and(|j| j.send(job).is_ok()) {
+                    q.waiting += 1;
+                    telemetry::slack_waiting(&q.name, q.waiting);
+                }
+                if full && self.paused.insert(p) {
+                    self.pause(p, true);
+                }
+            }
+            Some((_, alert)) => {
+                // Posted by the reader before us, past its committed offset.
+                pr.done(offset);
+                tracing::debug!(alert_id = %alert.alert_id, sequence = alert.sequence, offset,
+                    "posted before this reader started; not posted again");
+                telemetry::slack_alert("duplicate");
+                self.report.duplicates += 1;
+            }
+            None => pr.done(offset),
+        }
+    }
+
+    /// The webhook queue an alert goes to, or `None` when it is not posted (counted).
+    fn route(&mut self, m: &OwnedMessage, p: i32) -> Option<(usize, AlertView)> {
         let content_type = m.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key == "content-type")
@@ -430,7 +670,7 @@ impl Forwarder {
                 tracing::warn!(partition = p, offset = m.offset(), error = %e, "not an alert; skipped");
                 telemetry::slack_alert("unreadable");
                 self.report.unreadable += 1;
-                return Handled::Skipped;
+                return None;
             }
         };
         let key = alert.key();
@@ -438,159 +678,49 @@ impl Forwarder {
             tracing::debug!(alert_id = %key.0, sequence = key.1, "repeat; not posted again");
             telemetry::slack_alert("duplicate");
             self.report.duplicates += 1;
-            return Handled::Skipped;
+            return None;
+        }
+        // Remembered when queued: a repeat read while the first waits is not posted.
+        if let Some(s) = self.seen.get_mut(&p) {
+            s.insert(key);
         }
         let Some(name) = self
             .cfg
             .slack
             .route(&alert.risk, &alert.value_tier, &alert.status)
-            .map(str::to_owned)
         else {
             telemetry::slack_alert("unrouted");
             self.report.unrouted += 1;
-            self.remember(p, key);
-            return Handled::Skipped;
+            return None;
         };
-        match self.deliver(&name, &alert, p) {
-            Delivery::Accepted => {
-                telemetry::slack_alert("posted");
-                self.report.posted += 1;
-                self.remember(p, key);
-                tracing::info!(
-                    alert_id = %alert.alert_id,
-                    sequence = alert.sequence,
-                    status = %alert.status,
-                    webhook = %name,
-                    "posted to slack"
-                );
-                Handled::Posted
-            }
-            Delivery::Abandoned => Handled::Abandoned,
-        }
-    }
-
-    fn remember(&mut self, p: i32, key: (String, u64)) {
-        if let Some(s) = self.seen.get_mut(&p) {
-            s.insert(key);
-        }
-    }
-
-    /// Posts until accepted; abandons when stopping or when the partition is revoked.
-    fn deliver(&mut self, name: &str, alert: &AlertView, p: i32) -> Delivery {
-        let s = &self.cfg.slack;
-        let mut backoff = post::Backoff::new(
-            Duration::from_millis(s.retry_initial_ms),
-            Duration::from_millis(s.retry_max_ms),
-        );
-        let retry_after_max = Duration::from_secs(s.retry_after_max_secs);
-        let mut body = message::block_kit(alert);
-        let mut text_only = false;
-        loop {
-            let outcome = self.client.post(&self.webhooks[name], &body);
-            telemetry::slack_post(name, outcome.label());
-            let wait = match &outcome {
-                Outcome::Accepted => return Delivery::Accepted,
-                Outcome::RateLimited { retry_after } => retry_after
-                    .map(|d| d.min(retry_after_max))
-                    .unwrap_or_else(|| backoff.next_wait()),
-                Outcome::ServerError { .. } | Outcome::Network { .. } => backoff.next_wait(),
-                Outcome::Rejected { body: reason, .. } => {
-                    if !text_only && post::is_payload_error(reason) {
-                        tracing::warn!(webhook = %name, reason = %reason, alert_id = %alert.alert_id,
-                            "slack refused the blocks; posting the text alone");
-                        body = message::text_only(alert);
-                        text_only = true;
-                        continue;
-                    }
-                    backoff.max()
-                }
-            };
-            if matches!(outcome, Outcome::Rejected { .. }) {
-                tracing::error!(webhook = %name, outcome = %outcome, retry_in_ms = wait.as_millis() as u64,
-                    "slack refused the post; the alert is kept and retried (check the webhook)");
-            } else {
-                tracing::warn!(webhook = %name, outcome = %outcome, retry_in_ms = wait.as_millis() as u64,
-                    "slack post failed; retrying");
-            }
-            if !self.wait(wait, p) {
-                return Delivery::Abandoned;
-            }
-        }
-    }
-
-    /// Waits with every partition paused, polling so that the consumer stays in its
-    /// group. False when stopping or when partition `p` was revoked meanwhile.
-    fn wait(&mut self, d: Duration, p: i32) -> bool {
-        telemetry::slack_retrying(true);
-        self.consumer.context().paused.store(true, Ordering::SeqCst);
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&a);
-        }
-        let until = Instant::now() + d;
-        let mut keep = true;
-        while Instant::now() < until {
-            if self.stop.load(Ordering::Relaxed) {
-                keep = false;
-                break;
-            }
-            self.beat();
-            // The lag keeps counting while a post waits (a webhook outage is when
-            // alerts pile up and `ChurnsignalSlackForwarderBehind` must see them).
-            if self.last_lag.elapsed() >= Duration::from_secs(5) {
-                self.lag();
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if let Some(Ok(m)) = self.consumer.poll(left.min(Duration::from_millis(200))) {
-                // Fetched before the pause took effect: read it again later.
-                let _ = self.consumer.seek(
-                    m.topic(),
-                    m.partition(),
-                    Offset::Offset(m.offset()),
-                    Duration::from_secs(5),
-                );
-            }
-            let revoked = {
-                let c = self
-                    .consumer
-                    .context()
-                    .changes
-                    .lock()
-                    .unwrap_or_else(|x| x.into_inner());
-                c.revoked.contains(&p)
-            };
-            if revoked {
-                tracing::info!(
-                    partition = p,
-                    "partition revoked while retrying; its next owner posts the alert"
-                );
-                keep = false;
-                break;
-            }
-        }
-        self.consumer
-            .context()
-            .paused
-            .store(false, Ordering::SeqCst);
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.resume(&a);
-        }
-        telemetry::slack_retrying(false);
-        keep
-    }
-
-    fn mark_done(&mut self, topic: &str, p: i32, offset: i64) {
-        if self.consumer.store_offset(topic, p, offset).is_ok() {
-            self.dirty = true;
-        }
+        let queue = self.queues.iter().position(|q| q.name == name)?;
+        Some((queue, alert))
     }
 
     fn commit(&mut self, mode: CommitMode) {
-        match self.consumer.commit_consumer_state(mode) {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
-        }
-        self.dirty = false;
         self.last_commit = Instant::now();
+        let ctx = self.consumer.context();
+        let mut tpl = TopicPartitionList::new();
+        for (p, pr) in ctx.progress().iter_mut() {
+            if ctx.owned.epoch(*p).is_none() {
+                continue;
+            }
+            if let Some((offset, meta)) = pr.to_commit() {
+                add_commit(&mut tpl, &ctx.topic, *p, offset, &meta);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            tracing::warn!(error = %e, "offset commit failed");
+            let mut progress = ctx.progress();
+            for el in tpl.elements() {
+                if let Some(p) = progress.get_mut(&el.partition()) {
+                    p.commit_failed();
+                }
+            }
+        }
     }
 
     /// The keys of the `dedup_lookback` alerts before `start` on partition `p`: alerts

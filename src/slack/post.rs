@@ -210,7 +210,8 @@ impl Backoff {
     }
 }
 
-/// A blocking HTTP client for webhooks.
+/// A blocking HTTP client for webhooks (clones share its connections).
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::blocking::Client,
 }

@@ -100,11 +100,19 @@ pub mod names {
     pub const SLACK_POSTS: &str = "churnsignal_slack_post_attempts_total";
     /// Slack forwarder: alerts on its partitions not yet handled, per partition.
     pub const SLACK_LAG: &str = "churnsignal_slack_lag_messages";
-    /// Slack forwarder: 1 while it waits to retry a post.
+    /// Slack forwarder: 1 while a webhook waits to retry a post, per webhook.
     pub const SLACK_RETRYING: &str = "churnsignal_slack_retrying";
+    /// Slack forwarder: alerts read and waiting for their webhook, per webhook.
+    pub const SLACK_WAITING: &str = "churnsignal_slack_waiting_alerts";
 
     /// The names the Slack forwarder exports.
-    pub const SLACK: [&str; 4] = [SLACK_ALERTS, SLACK_POSTS, SLACK_LAG, SLACK_RETRYING];
+    pub const SLACK: [&str; 5] = [
+        SLACK_ALERTS,
+        SLACK_POSTS,
+        SLACK_LAG,
+        SLACK_RETRYING,
+        SLACK_WAITING,
+    ];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
     pub const ALL: [&str; 34] = [
@@ -215,8 +223,9 @@ pub fn install_slack<'a>(webhooks: impl IntoIterator<Item = &'a str>) -> Prometh
             counter!(names::SLACK_POSTS, "webhook" => w.to_owned(), "outcome" => outcome)
                 .absolute(0);
         }
+        slack_retrying(w, false);
+        slack_waiting(w, 0);
     }
-    gauge!(names::SLACK_RETRYING).set(0.0);
     build_info();
     process().collect();
     handle
@@ -382,7 +391,14 @@ fn describe() {
         SLACK_LAG,
         "Slack forwarder: alerts not yet handled, per partition"
     );
-    describe_gauge!(SLACK_RETRYING, "Slack forwarder: 1 while waiting to retry");
+    describe_gauge!(
+        SLACK_RETRYING,
+        "Slack forwarder: 1 while a webhook waits to retry a post"
+    );
+    describe_gauge!(
+        SLACK_WAITING,
+        "Slack forwarder: alerts read and waiting for their webhook"
+    );
     describe_gauge!(BUILD_INFO, "1, by the version and commit of the binary");
 }
 
@@ -402,9 +418,18 @@ pub fn slack_lag(partition: i32, lag: i64) {
     gauge!(names::SLACK_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
 }
 
-/// Sets the forwarder's retrying flag.
-pub fn slack_retrying(waiting: bool) {
-    gauge!(names::SLACK_RETRYING).set(if waiting { 1.0 } else { 0.0 });
+/// Sets a webhook's retrying flag.
+pub fn slack_retrying(webhook: &str, waiting: bool) {
+    gauge!(names::SLACK_RETRYING, "webhook" => webhook.to_owned()).set(if waiting {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Sets the number of alerts waiting for a webhook.
+pub fn slack_waiting(webhook: &str, n: u64) {
+    gauge!(names::SLACK_WAITING, "webhook" => webhook.to_owned()).set(n as f64);
 }
 
 /// A partition's restore progress.

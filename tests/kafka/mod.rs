@@ -5,5 +5,5 @@ mod demo;
 mod durable;
 mod faults;
 mod live;
-mod slack;
+pub(crate) mod slack;
 pub(crate) mod support;

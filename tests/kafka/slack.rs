@@ -22,21 +22,21 @@ use super::support::*;
 
 /// One request the fake Slack received.
 #[derive(Debug, Clone)]
-struct Request {
-    hook: String,
+pub(crate) struct Request {
+    pub(crate) hook: String,
     at: Instant,
-    status: u16,
+    pub(crate) status: u16,
     body: serde_json::Value,
 }
 
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     /// Scripted answers per hook (status, Retry-After); 200 when none is left.
-    script: BTreeMap<String, VecDeque<(u16, Option<u64>)>>,
-    log: Vec<Request>,
+    pub(crate) script: BTreeMap<String, VecDeque<(u16, Option<u64>)>>,
+    pub(crate) log: Vec<Request>,
 }
 
-type Shared = Arc<Mutex<Fake>>;
+pub(crate) type Shared = Arc<Mutex<Fake>>;
 
 async fn webhook(
     State(fake): State<Shared>,
@@ -69,7 +69,7 @@ async fn webhook(
 }
 
 /// Starts the fake on a free port; it runs until the test process ends.
-fn fake_slack(fake: Shared) -> u16 {
+pub(crate) fn fake_slack(fake: Shared) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -336,11 +336,17 @@ webhook = "key"
     wait_for("the first post", Duration::from_secs(60), || {
         !fake.lock().unwrap().log.is_empty()
     });
-    // The first post failed and is being retried: no offset is committed meanwhile.
-    assert_eq!(
-        committed(bootstrap, &group, &topic, 1),
-        vec![None],
-        "an offset committed before Slack accepted the post"
+    // The first post failed and is being retried: the committed offset (if any yet)
+    // is not past the first routed alert (each hook's first post fails).
+    let first_routed = first
+        .iter()
+        .position(|a| expected_hook(a).is_some())
+        .unwrap();
+    let first_routed_offset = (first_routed + usize::from(first_routed > 3)) as i64;
+    let c = committed(bootstrap, &group, &topic, 1)[0];
+    assert!(
+        c.is_none_or(|c| c <= first_routed_offset),
+        "offset {c:?} committed past the first alert ({first_routed_offset}) before Slack accepted it"
     );
     let routed1: Vec<(String, u64)> = first
         .iter()
@@ -559,4 +565,180 @@ fn a_rebalance_while_a_post_is_retried_leaves_no_partition_paused() {
         "the rebalance came after the retries: {text}"
     );
     assert_eq!(posted(), want, "each alert posted once");
+}
+
+#[test]
+fn a_failing_webhook_holds_back_only_its_own_alerts_and_a_restart_posts_none_twice() {
+    let bootstrap = shared_bootstrap();
+    let name = unique("slack-hol");
+    let topic = format!("{name}-alerts");
+    let group = format!("{name}-forwarder");
+    create_topics(bootstrap, &[(&topic, 1)]);
+    let fake: Shared = Arc::default();
+    // The key-accounts webhook answers 500 until the test lets it recover.
+    fake.lock().unwrap().script.insert(
+        "key-s3cr3t-token".into(),
+        VecDeque::from(vec![(500, None); 100_000]),
+    );
+    let fake_port = fake_slack(fake.clone());
+    let key_url = format!("http://127.0.0.1:{fake_port}/services/T0KEY/B0KEY/key-s3cr3t-token");
+    let everyone_url =
+        format!("http://127.0.0.1:{fake_port}/services/T0ALL/B0ALL/everyone-s3cr3t-token");
+    // Routed alerts in history order, the first ones to the key-accounts hook among
+    // them: 4 for the key hook and 24 for the other one.
+    let all = alerts();
+    let mut quota = [4, 24];
+    let mut routed: Vec<&Alert> = Vec::new();
+    for a in &all {
+        let k = match expected_hook(a) {
+            Some("key-s3cr3t-token") => 0,
+            Some(_) => 1,
+            None => continue,
+        };
+        if quota[k] > 0 {
+            quota[k] -= 1;
+            routed.push(a);
+        }
+    }
+    assert_eq!(quota, [0, 0], "the history has alerts for both hooks");
+    let is_key = |a: &Alert| expected_hook(a) == Some("key-s3cr3t-token");
+    let first_key = routed.iter().position(|a| is_key(a)).unwrap() as i64;
+    let key_count = routed.iter().filter(|a| is_key(a)).count();
+    let after_first_key = routed[first_key as usize..]
+        .iter()
+        .filter(|a| !is_key(a))
+        .count();
+    assert!(
+        after_first_key >= 5,
+        "alerts to the other hook follow the first key alert: {after_first_key}"
+    );
+    let recs: Vec<Rec> = routed
+        .iter()
+        .map(|a| record(&topic, a, AlertFormat::Json))
+        .collect();
+    produce(bootstrap, &recs);
+    let end = recs.len() as i64;
+
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key-hook");
+    std::fs::write(&key_file, format!("{key_url}\n")).unwrap();
+    let http_port = free_port();
+    let config = dir.join("slack.toml");
+    std::fs::write(
+        &config,
+        forwarder_config(
+            &format!("127.0.0.1:{http_port}"),
+            bootstrap,
+            &topic,
+            &group,
+            (100, 500),
+            &format!(
+                r#"key = {{ url_file = "{}" }}
+[[slack.routes]]
+risk = ["high", "critical"]
+value_tier = ["key"]
+webhook = "key"
+"#,
+                key_file.display()
+            ),
+            "info",
+        ),
+    )
+    .unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let posted_to = |hook: &str| {
+        accepted(&fake)
+            .iter()
+            .filter(|r| r.hook == hook)
+            .map(|r| key_of(&r.body))
+            .collect::<Vec<_>>()
+    };
+
+    // Run 1: the key hook fails throughout; every alert of the other hook is posted,
+    // also those after the first key alert, and the committed offset waits at it.
+    let mut run1 = spawn_forwarder(&config, &everyone_url, &dir.join("run1.log"));
+    wait_for(
+        "the other hook's alerts posted while the key hook fails",
+        Duration::from_secs(60),
+        || posted_to("everyone-s3cr3t-token").len() == routed.len() - key_count,
+    );
+    // Committed: the first key alert's offset, with the metadata that names the
+    // key alerts after it as still waiting and everything else up to the end as done.
+    let key_offsets: Vec<i64> = (0..end).filter(|o| is_key(routed[*o as usize])).collect();
+    let deltas: Vec<String> = key_offsets
+        .iter()
+        .scan(first_key, |at, o| {
+            let d = o - *at;
+            *at = *o;
+            Some(d.to_string())
+        })
+        .collect();
+    let want_commit = (
+        first_key,
+        format!("v1;end={end};pending={}", deltas.join(",")),
+    );
+    wait_for(
+        "the offset committed up to the first key alert, the rest handed over",
+        Duration::from_secs(30),
+        || committed_with_metadata(bootstrap, &group, &topic, 1) == vec![Some(want_commit.clone())],
+    );
+    assert!(posted_to("key-s3cr3t-token").is_empty());
+    let failed = fake
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .filter(|r| r.hook == "key-s3cr3t-token")
+        .count();
+    assert!(failed >= 2, "the key hook was retried: {failed} attempts");
+    let (_, metrics) = http_get(metrics_addr, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "churnsignal_slack_waiting_alerts{webhook=\"key\"}"
+        ),
+        key_count as f64,
+        "the key hook's alerts wait: {metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "churnsignal_slack_waiting_alerts{webhook=\"everyone\"}"
+        ),
+        0.0
+    );
+    // A crash, then the key hook recovers and the forwarder restarts from the
+    // committed offset: it posts the key alerts and none of the other hook's again.
+    run1.kill().unwrap();
+    run1.wait().unwrap();
+    fake.lock().unwrap().script.clear();
+    let mut run2 = spawn_forwarder(&config, &everyone_url, &dir.join("run2.log"));
+    wait_for("everything committed", Duration::from_secs(90), || {
+        committed(bootstrap, &group, &topic, 1) == vec![Some(end)]
+    });
+    let (_, metrics) = http_get(metrics_addr, "/metrics");
+    assert_eq!(
+        alerts_counted(&metrics, "duplicate"),
+        after_first_key as f64,
+        "the other hook's alerts after the committed offset were handed over, not posted again"
+    );
+    assert_eq!(alerts_counted(&metrics, "posted"), key_count as f64);
+    sigterm(run2.id());
+    assert!(run2.wait().unwrap().success());
+    let mut want: Vec<(String, u64)> = routed
+        .iter()
+        .map(|a| (a.alert_id.clone(), u64::from(a.sequence)))
+        .collect();
+    want.sort();
+    let mut got: Vec<(String, u64)> = accepted(&fake).iter().map(|r| key_of(&r.body)).collect();
+    got.sort();
+    assert_eq!(got, want, "every alert posted once, none twice");
+    // The key hook's alerts in topic order.
+    let key_order: Vec<(String, u64)> = routed
+        .iter()
+        .filter(|a| is_key(a))
+        .map(|a| (a.alert_id.clone(), u64::from(a.sequence)))
+        .collect();
+    assert_eq!(posted_to("key-s3cr3t-token"), key_order);
 }

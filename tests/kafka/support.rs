@@ -424,6 +424,20 @@ pub fn read_until_quiet(
 
 /// The group's committed offsets of `topic`'s partitions `0..partitions`.
 pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    committed_with_metadata(bootstrap, group, topic, partitions)
+        .into_iter()
+        .map(|c| c.map(|(o, _)| o))
+        .collect()
+}
+
+/// The group's committed offsets of `topic`'s partitions `0..partitions`, with the
+/// metadata committed with each.
+pub fn committed_with_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<(i64, String)>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -437,9 +451,12 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
         .committed_offsets(tpl, Duration::from_secs(10))
         .expect("committed offsets");
     (0..partitions)
-        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
+        .map(|p| {
+            let e = got.find_partition(topic, p).unwrap();
+            match e.offset() {
+                Offset::Offset(o) => Some((o, e.metadata().to_owned())),
+                _ => None,
+            }
         })
         .collect()
 }
