@@ -318,6 +318,88 @@ fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
     service.stop().unwrap();
 }
 
+/// A static member of the group (`group.instance.id`) takes its share of the
+/// partitions and goes away without leaving the group, as a crashed pod with a stable
+/// name does: until its session times out, nobody holds its partitions. Their backlog
+/// shows in this instance's lag gauge (from the group's committed offsets, here none:
+/// the log start) while this instance holds the others and consumes them to 0.
+#[test]
+fn the_lag_gauge_shows_the_backlog_of_partitions_no_member_holds() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let cfg = three_topics("lag-nobody");
+    let b = cfg.kafka.brokers.clone();
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the service owns every partition", LONG, || {
+        service.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
+    });
+    {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &cfg.kafka.group_id)
+            .set("group.instance.id", "lag-nobody-static-member")
+            // Long enough for the test to finish before the group takes the
+            // partitions back.
+            .set("session.timeout.ms", "120000")
+            .set("partition.assignment.strategy", "range")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let names = input_names(&cfg);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.subscribe(&names).unwrap();
+        wait_for("the static member holds partitions", LONG, || {
+            let _ = c.poll(Duration::from_millis(50));
+            let _ = c.assignment().map(|a| {
+                let _ = c.pause(&a);
+            });
+            let n = service.status().assigned.load(Relaxed);
+            n > 0 && n < 3 * PARTITIONS as usize
+        });
+        // Dropped: a static member closes without a LeaveGroup.
+    }
+    let held = service.status().assigned.load(Relaxed);
+    let spec = Spec {
+        customers: 60,
+        days: 30,
+        seed: 68,
+        ..Spec::default()
+    };
+    let (recs, _) = history(&cfg, spec);
+    produce(&b, &recs);
+    let addr = service.http_addr().unwrap();
+    let ours = input_names(&cfg);
+    wait_for(
+        "the lag of the partitions nobody holds, ours at 0",
+        LONG,
+        || {
+            let gauges = lag_gauges(addr);
+            let mut at_zero = 0;
+            let mut waiting = 0;
+            let all = ours.iter().all(|t| {
+                (0..PARTITIONS).all(|p| {
+                    let Some(lag) = gauges.get(&(t.clone(), p)) else {
+                        return false;
+                    };
+                    let n = count_in(&b, t, p) as f64;
+                    if *lag == 0.0 {
+                        at_zero += 1;
+                    } else {
+                        waiting += 1;
+                    }
+                    *lag == 0.0 || *lag == n
+                })
+            });
+            all && at_zero == held && waiting == 3 * PARTITIONS as usize - held
+        },
+    );
+    assert_eq!(
+        service.status().assigned.load(Relaxed),
+        held,
+        "the partitions were still nobody's when their lag was read"
+    );
+    service.stop().unwrap();
+}
+
 /// Messages in one partition of a topic.
 fn count_in(bootstrap: &str, topic: &str, p: i32) -> i64 {
     use rdkafka::consumer::Consumer;
