@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -155,6 +155,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
             customers: opts.customers,
             days: opts.days,
             seed: opts.seed,
+            start: history_start(opts.days, SystemTime::now()),
             ..Spec::default()
         };
         let day_wall = Duration::from_secs_f64(1.0 / opts.speed.max(0.01));
@@ -315,5 +316,33 @@ impl Summary {
             s.push_str(&format!("  {k:<20} {v}\n"));
         }
         s
+    }
+}
+
+/// The first day of a history of `days` days that ends today (UTC): the service refuses
+/// events from the future, so a history that reached past the wall clock would be
+/// dead-lettered from then on.
+fn history_start(days: u32, now: SystemTime) -> crate::time::Timestamp {
+    const DAY_MS: i64 = 86_400_000;
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let today = now_ms - now_ms.rem_euclid(DAY_MS);
+    crate::time::Timestamp(today - i64::from(days) * DAY_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_history_ends_at_the_start_of_today() {
+        // 2026-12-06 13:45:00 UTC
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_478_300);
+        let start = history_start(360, now);
+        assert_eq!(start.0 % 86_400_000, 0, "a day boundary");
+        let end = start.0 + 360 * 86_400_000;
+        assert!(end <= 1_796_478_300_000 && 1_796_478_300_000 - end < 86_400_000);
     }
 }
