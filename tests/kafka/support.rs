@@ -2,13 +2,13 @@
 //! `deploy/kafka/kafka.sh` (or the one `CHURNSIGNAL_TEST_KAFKA` names), fresh topics
 //! per test, producing, reading back, committed offsets, and a tiny HTTP client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use churnsignal::config::Config;
@@ -726,9 +726,20 @@ impl Drop for Proc {
 }
 
 /// A free TCP port on the loopback interface.
+///
+/// Never the same port twice in this process: a port handed out is bound only when
+/// the service it is for starts, so the kernel could hand it out again meanwhile (two
+/// ports of one configuration then collide, and the service refuses to start).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Session timeouts short enough for tests that kill group members (the default, 45 s,
