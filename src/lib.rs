@@ -29,6 +29,41 @@
 //!   incoming webhooks (Block Kit, routing, retries, no repeats).
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`](mod@bench): `churnsignal bench engine`.
+//!
+//! # Repository layout
+//!
+//! ```text
+//! src/main.rs       CLI (clap); anyhow only here
+//! src/lib.rs        crate overview and data flow
+//! src/event.rs      domain events
+//! src/decode/       JSON and protobuf into events; one validation; rejection reasons
+//! src/config/       TOML + environment -> validated config ([kafka] and [log] in kafka.rs, [http]
+//!                   in http.rs); secret.rs: which values are secret, and their redaction
+//! src/engine/       the pure core: state, window, index, deadlines, population, tiers, score, lifecycle,
+//!                   clock (the agreed event time), codec (state records for changelog and restore)
+//! src/signals/      one module per signal, each a pure `evaluate` with its tests
+//! src/alert.rs      alerts and health records, JSON and protobuf
+//! src/replay.rs     the engine over a file
+//! src/generate/     deterministic realistic histories (tests, bench, backtests)
+//! src/kafka/        the live service: client configs, runtime (poll loop, rebalances), worker
+//!                   threads with partition engines and their checkpoint transactions,
+//!                   changelog (state records, restore), offsets, records, topics
+//! src/telemetry/    metric names, the HTTP servers and their limits (http.rs), and what they
+//!                   answer (api.rs: metrics, health, the customer API with tokens and rate limit)
+//! src/slack/        `slack`: the forwarder to Slack webhooks (message, post, one poster per
+//!                   webhook, progress and its commit metadata)
+//! src/demo.rs       `demo` on librdkafka's mock cluster
+//! src/bench/        `bench engine`, `bench kafka`
+//! proto/            protobuf contracts and their build script (protox, no system protoc)
+//! config/           default.toml: every option with its default; slack.example.toml
+//! tests/            scenario, property, replay, accuracy, HTTP and secret tests; tests/kafka: real-broker,
+//!                   mock-cluster and demo tests (one test binary)
+//! deploy/kafka/     a local single-node Apache Kafka 4.1 (KRaft) from Maven Central jars
+//!                   (kafka.sh install|start|stop|halt|resume), used by tests and benchmarks
+//! deploy/           README.md (operations and runbooks), Dockerfile, compose.yaml, kubernetes/, prometheus/ (rules and their
+//!                   promtool tests), grafana/ (dashboard, provisioning); tests/deploy.rs
+//!                   checks every file
+//! ```
 #![deny(missing_docs)]
 
 pub mod alert;

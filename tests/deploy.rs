@@ -345,8 +345,8 @@ fn the_dashboard_loads_as_grafana_provisions_it() {
 }
 
 #[test]
-fn every_rule_has_a_severity_a_summary_and_a_runbook_in_the_readme() {
-    let readme = read("README.md");
+fn every_rule_has_a_severity_a_summary_and_a_runbook_in_the_operations_guide() {
+    let readme = read("deploy/README.md");
     let anchors: BTreeSet<String> = readme
         .lines()
         .filter(|l| l.starts_with('#'))
@@ -387,11 +387,11 @@ fn every_rule_has_a_severity_a_summary_and_a_runbook_in_the_readme() {
             "{name}: summary"
         );
         let runbook = r["annotations"]["runbook"].as_str().unwrap();
-        let anchor = runbook.strip_prefix("README.md#").unwrap();
+        let anchor = runbook.strip_prefix("deploy/README.md#").unwrap();
         assert_eq!(anchor, format!("runbook-{}", name.to_lowercase()));
         assert!(
             anchors.contains(anchor),
-            "{name}: README has no section #{anchor}"
+            "{name}: deploy/README.md has no section #{anchor}"
         );
     }
 }

@@ -7,10 +7,10 @@
 //!   their partition in batches, pauses the consumer while a worker's queue is full
 //!   (back-pressure instead of unbounded buffers), and runs the rebalance callbacks
 //!   (assignment: workers restore; revocation: workers checkpoint and drop);
-//! - `workers` threads each run the engines of their partitions ([`super::worker`]),
+//! - `workers` threads each run the engines of their partitions (`super::worker`),
 //!   each partition with its transactional producer, whose checkpoint transactions
 //!   carry the state records and the input offsets (and, exactly-once, the outputs);
-//! - librdkafka's producer threads call [`ProducerCtx::delivery`], which settles each
+//! - librdkafka's producer threads call `ProducerCtx::delivery`, which settles each
 //!   delivered record (a checkpoint waits for its partition's);
 //! - the HTTP thread serves metrics, health and the customer API.
 //!
