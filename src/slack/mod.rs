@@ -27,11 +27,13 @@
 //!   type whose `Debug` redacts them, and HTTP errors are logged without their URL.
 
 pub mod deliver;
+mod health;
 pub mod message;
 pub mod post;
 pub mod progress;
+pub mod seen;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -46,9 +48,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::telemetry::{self, http};
 use deliver::{Done, Job, Owned, Poster, Retry};
+use health::{Probe, Status};
 use message::AlertView;
 use post::Webhook;
 use progress::{Handover, Progress};
+pub use seen::Seen;
 
 /// Errors that stop the forwarder.
 #[derive(Debug, thiserror::Error)]
@@ -63,52 +67,6 @@ pub enum SlackError {
     /// Kafka client setup or the HTTP server.
     #[error("{0}")]
     Start(String),
-}
-
-/// Alerts already posted (or skipped as repeats), per partition, the last `cap` of them.
-#[derive(Debug, Default)]
-pub struct Seen {
-    cap: usize,
-    order: VecDeque<(String, u64)>,
-    set: HashSet<(String, u64)>,
-}
-
-impl Seen {
-    /// Remembers at most `cap` keys.
-    pub fn new(cap: usize) -> Seen {
-        Seen {
-            cap,
-            ..Seen::default()
-        }
-    }
-
-    /// Whether the key was seen.
-    pub fn contains(&self, key: &(String, u64)) -> bool {
-        self.set.contains(key)
-    }
-
-    /// Remembers a key, forgetting the oldest beyond the cap.
-    pub fn insert(&mut self, key: (String, u64)) {
-        if self.cap == 0 || !self.set.insert(key.clone()) {
-            return;
-        }
-        self.order.push_back(key);
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-    }
-
-    /// Keys remembered.
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
 }
 
 /// Partitions taken away since the loop last looked (their remembered keys go).
@@ -203,43 +161,6 @@ fn add_commit(tpl: &mut TopicPartitionList, topic: &str, p: i32, offset: i64, me
     let mut e = tpl.add_partition(topic, p);
     if e.set_offset(Offset::Offset(offset)).is_ok() {
         e.set_metadata(meta);
-    }
-}
-
-/// Shared with the HTTP probe.
-struct Status {
-    beat: Mutex<Instant>,
-    assigned: std::sync::atomic::AtomicUsize,
-    stopping: AtomicBool,
-    liveness: Duration,
-}
-
-struct Probe(Arc<Status>);
-
-impl http::Probe for Probe {
-    fn live(&self) -> Result<(), String> {
-        let age = self.0.beat.lock().map(|b| b.elapsed()).unwrap_or_default();
-        if age > self.0.liveness {
-            return Err(format!(
-                "the forwarder loop has not reported for {} s",
-                age.as_secs()
-            ));
-        }
-        Ok(())
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        if self.0.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        if self.0.assigned.load(Ordering::Relaxed) == 0 {
-            return Err("no partition of the alerts topic assigned".into());
-        }
-        Ok(())
-    }
-
-    fn customer(&self, _id: &str) -> http::Lookup {
-        http::Lookup::NotOwned
     }
 }
 
@@ -600,7 +521,7 @@ impl Forwarder {
             return;
         };
         if !self.seen.contains_key(&p) {
-            let seen = self.read_back(m.topic(), p, offset);
+            let seen = seen::read_back(&self.cfg, &self.stop, || self.beat(), m.topic(), p, offset);
             self.seen.insert(p, seen);
             let (start, handover) = self
                 .handover(m.topic(), p)
@@ -722,65 +643,6 @@ impl Forwarder {
             }
         }
     }
-
-    /// The keys of the `dedup_lookback` alerts before `start` on partition `p`: alerts
-    /// handled before this assignment (committed), whose repeats must not be posted.
-    fn read_back(&self, topic: &str, p: i32, start: i64) -> Seen {
-        let cap = self.cfg.slack.dedup_lookback as usize;
-        let mut seen = Seen::new(cap);
-        if cap == 0 || start <= 0 {
-            return seen;
-        }
-        let began = Instant::now();
-        let result = (|| -> Result<(), String> {
-            let reader: BaseConsumer = crate::kafka::client::slack_reader_config(&self.cfg)
-                .create()
-                .map_err(|e| e.to_string())?;
-            let (low, _) = reader
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
-            let from = (start - cap as i64).max(low);
-            if from >= start {
-                return Ok(());
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))
-                .map_err(|e| e.to_string())?;
-            reader.assign(&tpl).map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
-                self.beat();
-                match reader.poll(Duration::from_millis(500)) {
-                    Some(Ok(m)) => {
-                        if m.offset() >= start {
-                            return Ok(());
-                        }
-                        if let Ok(a) = AlertView::read(m.payload().unwrap_or_default(), None) {
-                            seen.insert(a.key());
-                        }
-                        if m.offset() + 1 >= start {
-                            return Ok(());
-                        }
-                    }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
-                    Some(Err(e)) => tracing::warn!(error = %e, "reading back"),
-                    None => {}
-                }
-            }
-            Err("timed out after 60 s".into())
-        })();
-        match result {
-            Ok(()) => tracing::info!(
-                partition = p,
-                remembered = seen.len(),
-                ms = began.elapsed().as_millis() as u64,
-                "read back the alerts before the committed offset"
-            ),
-            Err(e) => tracing::warn!(partition = p, error = %e, remembered = seen.len(),
-                "could not read back all alerts before the committed offset; repeats of older ones may be posted"),
-        }
-        seen
-    }
 }
 
 /// Runs the forwarder until `shutdown` resolves.
@@ -811,25 +673,4 @@ pub async fn run(
         .map_err(|e| SlackError::Start(format!("forwarder thread: {e}")))?;
     drop(server);
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seen_keys_are_bounded_and_forget_the_oldest_first() {
-        let mut s = Seen::new(3);
-        for i in 1..=4u64 {
-            s.insert(("a".into(), i));
-        }
-        s.insert(("a".into(), 4));
-        assert_eq!(s.len(), 3);
-        assert!(!s.contains(&("a".into(), 1)), "the oldest is forgotten");
-        assert!(s.contains(&("a".into(), 2)) && s.contains(&("a".into(), 4)));
-        assert!(!s.contains(&("b".into(), 2)), "the key is the pair");
-        let mut none = Seen::new(0);
-        none.insert(("a".into(), 1));
-        assert!(none.is_empty());
-    }
 }
