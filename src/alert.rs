@@ -4,11 +4,9 @@
 use prost::Message;
 use serde::{Serialize, Serializer};
 
-use crate::engine::lifecycle::Status;
-use crate::engine::score::{Play, Risk};
 use crate::proto::v1 as pb;
-use crate::signals::SignalKind;
 use crate::time::Timestamp;
+use crate::vocab::{Play, Risk, SignalKind, Status};
 
 /// Contract version of alerts and records.
 pub const SCHEMA_VERSION: u32 = 1;

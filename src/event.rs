@@ -44,6 +44,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// The contract spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+
     /// Parses the contract spelling.
     pub fn parse(s: &str) -> Option<Priority> {
         Some(match s {
@@ -74,6 +84,18 @@ pub enum Category {
 }
 
 impl Category {
+    /// The contract spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Billing => "billing",
+            Category::Technical => "technical",
+            Category::DiscountRequest => "discount_request",
+            Category::Cancellation => "cancellation",
+            Category::Complaint => "complaint",
+            Category::Other => "other",
+        }
+    }
+
     /// Parses the contract spelling.
     pub fn parse(s: &str) -> Option<Category> {
         Some(match s {

@@ -12,6 +12,8 @@
 //!
 //! # Layout
 //! - [`time`]: event-time instants.
+//! - [`vocab`]: the shared vocabulary (status, risk, play, signal kind, a signal's
+//!   reading, alert format, input encoding); imports nothing above [`time`].
 //! - [`event`]: domain events (what the engine consumes).
 //! - [`decode`]: JSON and protobuf into events, with a stable reason for every rejection.
 //! - [`config`]: the TOML configuration, environment overrides, validation.
@@ -81,6 +83,7 @@ pub mod signals;
 pub mod slack;
 pub mod telemetry;
 pub mod time;
+pub mod vocab;
 
 /// Generated protobuf types (`proto/churnsignal/v1`).
 pub mod proto {

@@ -4,9 +4,9 @@
 use serde::Deserialize;
 
 use super::{check_range, invalid, ConfigError, Properties};
-use crate::decode::wire::Encoding;
 use crate::event::Family;
-use crate::kafka::records::AlertFormat;
+use crate::vocab::AlertFormat;
+use crate::vocab::Encoding;
 
 /// `[kafka]`
 #[derive(Debug, Clone, Deserialize)]

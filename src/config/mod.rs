@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::time::{DAY_MS, SECOND_MS};
+use crate::vocab::SignalKind;
 
 mod env;
 mod http;
@@ -34,7 +35,7 @@ pub use slack::{Route, SlackConfig, WebhookSource};
 pub const ENV_PREFIX: &str = "CHURNSIGNAL__";
 
 /// The most buckets a customer's window ring holds (recent + baseline).
-pub const MAX_RING_BUCKETS: u32 = crate::engine::RING as u32;
+pub const MAX_RING_BUCKETS: u32 = 16;
 
 /// Errors of loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +332,39 @@ pub struct SignalsConfig {
     pub no_second_purchase: NoSecondPurchaseConfig,
     /// `nps_detractor`
     pub nps_detractor: NpsDetractorConfig,
+}
+
+impl SignalsConfig {
+    /// A signal's weight in the health score (0 when it is disabled).
+    pub fn weight(&self, kind: SignalKind) -> f64 {
+        let (enabled, w) = match kind {
+            SignalKind::ConsumptionDrop => {
+                (self.consumption_drop.enabled, self.consumption_drop.weight)
+            }
+            SignalKind::DiscountPressure => (
+                self.discount_pressure.enabled,
+                self.discount_pressure.weight,
+            ),
+            SignalKind::Inactivity => (self.inactivity.enabled, self.inactivity.weight),
+            SignalKind::SupportTension => {
+                (self.support_tension.enabled, self.support_tension.weight)
+            }
+            SignalKind::EngagementDecline => (
+                self.engagement_decline.enabled,
+                self.engagement_decline.weight,
+            ),
+            SignalKind::NoSecondPurchase => (
+                self.no_second_purchase.enabled,
+                self.no_second_purchase.weight,
+            ),
+            SignalKind::NpsDetractor => (self.nps_detractor.enabled, self.nps_detractor.weight),
+        };
+        if enabled {
+            w
+        } else {
+            0.0
+        }
+    }
 }
 
 /// `[signals.consumption_drop]`

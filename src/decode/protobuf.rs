@@ -103,15 +103,15 @@ pub fn encode_protobuf(e: &Event<'_>) -> Vec<u8> {
             category,
         } => {
             m.ticket_id = Some(ticket_id.to_string());
-            m.priority = Some(crate::generate::priority_name(*priority).to_owned());
-            m.category = Some(crate::generate::category_name(*category).to_owned());
+            m.priority = Some(priority.as_str().to_owned());
+            m.category = Some(category.as_str().to_owned());
         }
         EventKind::TicketEscalated {
             ticket_id,
             priority,
         } => {
             m.ticket_id = Some(ticket_id.to_string());
-            m.priority = priority.map(|p| crate::generate::priority_name(p).to_owned());
+            m.priority = priority.map(|p| p.as_str().to_owned());
         }
         EventKind::TicketReopened { ticket_id } => m.ticket_id = Some(ticket_id.to_string()),
         EventKind::TicketResolved { ticket_id, csat } => {

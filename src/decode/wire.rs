@@ -10,59 +10,7 @@
 
 use super::{decode_json, decode_protobuf, DecodeError, Limits, Reason};
 use crate::event::Event;
-
-/// How a topic's messages are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Encoding {
-    /// JSON (the contract's default).
-    Json,
-    /// Plain protobuf `churnsignal.v1.Event`.
-    Protobuf,
-    /// Protobuf with the Confluent schema-registry framing.
-    ConfluentProtobuf,
-    /// Decide per message: the `content-type` header if present, else the first byte.
-    Auto,
-}
-
-impl Encoding {
-    /// The encoding a `content-type` header names, if it names one.
-    pub fn from_content_type(value: &str) -> Option<Encoding> {
-        let media = value
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media.as_str() {
-            "application/json" => Some(Encoding::Json),
-            "application/x-protobuf"
-            | "application/protobuf"
-            | "application/vnd.google.protobuf" => Some(Encoding::Protobuf),
-            "application/vnd.confluent.protobuf" => Some(Encoding::ConfluentProtobuf),
-            _ => None,
-        }
-    }
-
-    /// The encoding of one message: a `content-type` header wins over `auto`, and in
-    /// `auto` without a header a leading `{` means JSON, a leading 0 Confluent framing,
-    /// anything else plain protobuf. The guess is unambiguous for our schema: protobuf
-    /// never starts with 0 (field number 0 is invalid), and `{` (0x7B) would be field 15
-    /// as a deprecated group, which `churnsignal.v1.Event` does not have.
-    pub fn resolve(self, content_type: Option<&str>, bytes: &[u8]) -> Encoding {
-        if let Some(e) = content_type.and_then(Encoding::from_content_type) {
-            return e;
-        }
-        match self {
-            Encoding::Auto => match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-                Some(b'{') => Encoding::Json,
-                Some(0) if bytes.first() == Some(&0) => Encoding::ConfluentProtobuf,
-                _ => Encoding::Protobuf,
-            },
-            e => e,
-        }
-    }
-}
+pub use crate::vocab::Encoding;
 
 fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;

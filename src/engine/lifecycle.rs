@@ -15,37 +15,9 @@
 //!
 //! Nothing else emits: the same risk with the same signals is silence.
 
-use serde::Serialize;
-
-use super::score::Risk;
-use crate::signals::{Reading, SignalKind};
 use crate::time::Timestamp;
-
-/// Alert status of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Episode started (or a reminder).
-    Open,
-    /// Risk rose or a new signal joined.
-    Escalated,
-    /// Episode ended.
-    Resolved,
-}
-
-impl Status {
-    /// Every status, in lifecycle order.
-    pub const ALL: [Status; 3] = [Status::Open, Status::Escalated, Status::Resolved];
-
-    /// The contract spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Open => "open",
-            Status::Escalated => "escalated",
-            Status::Resolved => "resolved",
-        }
-    }
-}
+pub use crate::vocab::Status;
+use crate::vocab::{Reading, Risk, SignalKind};
 
 /// Lifecycle state of one customer. 24 bytes.
 #[derive(Debug, Clone, Default, PartialEq)]

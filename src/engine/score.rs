@@ -9,78 +9,12 @@
 //! engagement, discounts and NPS say counts on top, and severities (continuous, also
 //! below thresholds) rank customers who have no alert yet.
 
-use serde::Serialize;
-
 use super::bgnbd::{Params, Summary};
 use super::tiers::Tier;
 use crate::config::Config;
-use crate::signals::{inactivity, Reading, SignalKind};
-
-/// Risk level of the alert contract, ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Risk {
-    /// `low`
-    Low = 0,
-    /// `medium`
-    Medium = 1,
-    /// `high`
-    High = 2,
-    /// `critical`
-    Critical = 3,
-}
-
-impl Risk {
-    /// Every risk, lowest first.
-    pub const ALL: [Risk; 4] = [Risk::Low, Risk::Medium, Risk::High, Risk::Critical];
-
-    /// The contract spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Risk::Low => "low",
-            Risk::Medium => "medium",
-            Risk::High => "high",
-            Risk::Critical => "critical",
-        }
-    }
-    pub(crate) fn from_u8(v: u8) -> Risk {
-        match v {
-            0 => Risk::Low,
-            1 => Risk::Medium,
-            2 => Risk::High,
-            _ => Risk::Critical,
-        }
-    }
-}
-
-/// What to do about it (alert contract `recommended_play`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Play {
-    /// A valuable customer at risk: act to keep them.
-    Retain,
-    /// A new customer without a second sale: help them get going.
-    RampUp,
-    /// A customer whose cost (support, discounts) outweighs their value: fix the relationship.
-    Restore,
-    /// A lost customer: win them back.
-    Regain,
-    /// A quiet customer: wake them up.
-    Reactivate,
-}
-
-impl Play {
-    /// The contract spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Play::Retain => "retain",
-            Play::RampUp => "ramp_up",
-            Play::Restore => "restore",
-            Play::Regain => "regain",
-            Play::Reactivate => "reactivate",
-        }
-    }
-}
+use crate::signals::inactivity;
+pub use crate::vocab::{Play, Risk};
+use crate::vocab::{Reading, SignalKind};
 
 /// What the purchase model says of a customer's health, 0..1: how likely they are to
 /// order within `horizon_days` (1 − P(no order), from P(alive) and their own purchase
@@ -115,7 +49,7 @@ pub fn health(readings: &[Reading; 7], cfg: &Config, base: f64, modelled: bool) 
         if modelled && matches!(k, SignalKind::Inactivity | SignalKind::NoSecondPurchase) {
             continue;
         }
-        h *= 1.0 - k.weight(&cfg.signals) * readings[k as usize].severity.clamp(0.0, 1.0);
+        h *= 1.0 - cfg.signals.weight(k) * readings[k as usize].severity.clamp(0.0, 1.0);
     }
     (100.0 * h).round().clamp(0.0, 100.0) as u8
 }

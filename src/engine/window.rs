@@ -11,7 +11,7 @@
 use crate::time::{Timestamp, DAY_MS};
 
 /// Buckets per customer ring (recent + baseline at most this).
-pub const RING: usize = 16;
+pub const RING: usize = crate::config::MAX_RING_BUCKETS as usize;
 
 /// One bucket of activity. 16 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

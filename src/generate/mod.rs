@@ -233,28 +233,6 @@ pub fn customer_id(c: u32) -> String {
     format!("cust-{c:07}")
 }
 
-/// Contract spelling of a priority.
-pub fn priority_name(p: Priority) -> &'static str {
-    match p {
-        Priority::Low => "low",
-        Priority::Normal => "normal",
-        Priority::High => "high",
-        Priority::Urgent => "urgent",
-    }
-}
-
-/// Contract spelling of a category.
-pub fn category_name(c: Category) -> &'static str {
-    match c {
-        Category::Billing => "billing",
-        Category::Technical => "technical",
-        Category::DiscountRequest => "discount_request",
-        Category::Cancellation => "cancellation",
-        Category::Complaint => "complaint",
-        Category::Other => "other",
-    }
-}
-
 const KINDS: [&str; 4] = ["login", "feature_used", "email_opened", "meeting"];
 
 impl Generated {
@@ -351,8 +329,8 @@ impl Generated {
             } => write!(
                 out,
                 r#""type":"ticket.opened","ticket_id":"t-{c}-{ticket_day}","priority":"{}","category":"{}"}}"#,
-                priority_name(priority),
-                category_name(category)
+                priority.as_str(),
+                category.as_str()
             ),
             What::TicketEscalated { ticket_day } => write!(
                 out,

@@ -126,7 +126,7 @@ pub fn restore_consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The lag monitor's client (see [`super::lag`]): asks for the input partitions' ends
+/// The lag monitor's client (see the `lag` module): asks for the input partitions' ends
 /// (`read_committed`: last stable offsets) and the group's committed offsets; it never
 /// joins the group.
 pub fn lag_monitor_config(cfg: &KafkaConfig) -> ClientConfig {

@@ -5,6 +5,7 @@
 
 use crate::alert::Alert;
 use crate::decode::DecodeError;
+pub use crate::vocab::AlertFormat;
 
 /// A record to produce: key, payload and headers (in order; names may repeat).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,26 +16,6 @@ pub struct OutRecord {
     pub payload: Vec<u8>,
     /// Headers.
     pub headers: Vec<(String, Vec<u8>)>,
-}
-
-/// How alerts are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AlertFormat {
-    /// JSON, the contract's default.
-    Json,
-    /// `churnsignal.v1.Alert`.
-    Protobuf,
-}
-
-impl AlertFormat {
-    /// The `content-type` of this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            AlertFormat::Json => "application/json",
-            AlertFormat::Protobuf => "application/x-protobuf",
-        }
-    }
 }
 
 /// CloudEvents `source` of every alert.
