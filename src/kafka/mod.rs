@@ -181,4 +181,4 @@ pub(crate) mod sync;
 pub mod topics;
 mod worker;
 
-pub use runtime::{run, Report, RunError, Service, StartOptions, Status};
+pub use runtime::{run, Failure, Report, RunError, Service, StartOptions, Status};

@@ -82,7 +82,67 @@ pub enum RunError {
     },
     /// A failure while running (a record refused for good, ...).
     #[error("{0}")]
-    Failed(String),
+    Failed(#[from] Failure),
+}
+
+/// What stopped a running service. Each variant says what the operator can look at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// At-least-once: the broker refused an output record for good; its input offset is
+    /// not committed, so the next start processes that input again.
+    #[error("the broker refused a record for {topic}: {error}; its input offset is not committed")]
+    RecordRefused {
+        /// The output topic.
+        topic: String,
+        /// The broker's or the client's error.
+        error: String,
+    },
+    /// The consumer hit a fatal error and is unusable.
+    #[error("the consumer hit a fatal error: {code}{hint}")]
+    ConsumerFatal {
+        /// librdkafka's error code.
+        code: String,
+        /// What to do about it, when known.
+        hint: &'static str,
+    },
+    /// Exactly-once: a partition's transaction failed in a way that cannot be rewound.
+    #[error("partition {partition}: {why}")]
+    Transaction {
+        /// The input partition.
+        partition: i32,
+        /// Why.
+        why: String,
+    },
+    /// Exactly-once: another producer with the partition's transactional id fenced this
+    /// one.
+    #[error("partition {partition}: {why} (fenced: another instance owns the partition now, or its transactional id is shared)")]
+    Fenced {
+        /// The input partition.
+        partition: i32,
+        /// Why.
+        why: String,
+    },
+    /// A thread of the service could not be started or joined.
+    #[error("thread {thread}: {error}")]
+    Thread {
+        /// Which.
+        thread: &'static str,
+        /// Why.
+        error: String,
+    },
+}
+
+impl Failure {
+    /// Stable code, for logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::RecordRefused { .. } => "record_refused",
+            Failure::ConsumerFatal { .. } => "consumer_fatal",
+            Failure::Transaction { .. } => "transaction",
+            Failure::Fenced { .. } => "fenced",
+            Failure::Thread { .. } => "thread",
+        }
+    }
 }
 
 impl RunError {
@@ -94,7 +154,7 @@ impl RunError {
             RunError::MissingTopic { .. } => "missing_topic",
             RunError::NotCoPartitioned(_) => "not_co_partitioned",
             RunError::Http { .. } => "http",
-            RunError::Failed(_) => "failed",
+            RunError::Failed(f) => f.code(),
         }
     }
 }
@@ -136,7 +196,7 @@ pub struct Status {
     /// the member's assignment does (a stale one is refused with ILLEGAL_GENERATION).
     group: GroupCell,
     abandon_after: Mutex<Option<Instant>>,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
     failed: AtomicBool,
     /// Event-to-alert latencies in microseconds, when recording is on (benchmarks).
     pub latencies_us: Option<Mutex<Vec<u64>>>,
@@ -224,8 +284,8 @@ impl Status {
     }
 
     /// Records a failure that stops the service.
-    pub(crate) fn fail(&self, why: String) {
-        tracing::error!(error = %why, "stopping");
+    pub(crate) fn fail(&self, why: Failure) {
+        tracing::error!(error = %why, code = why.code(), "stopping");
         let mut f = self.failure.lock().expect("failure lock");
         if f.is_none() {
             *f = Some(why);
@@ -234,7 +294,7 @@ impl Status {
     }
 
     /// The failure that stopped the service, if any.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Failure> {
         self.failure.lock().expect("failure lock").clone()
     }
 
@@ -385,10 +445,10 @@ impl ProducerCtx {
             if self.transactional {
                 tracing::warn!(error = %e, topic = msg.topic(), "a record of a transaction failed; the transaction aborts");
             } else if !self.status.stopping.load(Ordering::Relaxed) {
-                self.status.fail(format!(
-                    "the broker refused a record for {}: {e}; its input offset is not committed",
-                    msg.topic()
-                ));
+                self.status.fail(Failure::RecordRefused {
+                    topic: msg.topic().to_owned(),
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -1175,7 +1235,7 @@ impl Service {
                 std::thread::Builder::new()
                     .name(format!("churnsignal-worker-{id}"))
                     .spawn(move || w.run(rx))
-                    .map_err(|e| RunError::Failed(e.to_string()))?,
+                    .map_err(|e| thread_failed("worker", e))?,
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -1185,7 +1245,7 @@ impl Service {
             std::thread::Builder::new()
                 .name("churnsignal-lag".into())
                 .spawn(move || super::lag::run(k, inputs, own, stop))
-                .map_err(|e| RunError::Failed(e.to_string()))?
+                .map_err(|e| thread_failed("lag monitor", e))?
         };
         let poll = {
             let shared = shared.clone();
@@ -1193,7 +1253,7 @@ impl Service {
             std::thread::Builder::new()
                 .name("churnsignal-consumer".into())
                 .spawn(move || poll_loop(consumer, shared, stop))
-                .map_err(|e| RunError::Failed(e.to_string()))?
+                .map_err(|e| thread_failed("consumer", e))?
         };
         tracing::info!(
             brokers = %k.brokers,
@@ -1304,7 +1364,7 @@ pub async fn run(
 ) -> Result<Report, RunError> {
     let service = tokio::task::spawn_blocking(move || Service::start(cfg, StartOptions::default()))
         .await
-        .map_err(|e| RunError::Failed(e.to_string()))??;
+        .map_err(|e| thread_failed("start", e))??;
     let status = service.status().clone();
     let failed = async move {
         loop {
@@ -1320,7 +1380,14 @@ pub async fn run(
     }
     tokio::task::spawn_blocking(move || service.stop())
         .await
-        .map_err(|e| RunError::Failed(e.to_string()))?
+        .map_err(|e| thread_failed("stop", e))?
+}
+
+fn thread_failed(thread: &'static str, error: impl std::fmt::Display) -> RunError {
+    RunError::Failed(Failure::Thread {
+        thread,
+        error: error.to_string(),
+    })
 }
 
 struct Probe {
@@ -1572,7 +1639,10 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, shared: Arc<Shared>, stop: Arc
                     } else {
                         ""
                     };
-                    status.fail(format!("the consumer hit a fatal error: {code}{hint}"));
+                    status.fail(Failure::ConsumerFatal {
+                        code: code.to_string(),
+                        hint,
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consume error");

@@ -41,7 +41,7 @@ use super::client::{restore_consumer_config, transactional_producer_config};
 use super::journal::{Base, Journal, Op, JOURNAL_KEY};
 use super::offsets::PartitionProgress;
 use super::records::{alert_record, dead_letter_record, OutRecord, Source};
-use super::runtime::{Delivery, FullBuffers, ProducerCtx, Status};
+use super::runtime::{Delivery, Failure, FullBuffers, ProducerCtx, Status};
 use super::sync::{Next, Position, Synchronizer};
 use crate::alert::{Alert, HealthRecord};
 use crate::config::{Config, Guarantee, InputTopic};
@@ -699,7 +699,7 @@ impl Worker {
                     }
                     Err(TxnFailure::Abandoned) => continue,
                     Err(TxnFailure::Abortable(why)) | Err(TxnFailure::Fatal(why)) => {
-                        self.status.fail(format!("partition {p}: {why}"));
+                        self.status.fail(Failure::Transaction { partition: p, why });
                         continue;
                     }
                 }
@@ -1270,9 +1270,7 @@ impl Worker {
             telemetry::partition_gone(p);
             drop(pe);
         }
-        self.status.fail(format!(
-            "partition {p}: {why} (fenced: another instance owns the partition now, or its transactional id is shared)"
-        ));
+        self.status.fail(Failure::Fenced { partition: p, why });
     }
 
     fn try_checkpoint(&mut self, p: i32) -> Result<(), TxnFailure> {
@@ -1354,7 +1352,7 @@ impl Worker {
             });
         }
         if let Some(e) = failed {
-            return Err(TxnFailure::Abortable(e));
+            return Err(TxnFailure::Abortable(e.to_string()));
         }
         let names: Vec<(&str, i64)> = pe
             .inputs
@@ -1377,7 +1375,7 @@ impl Worker {
                 },
                 self.untracked.clone(),
             )
-            .map_err(TxnFailure::Abortable)
+            .map_err(|e| TxnFailure::Abortable(e.to_string()))
         };
         if state {
             self.record.clear();
@@ -1929,7 +1927,7 @@ fn send<C: ClientContext + rdkafka::producer::ProducerContext<DeliveryOpaque = A
     id: usize,
     out: Out<'_>,
     delivery: Arc<Delivery>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut record: BaseRecord<'_, [u8], [u8], Arc<Delivery>> =
         BaseRecord::with_opaque_to(out.topic, delivery);
     // State records have none: no header list to allocate and free for each.
@@ -1963,7 +1961,10 @@ fn send<C: ClientContext + rdkafka::producer::ProducerContext<DeliveryOpaque = A
                     if let Some(p) = &back.delivery_opaque.pending {
                         p.fetch_sub(1, Ordering::AcqRel);
                     }
-                    return Err(format!("cannot produce to {}: {e}", out.topic));
+                    return Err(Failure::RecordRefused {
+                        topic: out.topic.to_owned(),
+                        error: e.to_string(),
+                    });
                 }
                 if status.abandon_sends() {
                     return Ok(());
