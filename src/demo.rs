@@ -70,10 +70,33 @@ struct Seen {
     alerts: u64,
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A Kafka client or the mock cluster.
+    #[error("{what}: {error}")]
+    Kafka {
+        /// Which client or call.
+        what: &'static str,
+        /// Why.
+        error: rdkafka::error::KafkaError,
+    },
+    /// The service.
+    #[error(transparent)]
+    Run(#[from] crate::kafka::RunError),
+    /// Writing an event.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> DemoError {
+    move |error| DemoError::Kafka { what, error }
+}
+
 /// Runs the demo, writing what happens to `out`.
-pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, String> {
+pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, DemoError> {
     let started = Instant::now();
-    let mock = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
+    let mock = MockCluster::new(1).map_err(kafka("mock cluster"))?;
     let bootstrap = mock.bootstrap_servers();
     let mut cfg = Config::default();
     cfg.kafka.brokers = bootstrap.clone();
@@ -86,10 +109,9 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
     // (the mock cluster has no CreateTopics: the changelog is made here too)
     for name in t.distinct().into_iter().chain([t.changelog.as_str()]) {
         mock.create_topic(name, 2, 1)
-            .map_err(|e| format!("create topic {name}: {e}"))?;
+            .map_err(kafka("create topic"))?;
     }
-    let service =
-        Service::start(cfg.clone(), StartOptions::default()).map_err(|e| e.to_string())?;
+    let service = Service::start(cfg.clone(), StartOptions::default())?;
     let _ = writeln!(
         out,
         "churnsignal demo: {} customers, {} days at {} days/s on an in-process Kafka (mock cluster {bootstrap}).",
@@ -113,20 +135,18 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
         .set("group.id", "churnsignal-demo-viewer")
         .set("auto.offset.reset", "earliest")
         .create()
-        .map_err(|e| format!("viewer: {e}"))?;
-    viewer
-        .subscribe(&[&t.alerts])
-        .map_err(|e| format!("viewer: {e}"))?;
+        .map_err(kafka("viewer"))?;
+    viewer.subscribe(&[&t.alerts]).map_err(kafka("viewer"))?;
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .create()
-        .map_err(|e| format!("producer: {e}"))?;
+        .map_err(kafka("producer"))?;
 
     let out = std::sync::Mutex::new(out);
-    let produced = std::thread::scope(|scope| -> Result<u64, String> {
+    let produced = std::thread::scope(|scope| -> Result<u64, DemoError> {
         let seen_v = seen.clone();
         let done_v = done.clone();
         let out_p = &out;
@@ -161,7 +181,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
         let day_wall = Duration::from_secs_f64(1.0 / opts.speed.max(0.01));
         let feed_start = Instant::now();
         let mut n = 0u64;
-        let send = |topic: &str, key: &str, value: &[u8]| -> Result<(), String> {
+        let send = |topic: &str, key: &str, value: &[u8]| -> Result<(), DemoError> {
             let mut rec = BaseRecord::to(topic).key(key).payload(value);
             loop {
                 match producer.send(rec) {
@@ -173,7 +193,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
                                 rdkafka::types::RDKafkaErrorCode::QueueFull
                             )
                         ) {
-                            return Err(format!("produce: {e}"));
+                            return Err(kafka("produce")(e));
                         }
                         rec = back;
                         std::thread::sleep(Duration::from_millis(2));
@@ -196,7 +216,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
                 Family::Engagement => &t.engagement,
             };
             buf.clear();
-            g.write_json(&mut buf).map_err(|e| e.to_string())?;
+            g.write_json(&mut buf)?;
             buf.pop();
             send(topic, &e.customer_id, &buf)?;
             n += 1;
@@ -208,7 +228,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
         }
         producer
             .flush(Duration::from_secs(30))
-            .map_err(|e| e.to_string())?;
+            .map_err(kafka("flush"))?;
         // Wait until everything is processed and every alert has been printed.
         let deadline = Instant::now() + Duration::from_secs(30);
         let s = service.status().clone();
@@ -225,7 +245,7 @@ pub fn run(opts: &Options, out: &mut (dyn Write + Send)) -> Result<Summary, Stri
         let _ = printer.join();
         Ok(n)
     })?;
-    let report = service.stop().map_err(|e| e.to_string())?;
+    let report = service.stop()?;
     drop(producer);
     drop(mock);
     let mut seen = seen.lock().expect("seen lock");

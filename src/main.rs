@@ -365,8 +365,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Probe { url } => {
             let status =
-                churnsignal::telemetry::http::probe(&url, std::time::Duration::from_secs(3))
-                    .map_err(anyhow::Error::msg)?;
+                churnsignal::telemetry::http::probe(&url, std::time::Duration::from_secs(3))?;
             if !(200..300).contains(&status) {
                 bail!("{url} answered {status}");
             }
@@ -476,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 listen,
             };
-            churnsignal::demo::run(&opts, &mut io::stdout()).map_err(anyhow::Error::msg)?;
+            churnsignal::demo::run(&opts, &mut io::stdout())?;
             Ok(())
         }
         Command::CreateTopics {
@@ -488,13 +487,11 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let created = rt
-                .block_on(churnsignal::kafka::topics::create(
-                    &cfg.kafka,
-                    partitions,
-                    replication_factor,
-                ))
-                .map_err(anyhow::Error::msg)?;
+            let created = rt.block_on(churnsignal::kafka::topics::create(
+                &cfg.kafka,
+                partitions,
+                replication_factor,
+            ))?;
             for t in &created {
                 println!("created {t}");
             }
@@ -580,7 +577,7 @@ fn run(cli: Cli) -> Result<()> {
                 restore_customers,
                 guarantee_trials,
             };
-            let r = bench::kafka::run(&opts, &cfg).map_err(anyhow::Error::msg)?;
+            let r = bench::kafka::run(&opts, &cfg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -188,6 +188,41 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, va
     send_record(p, BaseRecord::to(topic).key(key).payload(value));
 }
 
+/// Why `bench kafka` could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A Kafka client of the benchmark itself (producer, bare consumer).
+    #[error("{what}: {error}")]
+    Client {
+        /// Which client or call.
+        what: &'static str,
+        /// Why.
+        error: rdkafka::error::KafkaError,
+    },
+    /// Creating or deleting the benchmark's topics.
+    #[error(transparent)]
+    Topics(#[from] crate::kafka::topics::TopicsError),
+    /// The service under test.
+    #[error(transparent)]
+    Run(#[from] crate::kafka::RunError),
+    /// The restore phase.
+    #[error(transparent)]
+    Restore(#[from] crate::kafka::changelog::RestoreError),
+    /// Writing the generated history, or the async runtime.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The service did not process the history in time, or failed.
+    #[error("run did not finish: {done} of {of} events, failure {failure:?}")]
+    Unfinished {
+        /// Events handled.
+        done: u64,
+        /// Events expected.
+        of: u64,
+        /// The service's failure, if any.
+        failure: Option<crate::kafka::Failure>,
+    },
+}
+
 /// Sends a record, waiting while the producer queue is full.
 fn send_record<K, V>(p: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, V>)
 where
@@ -208,7 +243,7 @@ where
 fn producer(
     brokers: &str,
     linger_ms: u32,
-) -> Result<ThreadedProducer<DefaultProducerContext>, String> {
+) -> Result<ThreadedProducer<DefaultProducerContext>, BenchError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
@@ -216,11 +251,14 @@ fn producer(
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()
-        .map_err(|e| format!("producer: {e}"))
+        .map_err(|error| BenchError::Client {
+            what: "producer",
+            error,
+        })
 }
 
 /// Runs the benchmark.
-pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
+pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let mut cfg = base.clone();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -239,8 +277,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     cfg.http.listen = String::new();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     rt.block_on(crate::kafka::topics::create(&cfg.kafka, opts.partitions, 1))?;
 
     // 1. The history.
@@ -257,7 +294,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     let mut buf = Vec::with_capacity(512);
     for g in History::new(spec.clone()) {
         buf.clear();
-        g.write_json(&mut buf).map_err(|e| e.to_string())?;
+        g.write_json(&mut buf)?;
         buf.pop();
         let e = g.to_event();
         send(&prod, topic_of(&cfg, e.kind.family()), &e.customer_id, &buf);
@@ -265,7 +302,10 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         bytes += buf.len() as u64;
     }
     prod.flush(Duration::from_secs(120))
-        .map_err(|e| format!("flush: {e}"))?;
+        .map_err(|error| BenchError::Client {
+            what: "flush",
+            error,
+        })?;
     let produce_rate = n as f64 / t0.elapsed().as_secs_f64();
     eprintln!("bench kafka: produced {n} events at {produce_rate:.0}/s");
 
@@ -274,7 +314,10 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     // only what churnsignal does with the messages.
     let mut bc = crate::kafka::client::consumer_config(&cfg.kafka);
     bc.set("group.id", format!("{p}-bare"));
-    let bare: BaseConsumer = bc.create().map_err(|e| format!("consumer: {e}"))?;
+    let bare: BaseConsumer = bc.create().map_err(|error| BenchError::Client {
+        what: "consumer",
+        error,
+    })?;
     let inputs: Vec<String> = cfg
         .kafka
         .input_topics()
@@ -282,7 +325,10 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         .map(|t| t.name)
         .collect();
     let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    bare.subscribe(&names).map_err(|e| e.to_string())?;
+    bare.subscribe(&names).map_err(|error| BenchError::Client {
+        what: "subscribe",
+        error,
+    })?;
     let mut got = 0u64;
     let mut touched = 0u64;
     let mut first: Option<Instant> = None;
@@ -304,14 +350,13 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         StartOptions {
             record_latencies: true,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let s = service.status().clone();
     let (run_rate, run_cpu) = time_run(&s, n)?;
     let alerts = s.alerts_sent.load(Ordering::Relaxed);
     eprintln!("bench kafka: run processed {n} events at {run_rate:.0}/s, {alerts} alerts");
     if let Some(l) = &s.latencies_us {
-        l.lock().map_err(|e| e.to_string())?.clear();
+        l.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     // 4. Latency at a fixed offered load: the history goes on.
@@ -338,7 +383,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
             std::thread::sleep(due - elapsed);
         }
         buf.clear();
-        g.write_json(&mut buf).map_err(|e| e.to_string())?;
+        g.write_json(&mut buf)?;
         buf.pop();
         let e = g.to_event();
         send(&prod, topic_of(&cfg, e.kind.family()), &e.customer_id, &buf);
@@ -346,7 +391,10 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
     }
     let achieved = offered as f64 / t1.elapsed().as_secs_f64();
     prod.flush(Duration::from_secs(60))
-        .map_err(|e| format!("flush: {e}"))?;
+        .map_err(|error| BenchError::Client {
+            what: "flush",
+            error,
+        })?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.events.load(Ordering::Relaxed) < n + offered && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -362,7 +410,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, String> {
         .as_ref()
         .map(|l| l.lock().map(|v| v.clone()).unwrap_or_default())
         .unwrap_or_default();
-    service.stop().map_err(|e| e.to_string())?;
+    service.stop()?;
     lat.sort_unstable();
 
     // 5. Exactly-once against at-least-once, alternating, each run in a group and with
@@ -450,7 +498,7 @@ fn guarantee_trial(
     round: u32,
     exactly: bool,
     n: u64,
-) -> Result<(String, f64, f64), String> {
+) -> Result<(String, f64, f64), BenchError> {
     use crate::config::Guarantee;
     let (tag, guarantee, label) = if exactly {
         ("eos", Guarantee::ExactlyOnce, "exactly-once")
@@ -465,9 +513,9 @@ fn guarantee_trial(
     c.kafka.topics.changelog = format!("{name}-state");
     c.kafka.processing.guarantee = guarantee;
     rt.block_on(crate::kafka::topics::create(&c.kafka, opts.partitions, 1))?;
-    let service = Service::start(c, StartOptions::default()).map_err(|e| e.to_string())?;
+    let service = Service::start(c, StartOptions::default())?;
     let (rate, cpu) = time_run(service.status(), n)?;
-    service.stop().map_err(|e| e.to_string())?;
+    service.stop()?;
     Ok((label.to_owned(), rate, cpu))
 }
 
@@ -487,7 +535,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Waits until the service processed `n` events and every record it sent is
 /// acknowledged; returns events/s from its first event and the process CPU used.
-fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), String> {
+fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), BenchError> {
     let mut first: Option<Instant> = None;
     let cpu0 = process_cpu_secs();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -502,10 +550,11 @@ fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), String> {
             break;
         }
         if Instant::now() > deadline || s.failure().is_some() {
-            return Err(format!(
-                "run did not finish: {done} of {n} events, failure {:?}",
-                s.failure()
-            ));
+            return Err(BenchError::Unfinished {
+                done,
+                of: n,
+                failure: s.failure(),
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -528,7 +577,7 @@ struct RestoreFigures {
 /// Writes the state of `customers` customers (16 weekly orders each, from an engine) to
 /// partition 0 of a fresh changelog, then times reading it back into an engine, and
 /// the memory that takes.
-fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, String> {
+fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, BenchError> {
     use crate::engine::Engine;
     use crate::event::{Event, EventKind};
     use std::borrow::Cow;
@@ -589,13 +638,16 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, String>
         .partition(0);
     send_record(&prod, r);
     prod.flush(Duration::from_secs(300))
-        .map_err(|e| format!("flush: {e}"))?;
+        .map_err(|error| BenchError::Client {
+            what: "flush",
+            error,
+        })?;
     drop(engine);
     drop(prod);
     eprintln!("bench kafka: changelog of {customers} customers written; restoring");
     let before = super::rss_bytes();
     super::reset_peak_rss();
-    let restored = crate::kafka::changelog::restore(&cfg, 0, || true).map_err(|e| e.to_string())?;
+    let restored = crate::kafka::changelog::restore(&cfg, 0, || true)?;
     let peak = super::peak_rss_bytes();
     let after = super::rss_bytes();
     Ok(RestoreFigures {

@@ -81,7 +81,7 @@ pub enum RunError {
         message: String,
     },
     /// A failure while running (a record refused for good, ...).
-    #[error("{0}")]
+    #[error(transparent)]
     Failed(#[from] Failure),
 }
 
@@ -1490,7 +1490,7 @@ fn check_changelog(
             Some(_) => {}
             None if !created => {
                 let made = super::topics::ensure_changelog(k, partitions as i32, brokers)
-                    .map_err(RunError::Client)?;
+                    .map_err(|e| RunError::Client(e.to_string()))?;
                 if made {
                     tracing::info!(topic = %name, partitions, "state changelog created (compacted)");
                 }

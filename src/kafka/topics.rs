@@ -10,13 +10,42 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 
+/// Why topics could not be created or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// The admin client could not be created (a bad property).
+    #[error("admin client: {0}")]
+    Client(rdkafka::error::KafkaError),
+    /// The request failed as a whole (brokers unreachable, timed out, ...).
+    #[error("{action}: {error}")]
+    Request {
+        /// What was asked.
+        action: &'static str,
+        /// Why it failed.
+        error: rdkafka::error::KafkaError,
+    },
+    /// The brokers refused one topic.
+    #[error("{action} topic {topic}: {code}")]
+    Refused {
+        /// What was asked.
+        action: &'static str,
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// The thread running the request could not be run.
+    #[error("topic creation thread: {0}")]
+    Thread(String),
+}
+
 /// Creates the configured topics that do not exist yet, each with `partitions`
 /// partitions; returns the names created.
 pub async fn create(
     cfg: &KafkaConfig,
     partitions: i32,
     replication: i32,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, TopicsError> {
     let admin = admin(cfg)?;
     let names = cfg.topics.distinct();
     let mut new: Vec<NewTopic<'_>> = names
@@ -28,26 +57,35 @@ pub async fn create(
     let results = admin
         .create_topics(&new, &opts)
         .await
-        .map_err(|e| format!("create topics: {e}"))?;
+        .map_err(|error| TopicsError::Request {
+            action: "create topics",
+            error,
+        })?;
     let mut created = Vec::new();
     for r in results {
         match r {
             Ok(name) => created.push(name),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+            Err((topic, code)) => {
+                return Err(TopicsError::Refused {
+                    action: "create",
+                    topic,
+                    code,
+                })
+            }
         }
     }
     Ok(created)
 }
 
 /// An admin client with the user's connection properties (TLS, SASL).
-fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, String> {
+fn admin(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicsError> {
     let mut client = rdkafka::ClientConfig::new();
     for (k, v) in cfg.properties.pairs() {
         client.set(k, v);
     }
     client.set("bootstrap.servers", &cfg.brokers);
-    client.create().map_err(|e| format!("admin client: {e}"))
+    client.create().map_err(TopicsError::Client)
 }
 
 /// The changelog's settings: compacted (one record per customer survives), in segments
@@ -78,13 +116,13 @@ pub fn ensure_changelog(
     cfg: &KafkaConfig,
     partitions: i32,
     brokers: usize,
-) -> Result<bool, String> {
+) -> Result<bool, TopicsError> {
     let cfg = cfg.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TopicsError::Thread(e.to_string()))?;
         rt.block_on(async {
             let admin = admin(&cfg)?;
             let replication = (brokers as i32).clamp(1, 3);
@@ -92,26 +130,36 @@ pub fn ensure_changelog(
             let results = admin
                 .create_topics(&[changelog_topic(&cfg, partitions, replication)], &opts)
                 .await
-                .map_err(|e| format!("create topic {}: {e}", cfg.topics.changelog))?;
+                .map_err(|error| TopicsError::Request {
+                    action: "create the changelog",
+                    error,
+                })?;
             match results.into_iter().next() {
                 Some(Ok(_)) => Ok(true),
                 Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
-                Some(Err((name, code))) => Err(format!("create topic {name}: {code}")),
+                Some(Err((topic, code))) => Err(TopicsError::Refused {
+                    action: "create",
+                    topic,
+                    code,
+                }),
             }
         })
     })
     .join()
-    .map_err(|_| "topic creation thread panicked".to_owned())?
+    .map_err(|_| TopicsError::Thread("panicked".to_owned()))?
 }
 
 /// Deletes every topic whose name starts with `prefix` (a benchmark's own); returns
 /// how many.
-pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str) -> Result<usize, String> {
+pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str) -> Result<usize, TopicsError> {
     let admin = admin(cfg)?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(|e| format!("metadata: {e}"))?;
+        .map_err(|error| TopicsError::Request {
+            action: "read metadata",
+            error,
+        })?;
     let names: Vec<String> = metadata
         .topics()
         .iter()
@@ -123,13 +171,21 @@ pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str) -> Result<usize, S
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .delete_topics(&refs, &opts)
-        .await
-        .map_err(|e| format!("delete topics: {e}"))?;
+    let results =
+        admin
+            .delete_topics(&refs, &opts)
+            .await
+            .map_err(|error| TopicsError::Request {
+                action: "delete topics",
+                error,
+            })?;
     for r in results {
-        if let Err((name, code)) = r {
-            return Err(format!("delete topic {name}: {code}"));
+        if let Err((topic, code)) = r {
+            return Err(TopicsError::Refused {
+                action: "delete",
+                topic,
+                code,
+            });
         }
     }
     Ok(names.len())

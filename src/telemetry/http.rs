@@ -244,34 +244,68 @@ fn handler(
     }
 }
 
+/// Why `churnsignal probe` got no HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Not an `http://` URL.
+    #[error("{0}: only http:// URLs can be probed")]
+    NotHttp(String),
+    /// The host did not resolve.
+    #[error("{authority}: {reason}")]
+    Address {
+        /// host:port
+        authority: String,
+        /// Why.
+        reason: String,
+    },
+    /// Connecting, sending or reading failed.
+    #[error("{authority}: {error}")]
+    Io {
+        /// host:port
+        authority: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The answer had no HTTP status line.
+    #[error("{0}: not an HTTP answer")]
+    NotHttpAnswer(String),
+}
+
 /// `GET url` with a plain TCP connection (http only): the HTTP status. For container
 /// health checks (`churnsignal probe`), so that the image needs no curl.
-pub fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
+pub fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, ProbeError> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs can be probed"))?;
+        .ok_or_else(|| ProbeError::NotHttp(url.to_owned()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    let io = |error| ProbeError::Io {
+        authority: authority.to_owned(),
+        error,
+    };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .map_err(|e| format!("{authority}: {e}"))?
+        .map_err(|e| ProbeError::Address {
+            authority: authority.to_owned(),
+            reason: e.to_string(),
+        })?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("{authority}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .ok_or_else(|| ProbeError::Address {
+            authority: authority.to_owned(),
+            reason: "no address".to_owned(),
+        })?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(io)?;
     // The status line, however the answer is cut into segments.
     let mut head = Vec::with_capacity(128);
     let mut chunk = [0u8; 128];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        let n = s.read(&mut chunk).map_err(io)?;
         if n == 0 {
             break;
         }
@@ -281,5 +315,5 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{url}: not an HTTP answer"))
+        .ok_or_else(|| ProbeError::NotHttpAnswer(url.to_owned()))
 }
