@@ -13,10 +13,10 @@ const TOKEN: &str = "a-bearer-token-0123456789";
 struct Fake;
 
 impl Probe for Fake {
-    fn live(&self) -> Result<(), String> {
+    fn live(&self) -> Result<(), churnsignal::telemetry::http::NotOk> {
         Ok(())
     }
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), churnsignal::telemetry::http::NotOk> {
         Ok(())
     }
     fn customer(&self, id: &str) -> Lookup {

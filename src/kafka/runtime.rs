@@ -43,6 +43,7 @@ use super::offsets::PartitionProgress;
 use super::sync::Position;
 use super::worker::{Assigned, Assignment, InMsg, PositionReport, Work, Worker};
 use crate::config::{Config, InputTopic, KafkaConfig, OffsetReset};
+use crate::telemetry::http::NotOk;
 use crate::telemetry::{self, http};
 
 /// Why the service could not start or stopped with an error.
@@ -309,7 +310,7 @@ impl Status {
     }
 
     /// Liveness: every loop reported within `timeout`.
-    pub fn live(&self, timeout: Duration) -> Result<(), String> {
+    pub fn live(&self, timeout: Duration) -> Result<(), NotOk> {
         let now = self.now_ms();
         for (i, b) in self.beats.iter().enumerate() {
             let last = b.load(Ordering::Relaxed);
@@ -322,39 +323,39 @@ impl Status {
                 } else {
                     format!("worker {}", i - 1)
                 };
-                return Err(format!(
-                    "{name} has not reported for {} ms",
-                    now.saturating_sub(last)
-                ));
+                return Err(NotOk::Stalled {
+                    name,
+                    ms: now.saturating_sub(last),
+                });
             }
         }
         Ok(())
     }
 
     /// Readiness: running, partitions assigned, in the group, lag known and small.
-    pub fn ready(&self, max_lag: i64) -> Result<(), String> {
+    pub fn ready(&self, max_lag: i64) -> Result<(), NotOk> {
         if self.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
+            return Err(NotOk::ShuttingDown);
         }
         if let Some(f) = self.failure() {
-            return Err(format!("failed: {f}"));
+            return Err(NotOk::Failed(f.to_string()));
         }
         if self.left_group.load(Ordering::Relaxed) {
-            return Err("left the consumer group (poll loop stalled)".into());
+            return Err(NotOk::LeftGroup);
         }
         if self.assigned.load(Ordering::Relaxed) == 0 {
-            return Err("no partitions assigned".into());
+            return Err(NotOk::NothingAssigned("partitions"));
         }
         let restoring = self.restoring.load(Ordering::Relaxed);
         if restoring > 0 {
-            return Err(format!("restoring the state of {restoring} partition(s)"));
+            return Err(NotOk::Restoring(restoring));
         }
         let lag = self.max_lag.load(Ordering::Relaxed);
         if lag < 0 {
-            return Err("consumer lag not known yet".into());
+            return Err(NotOk::LagUnknown);
         }
         if lag > max_lag {
-            return Err(format!("catching up: lag {lag} > {max_lag}"));
+            return Err(NotOk::CatchingUp { lag, max: max_lag });
         }
         Ok(())
     }
@@ -1291,7 +1292,7 @@ impl Service {
     }
 
     /// Readiness as `/readyz` answers it.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), NotOk> {
         self.shared
             .status
             .ready(self.shared.cfg.kafka.ready_max_lag)
@@ -1395,13 +1396,13 @@ struct Probe {
 }
 
 impl http::Probe for Probe {
-    fn live(&self) -> Result<(), String> {
+    fn live(&self) -> Result<(), NotOk> {
         self.shared.status.live(Duration::from_secs(
             self.shared.cfg.http.liveness_timeout_secs,
         ))
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotOk> {
         let r = self
             .shared
             .status

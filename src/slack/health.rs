@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::telemetry::http;
+use crate::telemetry::http::{self, NotOk};
 
 /// Shared with the HTTP probe.
 pub(super) struct Status {
@@ -17,23 +17,23 @@ pub(super) struct Status {
 pub(super) struct Probe(pub(super) Arc<Status>);
 
 impl http::Probe for Probe {
-    fn live(&self) -> Result<(), String> {
+    fn live(&self) -> Result<(), NotOk> {
         let age = self.0.beat.lock().map(|b| b.elapsed()).unwrap_or_default();
         if age > self.0.liveness {
-            return Err(format!(
-                "the forwarder loop has not reported for {} s",
-                age.as_secs()
-            ));
+            return Err(NotOk::Stalled {
+                name: "the forwarder loop".into(),
+                ms: age.as_millis() as u64,
+            });
         }
         Ok(())
     }
 
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotOk> {
         if self.0.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
+            return Err(NotOk::ShuttingDown);
         }
         if self.0.assigned.load(Ordering::Relaxed) == 0 {
-            return Err("no partition of the alerts topic assigned".into());
+            return Err(NotOk::NothingAssigned("partition of the alerts topic"));
         }
         Ok(())
     }

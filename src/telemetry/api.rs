@@ -18,12 +18,51 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::CustomerApiConfig;
 
+/// Why `/healthz` or `/readyz` answers 503 (the body is its text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotOk {
+    /// A loop has not reported within the liveness timeout.
+    #[error("{name} has not reported for {ms} ms")]
+    Stalled {
+        /// Which loop.
+        name: String,
+        /// Since when.
+        ms: u64,
+    },
+    /// Stopping.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// The service failed and is stopping (the failure's text).
+    #[error("failed: {0}")]
+    Failed(String),
+    /// The consumer left its group (its poll loop stalled).
+    #[error("left the consumer group (poll loop stalled)")]
+    LeftGroup,
+    /// Nothing to work on.
+    #[error("no {0} assigned")]
+    NothingAssigned(&'static str),
+    /// Partitions are being restored from the changelog.
+    #[error("restoring the state of {0} partition(s)")]
+    Restoring(usize),
+    /// The lag is not known yet.
+    #[error("consumer lag not known yet")]
+    LagUnknown,
+    /// The lag is above `kafka.ready_max_lag`.
+    #[error("catching up: lag {lag} > {max}")]
+    CatchingUp {
+        /// The largest partition lag.
+        lag: i64,
+        /// The most allowed.
+        max: i64,
+    },
+}
+
 /// What the servers ask the service.
 pub trait Probe: Send + Sync + 'static {
     /// `Ok` while every loop reports in time; else what stalled.
-    fn live(&self) -> Result<(), String>;
+    fn live(&self) -> Result<(), NotOk>;
     /// `Ok` when the service should receive traffic; else why not.
-    fn ready(&self) -> Result<(), String>;
+    fn ready(&self) -> Result<(), NotOk>;
     /// The health record of one customer, as JSON. Blocking.
     fn customer(&self, id: &str) -> Lookup;
 }
@@ -62,7 +101,7 @@ async fn metrics_text(State(s): State<Ops>) -> Response {
         .into_response()
 }
 
-fn verdict(r: Result<(), String>) -> Response {
+fn verdict(r: Result<(), NotOk>) -> Response {
     match r {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),

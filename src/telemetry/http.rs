@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, watch, Notify};
 use tower::ServiceExt;
 
-pub use super::api::{api, ops, Access, Lookup, Probe, RateLimit};
+pub use super::api::{api, ops, Access, Lookup, NotOk, Probe, RateLimit};
 
 /// Limits of one server.
 #[derive(Debug, Clone, Copy)]
