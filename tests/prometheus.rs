@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::deploy::{dashboard, have, rules, selectors};
-use super::kafka::slack::{fake_slack, Shared};
+use super::kafka::slack::{fake_slack, forwarder_config, spawn_forwarder, Shared};
 use super::kafka::support::free_port;
 
 /// Kills the child when dropped (a failed assertion must not leave Prometheus running).
@@ -180,8 +180,8 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
         .and_then(|r| r.split(')').next())
         .unwrap_or_else(|| panic!("no bootstrap in {first:?}"))
         .to_owned();
-    // The forwarder, on the same cluster, posting every alert to a fake Slack whose
-    // first three answers are 503.
+    // The forwarder, on the same cluster, posting the alerts of medium risk or more and
+    // the resolutions to a fake Slack whose first three answers are 503.
     let fake: Shared = Default::default();
     fake.lock().unwrap().script.insert(
         "demo-s3cr3t".into(),
@@ -190,27 +190,21 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
     let slack_port = fake_slack(fake.clone());
     std::fs::write(
         dir.join("slack.toml"),
-        format!(
-            "[kafka]\nbrokers = \"{bootstrap}\"\n[slack]\ngroup_id = \"demo-slack\"\n\
-             auto_offset_reset = \"earliest\"\nlisten = \"127.0.0.1:{forwarder}\"\n\
-             retry_initial_ms = 200\nretry_max_ms = 1000\nallow_http_webhooks = true\n\
-             [slack.webhooks]\neveryone = {{ url_env = \"DEMO_SLACK_URL\" }}\n\
-             [[slack.routes]]\nwebhook = \"everyone\"\n"
+        forwarder_config(
+            &format!("127.0.0.1:{forwarder}"),
+            &bootstrap,
+            &churnsignal::config::Config::default().kafka.topics.alerts,
+            "demo-slack",
+            (200, 1000),
+            "",
+            "info",
         ),
     )
     .unwrap();
-    let _forwarder = Running(
-        Command::new(env!("CARGO_BIN_EXE_churnsignal"))
-            .args(["slack", "--config"])
-            .arg(dir.join("slack.toml"))
-            .env(
-                "DEMO_SLACK_URL",
-                format!("http://127.0.0.1:{slack_port}/services/T0/B0/demo-s3cr3t"),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _forwarder = spawn_forwarder(
+        &dir.join("slack.toml"),
+        &format!("http://127.0.0.1:{slack_port}/services/T0/B0/demo-s3cr3t"),
+        &dir.join("slack.log"),
     );
     for line in lines {
         // "Summary (40.2 s): 31000 events (1 dead-lettered), 57 alerts (40 open, 9 escalated, 8 resolved)"

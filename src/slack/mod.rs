@@ -88,6 +88,16 @@ impl Ctx {
     fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Progress>> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A commit of `offsets` did not go through: they are sent again with the next one.
+    fn commit_failed(&self, offsets: &TopicPartitionList) {
+        let mut progress = self.progress();
+        for el in offsets.elements() {
+            if let Some(p) = progress.get_mut(&el.partition()) {
+                p.commit_failed();
+            }
+        }
+    }
 }
 
 impl ClientContext for Ctx {
@@ -146,13 +156,7 @@ impl ConsumerContext for Ctx {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed");
-            // Committed again with the next one.
-            let mut progress = self.progress();
-            for el in offsets.elements() {
-                if let Some(p) = progress.get_mut(&el.partition()) {
-                    p.commit_failed();
-                }
-            }
+            self.commit_failed(offsets);
         }
     }
 }
@@ -622,10 +626,8 @@ impl Forwarder {
         self.last_commit = Instant::now();
         let ctx = self.consumer.context();
         let mut tpl = TopicPartitionList::new();
+        // Revoked partitions have no progress any more (the revocation committed it).
         for (p, pr) in ctx.progress().iter_mut() {
-            if ctx.owned.epoch(*p).is_none() {
-                continue;
-            }
             if let Some((offset, meta)) = pr.to_commit() {
                 add_commit(&mut tpl, &ctx.topic, *p, offset, &meta);
             }
@@ -635,12 +637,7 @@ impl Forwarder {
         }
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::warn!(error = %e, "offset commit failed");
-            let mut progress = ctx.progress();
-            for el in tpl.elements() {
-                if let Some(p) = progress.get_mut(&el.partition()) {
-                    p.commit_failed();
-                }
-            }
+            ctx.commit_failed(&tpl);
         }
     }
 }

@@ -21,6 +21,7 @@
 //! posted again if it was: at-least-once, never lost).
 
 use std::collections::BTreeSet;
+use std::fmt::Write;
 
 /// The longest metadata written with a commit.
 pub const MAX_METADATA: usize = 3000;
@@ -146,23 +147,23 @@ impl Progress {
         if offset == end {
             return (end, String::new());
         }
-        let mut text = String::from("v1;end=");
+        // Room for the list: the prefix with the end's digits counted at their longest.
+        let room = MAX_METADATA - "v1;end=;pending=".len() - 20;
         let mut list = String::new();
         let mut at = offset;
         let mut cut = end;
         for o in waiting {
-            let item = format!("{}{}", if list.is_empty() { "" } else { "," }, o - at);
-            // The end's digits are counted at their longest.
-            if text.len() + 20 + ";pending=".len() + list.len() + item.len() > MAX_METADATA {
+            let kept = list.len();
+            let comma = if kept == 0 { "" } else { "," };
+            let _ = write!(list, "{comma}{}", o - at);
+            if list.len() > room {
+                list.truncate(kept);
                 cut = o;
                 break;
             }
-            list.push_str(&item);
             at = o;
         }
-        text.push_str(&cut.to_string());
-        text.push_str(";pending=");
-        text.push_str(&list);
+        let text = format!("v1;end={cut};pending={list}");
         (offset, text)
     }
 }

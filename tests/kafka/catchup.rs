@@ -214,37 +214,49 @@ fn gauges(
         .collect()
 }
 
+/// A service of `name`'s three topics that owns every partition (the only member yet).
+fn sole_owner(name: &str) -> (Config, Service) {
+    let cfg = three_topics(name);
+    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
+    wait_for("the service owns every partition", LONG, || {
+        service.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
+    });
+    (cfg, service)
+}
+
+/// Another member of `cfg`'s group on its input topics, with the range assignor and
+/// `extra` properties; subscribed, it joins at its first polls.
+fn other_member(cfg: &Config, extra: &[(&str, &str)]) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = c.create().unwrap();
+    let names = input_names(cfg);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).unwrap();
+    consumer
+}
+
 /// Another member of the group owns partitions and consumes nothing (it keeps them
 /// paused): their backlog shows in this instance's lag gauge, counted from the group's
 /// committed offsets, next to its own partitions, which it consumes to 0; and their lag
 /// in seconds grows with the wall clock while ours stays 0.
 #[test]
 fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let cfg = three_topics("lag-unowned");
+    use rdkafka::consumer::Consumer;
+    let (cfg, service) = sole_owner("lag-unowned");
     let b = cfg.kafka.brokers.clone();
-    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
-    wait_for("the service owns every partition", LONG, || {
-        service.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
-    });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stalled = {
-        let (b, group, topics, stop) = (
-            b.clone(),
-            cfg.kafka.group_id.clone(),
-            input_names(&cfg),
-            stop.clone(),
-        );
+        let stop = stop.clone();
+        let c = other_member(&cfg, &[]);
         std::thread::spawn(move || {
-            let c: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &b)
-                .set("group.id", &group)
-                .set("partition.assignment.strategy", "range")
-                .set("enable.auto.commit", "false")
-                .create()
-                .unwrap();
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            c.subscribe(&names).unwrap();
             // Takes part in the group's rebalances, consumes nothing.
             while !stop.load(Relaxed) {
                 let _ = c.poll(Duration::from_millis(50));
@@ -325,28 +337,19 @@ fn the_lag_gauge_shows_the_backlog_of_partitions_a_stalled_member_holds() {
 /// the log start) while this instance holds the others and consumes them to 0.
 #[test]
 fn the_lag_gauge_shows_the_backlog_of_partitions_no_member_holds() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let cfg = three_topics("lag-nobody");
+    use rdkafka::consumer::Consumer;
+    let (cfg, service) = sole_owner("lag-nobody");
     let b = cfg.kafka.brokers.clone();
-    let service = Service::start(cfg.clone(), StartOptions::default()).unwrap();
-    wait_for("the service owns every partition", LONG, || {
-        service.status().assigned.load(Relaxed) == 3 * PARTITIONS as usize
-    });
     {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .set("group.id", &cfg.kafka.group_id)
-            .set("group.instance.id", "lag-nobody-static-member")
-            // Long enough for the test to finish before the group takes the
-            // partitions back.
-            .set("session.timeout.ms", "120000")
-            .set("partition.assignment.strategy", "range")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let names = input_names(&cfg);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        c.subscribe(&names).unwrap();
+        let c = other_member(
+            &cfg,
+            &[
+                ("group.instance.id", "lag-nobody-static-member"),
+                // Long enough for the test to finish before the group takes the
+                // partitions back.
+                ("session.timeout.ms", "120000"),
+            ],
+        );
         wait_for("the static member holds partitions", LONG, || {
             let _ = c.poll(Duration::from_millis(50));
             let _ = c.assignment().map(|a| {

@@ -172,7 +172,7 @@ fn alerts_counted(metrics: &str, result: &str) -> f64 {
 
 /// The forwarder's configuration: the `everyone` webhook (from the environment) takes
 /// resolved alerts and medium risk or more; `first` (webhooks, then routes) comes before.
-fn forwarder_config(
+pub(crate) fn forwarder_config(
     listen: &str,
     bootstrap: &str,
     topic: &str,
@@ -208,7 +208,53 @@ level = "{level}"
     )
 }
 
-fn spawn_forwarder(config: &std::path::Path, everyone_url: &str, log: &std::path::Path) -> Proc {
+/// Writes the configuration of a forwarder with the `key` webhook (from a file holding
+/// `key_url`) before the `everyone` routes: key accounts at high or critical risk go to
+/// `key`. Returns the file and the forwarder's metrics address.
+fn with_key_hook(
+    dir: &std::path::Path,
+    key_url: &str,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    retry_ms: (u64, u64),
+    level: &str,
+) -> (std::path::PathBuf, std::net::SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key_file = dir.join("key-hook");
+    std::fs::write(&key_file, format!("{key_url}\n")).unwrap();
+    let http_port = free_port();
+    let config = dir.join("slack.toml");
+    std::fs::write(
+        &config,
+        forwarder_config(
+            &format!("127.0.0.1:{http_port}"),
+            bootstrap,
+            topic,
+            group,
+            retry_ms,
+            &format!(
+                r#"key = {{ url_file = "{}" }}
+[[slack.routes]]
+risk = ["high", "critical"]
+value_tier = ["key"]
+webhook = "key"
+"#,
+                key_file.display()
+            ),
+            level,
+        ),
+    )
+    .unwrap();
+    let metrics_addr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    (config, metrics_addr)
+}
+
+pub(crate) fn spawn_forwarder(
+    config: &std::path::Path,
+    everyone_url: &str,
+    log: &std::path::Path,
+) -> Proc {
     let mut c = Command::new(env!("CARGO_BIN_EXE_churnsignal"));
     c.args(["slack", "--config"])
         .arg(config)
@@ -302,33 +348,15 @@ fn the_slack_forwarder_routes_retries_and_never_posts_an_alert_twice_across_a_cr
     let end1 = batch.len() as i64;
 
     let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("key-hook");
-    std::fs::write(&key_file, format!("{key_url}\n")).unwrap();
-    let http_port = free_port();
-    let config = dir.join("slack.toml");
-    std::fs::write(
-        &config,
-        forwarder_config(
-            &format!("127.0.0.1:{http_port}"),
-            bootstrap,
-            &topic,
-            &group,
-            (200, 2000),
-            &format!(
-                r#"key = {{ url_file = "{}" }}
-[[slack.routes]]
-risk = ["high", "critical"]
-value_tier = ["key"]
-webhook = "key"
-"#,
-                key_file.display()
-            ),
-            "debug",
-        ),
-    )
-    .unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let (config, metrics_addr) = with_key_hook(
+        &dir,
+        &key_url,
+        bootstrap,
+        &topic,
+        &group,
+        (200, 2000),
+        "debug",
+    );
 
     // Run 1.
     let log1 = dir.join("run1.log");
@@ -620,33 +648,15 @@ fn a_failing_webhook_holds_back_only_its_own_alerts_and_a_restart_posts_none_twi
     let end = recs.len() as i64;
 
     let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("key-hook");
-    std::fs::write(&key_file, format!("{key_url}\n")).unwrap();
-    let http_port = free_port();
-    let config = dir.join("slack.toml");
-    std::fs::write(
-        &config,
-        forwarder_config(
-            &format!("127.0.0.1:{http_port}"),
-            bootstrap,
-            &topic,
-            &group,
-            (100, 500),
-            &format!(
-                r#"key = {{ url_file = "{}" }}
-[[slack.routes]]
-risk = ["high", "critical"]
-value_tier = ["key"]
-webhook = "key"
-"#,
-                key_file.display()
-            ),
-            "info",
-        ),
-    )
-    .unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let (config, metrics_addr) = with_key_hook(
+        &dir,
+        &key_url,
+        bootstrap,
+        &topic,
+        &group,
+        (100, 500),
+        "info",
+    );
     let posted_to = |hook: &str| {
         accepted(&fake)
             .iter()
