@@ -32,6 +32,60 @@
 //! - [`generate`]: a deterministic generator of realistic event histories.
 //! - [`bench`](mod@bench): `churnsignal bench engine`.
 //!
+//! # The live service, by owner
+//!
+//! Dependencies go one way, down this list (checked with `../shared/tools/structure`:
+//! no import cycle among the modules).
+//!
+//! ```text
+//! kafka::service       start (clients, threads, HTTP), graceful stop, run(cfg, shutdown)
+//! kafka::preflight     topics exist, inputs co-partitioned, changelog created or checked
+//! kafka::consumer      the poll thread: poll, batch to workers, pause under back-pressure
+//!   ::rebalance        assign/revoke callbacks: partitions that start or stop, pauses
+//!   ::stats            lag and input positions from librdkafka's statistics
+//! kafka::worker        a worker thread: receive, route, tick; a PartitionEngine per partition
+//!   ::partition        what a partition owns: engine, inputs, sync buffer, transactions
+//!   ::process          message -> sync buffer -> engine -> outputs
+//!   ::checkpoint       state records, journal and offsets in one transaction; rewind
+//!   ::restore          its producer, the changelog read back, the journal replayed
+//!   ::txn              the transaction lifecycle as a state machine (no Kafka; model-tested)
+//!   ::transactional    librdkafka's transactional producer behind txn's trait
+//! kafka::work          what the consumer and the workers send each other
+//! kafka::producer      delivery bookkeeping, the producers' context, send with back-off
+//! kafka::status        liveness beats, readiness, the typed Failure that stops the service
+//! kafka::sync, assignment, offsets, journal, changelog, records   pure decisions and layouts
+//! kafka::client, lag, topics, produce                          clients and tools
+//! ```
+//!
+//! # One event, end to end
+//!
+//! 1. `kafka::consumer::poll_loop` polls a message of, say, `orders[3]`, copies it into
+//!    an `InMsg` (`kafka::work`) tagged with partition 3's rebalance epoch, and batches
+//!    it for worker `3 % workers`; a full worker queue pauses the consumer.
+//! 2. The worker (`kafka::worker`, `Work::Batch`) takes it in `process::receive`: dropped
+//!    if its partition was revoked or moved since, skipped if the restored state
+//!    already holds it, else decoded ([`decode`], and the topic and key checked) against
+//!    the wall clock and buffered in the partition's synchronizer ([`kafka::sync`]).
+//! 3. `process::drain` takes the buffered messages of the partition's three inputs in
+//!    event-time order (holding back for an input that lags, up to
+//!    `kafka.max_task_idle_ms`); `process::process` applies each to the partition's
+//!    [`engine::Engine`], which updates the customer's windows, evaluates the
+//!    [`signals`], scores and moves the alert lifecycle, and returns alerts.
+//! 4. Alerts (or a dead letter, for an event refused anywhere above) become records
+//!    (`kafka::records`). At-least-once: sent at once through the shared idempotent
+//!    producer, counted pending until acknowledged. Exactly-once: sent into the
+//!    partition's open transaction (`txn::Transactions::output`; held while a commit
+//!    runs), and the message joins the partition's journal.
+//! 5. Every interval, `checkpoint::try_checkpoint` writes the changed customers' state
+//!    records, the partition record (or, exactly-once between state writes, the
+//!    journal) and the input offsets in one transaction, and commits it on a helper
+//!    thread; at-least-once first waits for every pending output's acknowledgement. The
+//!    worker settles the commit between two messages (`txn::Transactions::step`); a
+//!    failed one rewinds the partition (state restored, its input processed again).
+//! 6. Downstream, `churnsignal slack` ([`slack`]) reads the alerts topic and posts to
+//!    Slack; the HTTP API answers "why is this customer at risk?" from the engine's
+//!    health record of the customer.
+//!
 //! # Repository layout
 //!
 //! ```text
@@ -47,9 +101,10 @@
 //! src/alert.rs      alerts and health records, JSON and protobuf
 //! src/replay.rs     the engine over a file
 //! src/generate/     deterministic realistic histories (tests, bench, backtests)
-//! src/kafka/        the live service: client configs, runtime (poll loop, rebalances), worker
-//!                   threads with partition engines and their checkpoint transactions,
-//!                   changelog (state records, restore), offsets, records, topics
+//! src/kafka/        the live service (see "The live service, by owner" above): service,
+//!                   preflight, consumer/ (poll loop, rebalances, statistics), worker/
+//!                   (partitions, processing, checkpoints, the transaction state machine),
+//!                   producer, status, changelog, journal, offsets, records, topics
 //! src/telemetry/    metric names, the HTTP servers and their limits (http.rs), and what they
 //!                   answer (api.rs: metrics, health, the customer API with tokens and rate limit)
 //! src/slack/        `slack`: the forwarder to Slack webhooks (message, post, one poster per

@@ -4,9 +4,11 @@
 //! refuses them), so the values set last here are the ones in force.
 
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
 use crate::config::{is_secret, Config, GroupProtocol, KafkaConfig};
+use crate::telemetry;
 
 /// Consumer defaults that differ from librdkafka's (a user's properties override them).
 ///
@@ -240,6 +242,25 @@ pub fn common_produce_errors() -> Vec<String> {
 /// Codes as [`error_code`] spells them.
 fn spelled(codes: &[rdkafka::types::RDKafkaErrorCode]) -> Vec<String> {
     codes.iter().map(|c| format!("{c:?}")).collect()
+}
+
+/// Routes a librdkafka log line into tracing (target `librdkafka`).
+pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => {
+            tracing::error!(target: "librdkafka", facility = fac, "{msg}")
+        }
+        Warning => tracing::warn!(target: "librdkafka", facility = fac, "{msg}"),
+        Notice | Info => tracing::info!(target: "librdkafka", facility = fac, "{msg}"),
+        Debug => tracing::debug!(target: "librdkafka", facility = fac, "{msg}"),
+    }
+}
+
+pub(crate) fn client_error(error: KafkaError, reason: &str) {
+    let code = crate::kafka::client::error_code(&error);
+    tracing::warn!(target: "librdkafka", code = %code, "{reason}");
+    telemetry::kafka_error(code);
 }
 
 #[cfg(test)]

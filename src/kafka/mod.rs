@@ -171,14 +171,20 @@
 mod assignment;
 pub mod changelog;
 pub mod client;
+pub(crate) mod consumer;
 pub mod journal;
 pub mod lag;
 pub mod offsets;
+pub(crate) mod preflight;
 pub mod produce;
+pub(crate) mod producer;
 pub mod records;
-pub mod runtime;
+pub mod service;
+pub mod status;
 pub(crate) mod sync;
 pub mod topics;
+pub(crate) mod work;
 mod worker;
 
-pub use runtime::{run, Failure, Report, RunError, Service, StartOptions, Status};
+pub use service::{run, Report, Service, StartOptions};
+pub use status::{Failure, RunError, Status};

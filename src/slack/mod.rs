@@ -102,7 +102,7 @@ impl Ctx {
 
 impl ClientContext for Ctx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::kafka::runtime::log(level, fac, log_message);
+        crate::kafka::client::log(level, fac, log_message);
     }
 }
 
