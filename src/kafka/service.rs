@@ -1,7 +1,7 @@
 //! The service's wiring: start (clients, threads, HTTP), stop (a bounded, graceful
 //! shutdown) and `run(cfg, shutdown)`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -13,9 +13,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::ThreadedProducer;
 
 use crate::config::Config;
-use crate::kafka::assignment::{CoPartitions, Epochs};
+use crate::kafka::assignment::Epochs;
 use crate::kafka::client::{consumer_config, describe, producer_config};
-use crate::kafka::consumer::rebalance::{settle_time, Pauses};
+use crate::kafka::consumer::plan::Membership;
+use crate::kafka::consumer::rebalance::settle_time;
 use crate::kafka::consumer::{poll_loop, ConsumerCtx, Shared, BATCH};
 use crate::kafka::preflight::{check_changelog, check_topics};
 use crate::kafka::producer::ProducerCtx;
@@ -138,14 +139,12 @@ impl Service {
             inputs: inputs.clone(),
             status: status.clone(),
             workers: Mutex::new(senders),
-            tracked: Mutex::new(BTreeSet::new()),
-            co: Mutex::new(CoPartitions::new(inputs.len())),
+            membership: Mutex::new(Membership::new(inputs.len())),
             epochs: Arc::new(Epochs::default()),
             producer: producer.clone(),
             paused: AtomicBool::new(false),
             own: Arc::new(Mutex::new(BTreeMap::new())),
             full: Arc::new(FullBuffers::default()),
-            pauses: Mutex::new(Pauses::default()),
             reports: Mutex::new(Vec::new()),
             reports_ready: AtomicBool::new(false),
             settle: settle_time(k),

@@ -3,10 +3,11 @@
 //! back-pressure, and runs the rebalance callbacks (see [`rebalance`]) and statistics
 //! (see [`stats`]).
 
+pub(crate) mod plan;
 pub(crate) mod rebalance;
 pub(crate) mod stats;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -22,9 +23,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::Message;
 
 use crate::config::{Config, InputTopic};
-use crate::kafka::assignment::{CoPartitions, Epochs};
+use crate::kafka::assignment::Epochs;
 use crate::kafka::client::{client_error, log};
-use crate::kafka::consumer::rebalance::Pauses;
+use crate::kafka::consumer::plan::Membership;
 use crate::kafka::producer::ProducerCtx;
 use crate::kafka::status::{Failure, Status};
 use crate::kafka::work::{FullBuffers, InMsg, PositionReport, Work};
@@ -36,10 +37,8 @@ pub(crate) struct Shared {
     pub(crate) inputs: Arc<Vec<InputTopic>>,
     pub(crate) status: Arc<Status>,
     pub(crate) workers: Mutex<Vec<SyncSender<Work>>>,
-    /// Input topic-partitions assigned.
-    pub(crate) tracked: Mutex<BTreeSet<(usize, i32)>>,
-    /// Of those, by partition number: which engines run.
-    pub(crate) co: Mutex<CoPartitions>,
+    /// What is assigned, which partitions run, what is paused (see [`plan`]).
+    pub(crate) membership: Mutex<Membership>,
     /// The running partitions' epochs.
     pub(crate) epochs: Arc<Epochs>,
     pub(crate) producer: ThreadedProducer<ProducerCtx>,
@@ -53,9 +52,6 @@ pub(crate) struct Shared {
     pub(crate) own: crate::kafka::lag::OwnPositions,
     /// Topic-partitions whose workers' buffers are full.
     pub(crate) full: Arc<FullBuffers>,
-    /// The input topic-partitions paused now, and when each last changed (paused,
-    /// resumed, sought or assigned).
-    pub(crate) pauses: Mutex<Pauses>,
     /// Position reports from the last statistics, for the poll loop to hand on.
     pub(crate) reports: Mutex<Vec<PositionReport>>,
     pub(crate) reports_ready: AtomicBool,
@@ -144,14 +140,8 @@ impl ClientContext for ConsumerCtx {
 impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) => {
-                // A partition that leaves paused would come back paused in a later
-                // assignment, with nothing left to resume it.
-                if let Err(e) = consumer.resume(tpl) {
-                    tracing::warn!(error = %e, "resuming revoked partitions");
-                }
-                self.shared.revoke(consumer, tpl)
-            }
+            // The callbacks carry out plans (see `plan::Membership`).
+            Rebalance::Revoke(tpl) => self.shared.revoke(consumer, tpl),
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
                 telemetry::rebalance("error");
@@ -162,11 +152,6 @@ impl ConsumerContext for ConsumerCtx {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            // Nothing is fetched of them yet: they start unpaused, and the assignment
-            // pauses what must wait (back-pressure, the rest of their partition).
-            if let Err(e) = consumer.resume(tpl) {
-                tracing::warn!(error = %e, "resuming assigned partitions");
-            }
             self.shared.assign(consumer, tpl);
         }
     }
@@ -403,7 +388,7 @@ pub(crate) fn shutdown(
     }
     // Workers end when their channels close.
     shared.workers.lock().expect("workers lock").clear();
-    shared.tracked.lock().expect("tracked lock").clear();
+    shared.membership.lock().expect("membership lock").clear();
     shared.status.assigned.store(0, Ordering::Relaxed);
     telemetry::assigned_partitions(0);
     tracing::info!(

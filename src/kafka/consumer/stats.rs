@@ -48,7 +48,7 @@ impl Shared {
     pub(crate) fn positions(&self, stats: &Statistics) {
         let now = Instant::now();
         let epochs = self.epochs.snapshot();
-        let pauses = self.pauses.lock().expect("pauses lock");
+        let membership = self.membership.lock().expect("membership lock");
         let mut out = Vec::new();
         for (ti, t) in self.inputs.iter().enumerate() {
             let Some(ts) = stats.topics.get(&t.name) else {
@@ -61,7 +61,7 @@ impl Shared {
                 if !ps.desired {
                     continue;
                 }
-                let settled = pauses.settled((ti, *p), now, self.settle);
+                let settled = membership.settled((ti, *p), now, self.settle);
                 let gone = ps.unknown;
                 let position = if gone { None } else { position_of(ps, settled) };
                 if gone || position.is_some() {
@@ -74,7 +74,7 @@ impl Shared {
                 }
             }
         }
-        drop(pauses);
+        drop(membership);
         if !out.is_empty() {
             *self.reports.lock().expect("reports lock") = out;
             self.reports_ready.store(true, Ordering::Release);
@@ -147,10 +147,8 @@ pub(crate) fn consumed_position(ps: &rdkafka::statistics::Partition) -> Option<i
 #[cfg(test)]
 mod tests {
     use super::{partition_lag, position_of};
-    use crate::kafka::consumer::rebalance::desired_pauses;
     use crate::kafka::sync::Position;
     use rdkafka::statistics::Partition;
-    use std::collections::BTreeSet;
 
     /// Statistics of a fetching partition: its end, fetch position and what was passed on.
     fn fetching(end: i64, next: i64, app: i64) -> Partition {
@@ -187,19 +185,6 @@ mod tests {
         assert_eq!(caught(fetching(0, 0, -1001), true), Some(true));
         // End not known yet.
         assert_eq!(caught(fetching(-1, 0, -1001), true), None);
-    }
-
-    #[test]
-    fn back_pressure_pauses_everything_else_waiting_and_full_inputs() {
-        let set = |v: &[(usize, i32)]| v.iter().copied().collect::<BTreeSet<_>>();
-        let assigned = set(&[(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]);
-        let waiting = set(&[(0, 1), (9, 9)]);
-        let full = set(&[(2, 0)]);
-        assert_eq!(desired_pauses(&assigned, true, &waiting, &full), assigned);
-        assert_eq!(
-            desired_pauses(&assigned, false, &waiting, &full),
-            set(&[(0, 1), (2, 0)])
-        );
     }
 
     fn stats(ls: i64, hi: i64, app: i64, committed: i64, lo: i64) -> Partition {
