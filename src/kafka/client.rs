@@ -8,7 +8,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
 use crate::config::{is_secret, Config, GroupProtocol, KafkaConfig};
-use crate::telemetry;
+use crate::telemetry::events::{ClientError, Emit};
 
 /// Consumer defaults that differ from librdkafka's (a user's properties override them).
 ///
@@ -258,9 +258,11 @@ pub(crate) fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
 }
 
 pub(crate) fn client_error(error: KafkaError, reason: &str) {
-    let code = crate::kafka::client::error_code(&error);
-    tracing::warn!(target: "librdkafka", code = %code, "{reason}");
-    telemetry::kafka_error(code);
+    ClientError {
+        code: error_code(&error),
+        reason,
+    }
+    .emit();
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use rdkafka::Message;
 use crate::kafka::client::{client_error, log};
 use crate::kafka::offsets::PartitionProgress;
 use crate::kafka::status::{Failure, Status};
+use crate::telemetry::events::{Emit, ProduceError};
 use crate::telemetry::{self};
 use crate::time::Timestamp;
 
@@ -100,10 +101,14 @@ impl ProducerCtx {
                 // its cause, and not once per record.
                 return;
             }
-            telemetry::produce_error(code);
-            if self.transactional {
-                tracing::warn!(error = %e, topic = msg.topic(), "a record of a transaction failed; the transaction aborts");
-            } else if !self.status.stopping.load(Ordering::Relaxed) {
+            ProduceError {
+                code,
+                topic: msg.topic(),
+                error: e,
+                transactional: self.transactional,
+            }
+            .emit();
+            if !self.transactional && !self.status.stopping.load(Ordering::Relaxed) {
                 self.status.fail(Failure::RecordRefused {
                     topic: msg.topic().to_owned(),
                     error: e.to_string(),

@@ -46,6 +46,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::telemetry::events::{ClientError, Emit};
 use crate::telemetry::{self, http};
 use deliver::{Done, Job, Owned, Poster, Retry};
 use health::{Probe, Status};
@@ -340,10 +341,11 @@ impl Forwarder {
             self.apply_changes();
             match polled {
                 None => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    telemetry::kafka_error(crate::kafka::client::error_code(&e));
+                Some(Err(e)) => ClientError {
+                    code: crate::kafka::client::error_code(&e),
+                    reason: &format!("consumer error: {e}"),
                 }
+                .emit(),
                 Some(Ok(m)) => self.handle(&m),
             }
             if self.last_commit.elapsed() >= Duration::from_secs(1) {

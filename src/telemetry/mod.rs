@@ -7,6 +7,7 @@
 //! customer id. Call sites use the small functions below, not strings.
 
 pub mod api;
+pub mod events;
 pub mod http;
 pub mod partitions;
 
@@ -454,11 +455,6 @@ pub fn checkpoint(committed: bool) {
     counter!(names::CHECKPOINTS, "result" => result).increment(1);
 }
 
-/// Counts a transactional API error by class.
-pub fn transaction_error(class: &'static str) {
-    counter!(names::TRANSACTION_ERRORS, "class" => class).increment(1);
-}
-
 /// Counts state records written.
 pub fn state_records(kind: &'static str, n: u64) {
     counter!(names::STATE_RECORDS, "kind" => kind).increment(n);
@@ -573,21 +569,6 @@ pub fn commit(ok: bool) {
     if !ok {
         counter!(names::COMMIT_FAILURES).increment(1);
     }
-}
-
-/// Counts a MAXPOLL departure from the group.
-pub fn max_poll_exceeded() {
-    counter!(names::MAX_POLL_EXCEEDED).increment(1);
-}
-
-/// Counts a record the broker refused for good.
-pub fn produce_error(code: String) {
-    counter!(names::PRODUCE_ERRORS, "code" => code).increment(1);
-}
-
-/// Counts a librdkafka client error.
-pub fn kafka_error(code: String) {
-    counter!(names::KAFKA_ERRORS, "code" => code).increment(1);
 }
 
 /// Sets the back-pressure flag.

@@ -29,6 +29,7 @@ use crate::kafka::consumer::plan::Membership;
 use crate::kafka::producer::ProducerCtx;
 use crate::kafka::status::{Failure, Status};
 use crate::kafka::work::{FullBuffers, InMsg, PositionReport, Work};
+use crate::telemetry::events::{Emit, MaxPollExceeded};
 use crate::telemetry::{self};
 
 /// State shared by the poll thread, the consumer callbacks and the HTTP probe.
@@ -247,9 +248,8 @@ pub(crate) fn poll_loop(
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {
-                    telemetry::max_poll_exceeded();
+                    MaxPollExceeded.emit();
                     status.left_group.store(true, Ordering::Relaxed);
-                    tracing::warn!("the consumer left its group: the poll loop stalled past max.poll.interval.ms");
                 }
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                     // The consumer is unusable: stop, so that the orchestrator starts

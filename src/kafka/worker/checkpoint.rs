@@ -16,6 +16,7 @@ use crate::kafka::offsets::PartitionProgress;
 use crate::kafka::producer::{wall_now, Out};
 use crate::kafka::status::Failure;
 use crate::telemetry;
+use crate::telemetry::events::{CheckpointAborted, Emit};
 
 impl Worker {
     /// Takes the result of partition `p`'s running commit if it has one (or waits for
@@ -65,13 +66,9 @@ impl Worker {
                 // librdkafka's send_offsets_to_transaction has been seen to wait forever
                 // across a coordinator outage: the producer is replaced (the new one
                 // fences it and aborts its transaction) and the partition rewound.
-                tracing::error!(partition = p, "{why}; replacing the partition's producer");
-                self.rewind_with(p, true);
+                self.rewind_with(p, true, &why);
             }
-            Settled::Rewind { why, .. } => {
-                tracing::warn!(partition = p, error = %why, "checkpoint aborted; rewinding the partition");
-                self.rewind(p);
-            }
+            Settled::Rewind { why, .. } => self.rewind(p, &why),
             Settled::GiveUp => {
                 // Stopping (perhaps fenced): a new producer would fence the next owner.
                 tracing::error!(partition = p, "a checkpoint did not finish; given up");
@@ -93,10 +90,7 @@ impl Worker {
                 }
             }
             Err(TxnFailure::Abandoned) => {}
-            Err(TxnFailure::Abortable(why)) => {
-                tracing::warn!(partition = p, error = %why, "checkpoint aborted; rewinding the partition");
-                self.rewind(p);
-            }
+            Err(TxnFailure::Abortable(why)) => self.rewind(p, &why),
             Err(TxnFailure::Fatal(why)) => self.fatal(p, why),
         }
     }
@@ -256,27 +250,26 @@ impl Worker {
         if pe.tx.commit_unfinished() {
             // The thread finishes on its own once its producer is fenced.
             pe.tx.abandon_commit();
-            tracing::warn!(
-                partition = p,
-                "a commit under way carries the offset of a gone input: given up, the partition rewinds"
+            self.rewind_with(
+                p,
+                true,
+                "a commit under way carries the offset of a gone input",
             );
-            self.rewind_with(p, true);
         }
     }
 
     /// After an abortable error: the transaction is aborted, the state restored from
     /// the changelog (the last committed checkpoint) and the input since then
     /// processed again.
-    pub(super) fn rewind(&mut self, p: i32) {
-        self.rewind_with(p, false);
+    pub(super) fn rewind(&mut self, p: i32, why: &str) {
+        self.rewind_with(p, false, why);
     }
 
     /// [`Worker::rewind`], with a new producer when the old one is stuck.
-    pub(super) fn rewind_with(&mut self, p: i32, mut new_producer: bool) {
+    pub(super) fn rewind_with(&mut self, p: i32, mut new_producer: bool, why: &str) {
         let Some(mut pe) = self.engines.remove(&p) else {
             return;
         };
-        telemetry::checkpoint(false);
         // A commit still under way ends first (its outcome does not matter: the restore
         // below reads whatever it committed); one stuck gets its producer replaced.
         let (status, id) = (self.status.clone(), self.id);
@@ -287,6 +280,12 @@ impl Worker {
         if pe.tx.end_commit(Instant::now(), &mut beat) {
             new_producer = true;
         }
+        CheckpointAborted {
+            partition: p,
+            why,
+            new_producer,
+        }
+        .emit();
         let producer = if new_producer {
             match KafkaTxn::create(&self.cfg, p, &self.status, self.id, &self.queue_full) {
                 Ok(producer) => Some(producer),

@@ -18,7 +18,7 @@ use crate::kafka::client::transactional_producer_config;
 use crate::kafka::producer::{send, Delivery, Out, ProducerCtx};
 use crate::kafka::records::OutRecord;
 use crate::kafka::status::{Failure, Status};
-use crate::telemetry;
+use crate::telemetry::events::{Emit, TransactionError};
 
 /// An exactly-once output: the record, whether it is a dead letter, its delivery.
 pub(super) type Output = (OutRecord, bool, Delivery);
@@ -188,19 +188,32 @@ pub(super) fn txn_call<T>(
         match f() {
             Ok(v) => return Ok(v),
             Err(KafkaError::Transaction(e)) => {
-                if e.is_fatal() {
-                    telemetry::transaction_error("fatal");
-                    return Err(TxnFailure::Fatal(format!("{what}: {e}")));
+                let class = if e.is_fatal() {
+                    "fatal"
+                } else if e.txn_requires_abort() || !e.is_retriable() {
+                    "abortable"
+                } else {
+                    "retriable"
+                };
+                TransactionError {
+                    class,
+                    what,
+                    error: &e,
                 }
-                if e.txn_requires_abort() || !e.is_retriable() {
-                    telemetry::transaction_error("abortable");
-                    return Err(TxnFailure::Abortable(format!("{what}: {e}")));
+                .emit();
+                match class {
+                    "fatal" => return Err(TxnFailure::Fatal(format!("{what}: {e}"))),
+                    "abortable" => return Err(TxnFailure::Abortable(format!("{what}: {e}"))),
+                    _ => {}
                 }
-                telemetry::transaction_error("retriable");
-                tracing::warn!(error = %e, "{what}: retrying");
             }
             Err(e) => {
-                telemetry::transaction_error("abortable");
+                TransactionError {
+                    class: "abortable",
+                    what,
+                    error: &e,
+                }
+                .emit();
                 return Err(TxnFailure::Abortable(format!("{what}: {e}")));
             }
         }
