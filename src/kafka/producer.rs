@@ -15,6 +15,7 @@ use rdkafka::Message;
 
 use crate::kafka::client::{client_error, log};
 use crate::kafka::offsets::PartitionProgress;
+use crate::kafka::records::OutRecord;
 use crate::kafka::status::{Failure, Status};
 use crate::telemetry::events::{Emit, ProduceError};
 use crate::telemetry::{self};
@@ -149,6 +150,19 @@ pub(crate) struct Out<'a> {
     /// `None`: a tombstone.
     pub(crate) payload: Option<&'a [u8]>,
     pub(crate) headers: &'a [(String, Vec<u8>)],
+}
+
+impl<'a> Out<'a> {
+    /// An alert or dead letter to `topic`, partitioned by its key.
+    pub(crate) fn record(topic: &'a str, rec: &'a OutRecord) -> Out<'a> {
+        Out {
+            topic,
+            partition: None,
+            key: rec.key.as_deref(),
+            payload: Some(&rec.payload),
+            headers: &rec.headers,
+        }
+    }
 }
 
 /// Sends one record, waiting while the producer queue is full (back-pressure). At

@@ -89,8 +89,6 @@ pub(crate) struct Membership {
     /// When each topic-partition's fetching last changed (paused, resumed, sought,
     /// assigned).
     changed: BTreeMap<Tp, Instant>,
-    /// Back-pressure holds every input.
-    backpressure: bool,
 }
 
 impl Membership {
@@ -101,7 +99,6 @@ impl Membership {
             co: CoPartitions::new(topics),
             paused: BTreeSet::new(),
             changed: BTreeMap::new(),
-            backpressure: false,
         }
     }
 
@@ -129,7 +126,6 @@ impl Membership {
     /// The pauses to pass on so that exactly [`desired_pauses`] are paused, with
     /// back-pressure as given and these buffers full.
     pub fn pauses(&mut self, backpressure: bool, full: &BTreeSet<Tp>, now: Instant) -> PauseChange {
-        self.backpressure = backpressure;
         let waiting: BTreeSet<Tp> = self.co.waiting().into_iter().collect();
         let desired = desired_pauses(&self.assigned, backpressure, &waiting, full);
         self.paused.retain(|tp| self.assigned.contains(tp));
@@ -152,6 +148,7 @@ impl Membership {
         &mut self,
         added: Vec<Tp>,
         cap: u64,
+        backpressure: bool,
         full: &BTreeSet<Tp>,
         now: Instant,
     ) -> AssignPlan {
@@ -176,7 +173,7 @@ impl Membership {
         } else {
             (cap / self.partitions().len().max(1) as u64).max(1)
         };
-        let pauses = self.pauses(self.backpressure, full, now);
+        let pauses = self.pauses(backpressure, full, now);
         AssignPlan {
             resume_first: added,
             start,
@@ -192,14 +189,20 @@ impl Membership {
     /// Topic-partitions going away (all under the eager classic protocol, some under
     /// KIP-848). A running partition that loses any of its topics stops; what remains
     /// of it waits, paused, to be revoked too.
-    pub fn revoke(&mut self, gone: Vec<Tp>, full: &BTreeSet<Tp>, now: Instant) -> RevokePlan {
+    pub fn revoke(
+        &mut self,
+        gone: Vec<Tp>,
+        backpressure: bool,
+        full: &BTreeSet<Tp>,
+        now: Instant,
+    ) -> RevokePlan {
         let stop = self.co.revoke(gone.iter().copied());
         for tp in &gone {
             self.assigned.remove(tp);
             self.paused.remove(tp);
             self.changed.remove(tp);
         }
-        let pauses = self.pauses(self.backpressure, full, now);
+        let pauses = self.pauses(backpressure, full, now);
         RevokePlan {
             resume_first: gone,
             stop,
@@ -237,16 +240,16 @@ mod tests {
         let now = Instant::now();
         let none = BTreeSet::new();
         let mut m = Membership::new(3);
-        let first = m.assign(vec![(0, 4), (1, 4)], 0, &none, now);
+        let first = m.assign(vec![(0, 4), (1, 4)], 0, false, &none, now);
         assert!(first.start.is_empty());
         assert_eq!(first.waiting, vec![(0, 4), (1, 4)]);
         assert_eq!(first.pauses.pause, vec![(0, 4), (1, 4)]);
-        let last = m.assign(vec![(2, 4)], 1_000, &none, now);
+        let last = m.assign(vec![(2, 4)], 1_000, false, &none, now);
         assert_eq!(last.start, vec![4]);
         assert_eq!(last.seek, vec![(0, 4), (1, 4)], "the ones that waited");
         assert_eq!(last.pauses.resume, vec![(0, 4), (1, 4)]);
         assert_eq!(last.cap_share, 1_000);
-        let revoked = m.revoke(vec![(1, 4)], &none, now);
+        let revoked = m.revoke(vec![(1, 4)], false, &none, now);
         assert_eq!(revoked.stop, vec![4]);
         assert_eq!(revoked.pauses.pause, vec![(0, 4), (2, 4)], "the rest waits");
     }
@@ -326,13 +329,13 @@ mod tests {
                     Op::Assign(t, p) => {
                         let added = tps(t, p, |tp| !lib.assigned.contains(tp));
                         lib.assigned.extend(added.iter().copied());
-                        let plan = m.assign(added, 0, &full, now);
+                        let plan = m.assign(added, 0, backpressure, &full, now);
                         lib.resume(&plan.resume_first);
                         lib.apply(&plan.pauses);
                     }
                     Op::Revoke(t, p) => {
                         let gone = tps(t, p, |tp| lib.assigned.contains(tp));
-                        let plan = m.revoke(gone.clone(), &full, now);
+                        let plan = m.revoke(gone.clone(), backpressure, &full, now);
                         lib.resume(&plan.resume_first);
                         for tp in &gone {
                             lib.assigned.remove(tp);

@@ -66,10 +66,12 @@ impl Shared {
         self.status.left_group.store(false, Ordering::Relaxed);
         let added = self.input_partitions(tpl);
         let full = self.full.snapshot();
+        let backpressure = self.paused.load(Ordering::SeqCst);
         let cap = self.cfg.engine.max_customers;
         let plan = self.membership.lock().expect("membership lock").assign(
             added,
             cap,
+            backpressure,
             &full,
             Instant::now(),
         );
@@ -157,11 +159,13 @@ impl Shared {
         telemetry::rebalance("revoke");
         let gone = self.input_partitions(tpl);
         let full = self.full.snapshot();
-        let plan =
-            self.membership
-                .lock()
-                .expect("membership lock")
-                .revoke(gone, &full, Instant::now());
+        let backpressure = self.paused.load(Ordering::SeqCst);
+        let plan = self.membership.lock().expect("membership lock").revoke(
+            gone,
+            backpressure,
+            &full,
+            Instant::now(),
+        );
         // A partition that leaves paused would come back paused in a later assignment,
         // with nothing left to resume it.
         if !plan.resume_first.is_empty() {

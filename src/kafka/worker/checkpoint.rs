@@ -26,6 +26,11 @@ impl Worker {
         let Some(pe) = self.engines.get_mut(&p) else {
             return;
         };
+        if !pe.tx.unsettled() {
+            // No commit runs and the transaction has not failed: nothing to settle (the
+            // worker's loop asks for every partition after every batch).
+            return;
+        }
         let (status, id) = (self.status.clone(), self.id);
         // Shutdown past its deadline for sends gives up waiting (the commit's input is
         // processed again by the next owner).
@@ -44,7 +49,7 @@ impl Worker {
 
     /// Stopping, or failed: a stuck commit is given up rather than fenced.
     fn stopping(&self) -> bool {
-        self.status.failure().is_some() || self.status.stopping.load(Ordering::SeqCst)
+        self.status.failed.load(Ordering::SeqCst) || self.status.stopping.load(Ordering::SeqCst)
     }
 
     /// Does what settling a commit asks.

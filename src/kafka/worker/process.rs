@@ -230,17 +230,12 @@ impl Worker {
             return;
         }
         let topics = &self.cfg.kafka.topics;
-        let out = Out {
-            topic: if dead {
-                &topics.dead_letters
-            } else {
-                &topics.alerts
-            },
-            partition: None,
-            key: rec.key.as_deref(),
-            payload: Some(&rec.payload),
-            headers: &rec.headers,
+        let topic = if dead {
+            &topics.dead_letters
+        } else {
+            &topics.alerts
         };
+        let out = Out::record(topic, &rec);
         pe.pending.fetch_add(1, Ordering::AcqRel);
         delivery.pending = Some(pe.pending.clone());
         let d = Arc::new(delivery);

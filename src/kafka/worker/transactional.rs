@@ -90,18 +90,12 @@ impl TxnProducer for KafkaTxn {
     }
 
     fn send(&self, (rec, dead, delivery): Output) -> Result<(), String> {
-        let out = Out {
-            topic: if dead {
-                &self.dead_letters
-            } else {
-                &self.alerts
-            },
-            partition: None,
-            key: rec.key.as_deref(),
-            payload: Some(&rec.payload),
-            headers: &rec.headers,
+        let topic = if dead {
+            &self.dead_letters
+        } else {
+            &self.alerts
         };
-        self.send_out(out, Arc::new(delivery))
+        self.send_out(Out::record(topic, &rec), Arc::new(delivery))
             .map_err(|e| e.to_string())
     }
 
@@ -188,12 +182,15 @@ pub(super) fn txn_call<T>(
         match f() {
             Ok(v) => return Ok(v),
             Err(KafkaError::Transaction(e)) => {
-                let class = if e.is_fatal() {
-                    "fatal"
+                let (class, failure) = if e.is_fatal() {
+                    ("fatal", Some(TxnFailure::Fatal(format!("{what}: {e}"))))
                 } else if e.txn_requires_abort() || !e.is_retriable() {
-                    "abortable"
+                    (
+                        "abortable",
+                        Some(TxnFailure::Abortable(format!("{what}: {e}"))),
+                    )
                 } else {
-                    "retriable"
+                    ("retriable", None)
                 };
                 TransactionError {
                     class,
@@ -201,10 +198,8 @@ pub(super) fn txn_call<T>(
                     error: &e,
                 }
                 .emit();
-                match class {
-                    "fatal" => return Err(TxnFailure::Fatal(format!("{what}: {e}"))),
-                    "abortable" => return Err(TxnFailure::Abortable(format!("{what}: {e}"))),
-                    _ => {}
+                if let Some(f) = failure {
+                    return Err(f);
                 }
             }
             Err(e) => {

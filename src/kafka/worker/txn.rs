@@ -153,6 +153,12 @@ impl<P: TxnProducer, M> Transactions<P, M> {
         matches!(self.phase, Phase::Open)
     }
 
+    /// A commit runs, or the transaction failed: [`Self::settle`] and [`Self::step`]
+    /// have something to do.
+    pub fn unsettled(&self) -> bool {
+        matches!(self.phase, Phase::Committing { .. } | Phase::Broken)
+    }
+
     /// A commit runs.
     pub fn committing(&self) -> bool {
         matches!(self.phase, Phase::Committing { .. })
