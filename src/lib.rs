@@ -43,11 +43,15 @@
 //! kafka::consumer      the poll thread: poll, batch to workers, pause under back-pressure
 //!   ::rebalance        assign/revoke callbacks: partitions that start or stop, pauses
 //!   ::stats            lag and input positions from librdkafka's statistics
-//! kafka::worker        a worker thread: receive, route, tick; a PartitionEngine per partition
-//!   ::partition        what a partition owns: engine, inputs, sync buffer, transactions
-//!   ::process          message -> sync buffer -> engine -> outputs
-//!   ::checkpoint       state records, journal and offsets in one transaction; rewind
-//!   ::restore          its producer, the changelog read back, the journal replayed
+//! kafka::worker        a worker thread: receive, route, tick; runs each Partition's methods
+//!                      with what the partitions share (Shared), drops one that must Leave
+//!   ::partition        a Partition: engine, inputs, sync buffer, transactions, guarantee
+//!   ::guarantee        GuaranteeState: at-least-once's unacknowledged outputs or
+//!                      exactly-once's journal, each guarantee's decisions on its own state
+//!   ::process          Partition::receive/drain/process/emit: message -> engine -> outputs
+//!   ::checkpoint       Partition::checkpoint/settle/rewind: state records, journal and
+//!                      offsets in one transaction
+//!   ::restore          Partition::open: its producer, the changelog read back, the journal replayed
 //!   ::txn              the transaction lifecycle as a state machine (no Kafka; model-tested)
 //!   ::transactional    librdkafka's transactional producer behind txn's trait
 //! kafka::work          what the consumer and the workers send each other
@@ -62,21 +66,22 @@
 //! 1. `kafka::consumer::poll_loop` polls a message of, say, `orders[3]`, copies it into
 //!    an `InMsg` (`kafka::work`) tagged with partition 3's rebalance epoch, and batches
 //!    it for worker `3 % workers`; a full worker queue pauses the consumer.
-//! 2. The worker (`kafka::worker`, `Work::Batch`) takes it in `process::receive`: dropped
+//! 2. The worker (`kafka::worker`, `Work::Batch`) hands it to its `Partition::receive`: dropped
 //!    if its partition was revoked or moved since, skipped if the restored state
 //!    already holds it, else decoded ([`decode`], and the topic and key checked) against
-//!    the wall clock and buffered in the partition's synchronizer ([`kafka::sync`]).
-//! 3. `process::drain` takes the buffered messages of the partition's three inputs in
+//!    the wall clock and buffered in the partition's synchronizer (`kafka::sync`).
+//! 3. `Partition::drain` takes the buffered messages of the partition's three inputs in
 //!    event-time order (holding back for an input that lags, up to
-//!    `kafka.max_task_idle_ms`); `process::process` applies each to the partition's
+//!    `kafka.max_task_idle_ms`); `Partition::process` applies each to the partition's
 //!    [`engine::Engine`], which updates the customer's windows, evaluates the
 //!    [`signals`], scores and moves the alert lifecycle, and returns alerts.
 //! 4. Alerts (or a dead letter, for an event refused anywhere above) become records
-//!    (`kafka::records`). At-least-once: sent at once through the shared idempotent
+//!    (`kafka::records`) and leave in `Partition::emit`, as the partition's
+//!    `GuaranteeState` says. At-least-once: sent at once through the shared idempotent
 //!    producer, counted pending until acknowledged. Exactly-once: sent into the
 //!    partition's open transaction (`txn::Transactions::output`; held while a commit
 //!    runs), and the message joins the partition's journal.
-//! 5. Every interval, `checkpoint::try_checkpoint` writes the changed customers' state
+//! 5. Every interval, `Partition::checkpoint` writes the changed customers' state
 //!    records, the partition record (or, exactly-once between state writes, the
 //!    journal) and the input offsets in one transaction, and commits it on a helper
 //!    thread; at-least-once first waits for every pending output's acknowledgement. The

@@ -1,23 +1,28 @@
-//! A partition engine and what it owns: the engine, its inputs, their
-//! synchronization buffer, its transactional producer and the input kept for a rewind.
+//! A partition and what it owns: the engine, its inputs, their synchronization buffer,
+//! its transactions (producer, held outputs, the input kept for a rewind) and its
+//! guarantee's state.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::guarantee::GuaranteeState;
 use super::transactional::KafkaTxn;
 use super::txn::Transactions;
+use super::{count_alert, Shared};
 use crate::config::{Config, InputTopic};
 use crate::decode::wire::decode_message;
 use crate::decode::{DecodeError, Limits, Reason};
 use crate::engine::Engine;
 use crate::event::Event;
-use crate::kafka::journal::{Base, Journal};
+use crate::kafka::journal::Base;
 use crate::kafka::offsets::PartitionProgress;
+use crate::kafka::producer::Delivery;
+use crate::kafka::records::alert_record;
 use crate::kafka::records::OutRecord;
-use crate::kafka::sync::Synchronizer;
-use crate::kafka::work::InMsg;
+use crate::kafka::sync::{Position, Synchronizer};
+use crate::kafka::work::{Assigned, InMsg};
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// A consumed message waiting for its turn (see [`crate::kafka::sync`]), decoded against the
@@ -28,8 +33,12 @@ pub(super) struct Buffered {
     pub(super) now: Timestamp,
 }
 
-/// A partition engine: one engine for partition `p` of every input topic.
-pub(super) struct PartitionEngine {
+/// A partition: one engine for partition `number` of every input topic, and what it
+/// owns around it. Its methods (here, in `process`, `checkpoint` and `restore`) take
+/// what the worker's partitions share as a [`Shared`]; one that fails for good
+/// returns a [`Leave`], and the worker drops the partition.
+pub(super) struct Partition {
+    pub(super) number: i32,
     pub(super) engine: Engine,
     /// Per input topic of this partition: tracker, epoch, and the next offset to apply.
     pub(super) inputs: BTreeMap<usize, Input>,
@@ -41,59 +50,249 @@ pub(super) struct PartitionEngine {
     /// Its transactions: producer, phase, outputs held for the next one, and the input
     /// since the last commit, kept for a rewind (see [`super::txn`]).
     pub(super) tx: Transactions<KafkaTxn, InMsg>,
+    /// The delivery guarantee and its state: unacknowledged outputs or the journal.
+    pub(super) guarantee: GuaranteeState,
     /// Something changed since the last checkpoint.
     pub(super) dirty: bool,
-    /// At-least-once outputs not acknowledged yet.
-    pub(super) pending: Arc<AtomicI64>,
     /// Eviction counters already reported.
     pub(super) evicted: (u64, u64),
-    /// Exactly-once: the input since the last state records (see [`crate::kafka::journal`]).
-    pub(super) journal: Journal,
     /// When the state records were last written.
     pub(super) last_state: Instant,
     /// The next checkpoint writes the state records (revoked, draining, restored).
     pub(super) state_due: bool,
 }
 
-impl PartitionEngine {
-    /// Index of input `topic` among the partition's inputs (a journal's numbering).
-    pub(super) fn position(&self, topic: usize) -> usize {
-        self.inputs
-            .keys()
-            .position(|t| *t == topic)
-            .unwrap_or(usize::MAX)
-    }
+/// Why a partition leaves its worker outside a rebalance.
+#[derive(Debug)]
+pub(super) enum Leave {
+    /// Its producer is unusable (fenced: another instance owns it): the service stops.
+    Fatal(String),
+    /// Stopping with a checkpoint that did not finish, or a rewind cancelled (the
+    /// partition moved on, or shutdown gave up waiting): dropped as it is; the next
+    /// owner restores its last commit.
+    Dropped,
+}
 
-    /// The journal's inputs as the state records about to be written reflect them.
-    pub(super) fn journal_base(&self, topics: &[InputTopic]) -> Vec<Base> {
-        self.inputs
-            .iter()
-            .map(|(t, i)| Base {
-                name: topics[*t].name.clone(),
-                next: i.next,
-                max_time: i.max_time,
-            })
-            .collect()
-    }
-
+impl Partition {
     /// Sets the engine's customer cap (journaled: a replay must evict as it did).
-    pub(super) fn set_cap(&mut self, n: u64, eos: bool) {
-        if eos {
-            self.journal.cap(n);
-        }
+    pub(super) fn set_cap(&mut self, n: u64) {
+        self.guarantee.journal_cap(n);
         self.engine.set_max_customers(n);
     }
 
-    /// The journal numbers the inputs as the partition does now.
+    /// Exactly-once: the journal numbers the inputs as the partition does now.
     pub(super) fn journal_matches(&self, topics: &[InputTopic]) -> bool {
-        self.journal.base.len() == self.inputs.len()
-            && self
-                .journal
-                .base
-                .iter()
-                .zip(self.inputs.keys())
-                .all(|(b, t)| b.name == topics[*t].name)
+        self.guarantee.journal().is_none_or(|j| {
+            j.base.len() == self.inputs.len()
+                && j.base
+                    .iter()
+                    .zip(self.inputs.keys())
+                    .all(|(b, t)| b.name == topics[*t].name)
+        })
     }
+
+    /// The partition's inputs at the next offsets to apply, by topic name (`gone`
+    /// inputs included).
+    pub(super) fn positions<'t>(
+        &self,
+        topics: &'t [InputTopic],
+        gone: bool,
+    ) -> Vec<(&'t str, i64)> {
+        self.inputs
+            .iter()
+            .filter(|(_, i)| gone || !i.gone)
+            .filter_map(|(t, i)| Some((topics[*t].name.as_str(), i.next?)))
+            .collect()
+    }
+
+    /// Reports customers the engine forgot since the last look.
+    pub(super) fn note_evictions(&mut self, sh: &mut Shared) {
+        let s = self.engine.stats();
+        let (idle, cap) = (s.evicted_idle, s.evicted_cap);
+        if idle > self.evicted.0 {
+            telemetry::customers_evicted("idle", idle - self.evicted.0);
+        }
+        if cap > self.evicted.1 {
+            telemetry::customers_evicted("cap", cap - self.evicted.1);
+            let now = Instant::now();
+            if sh
+                .last_cap_warning
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
+                sh.last_cap_warning = Some(now);
+                tracing::warn!(
+                    partition = self.number,
+                    cap = sh.cap_share,
+                    evicted = cap,
+                    "customer cap reached (engine.max_customers shared among this instance's partitions): the least recently active customers are forgotten early"
+                );
+            }
+        }
+        self.evicted = (idle, cap);
+    }
+
+    /// Takes the positions the consumer reports for input `topic` (of rebalance
+    /// `epoch`): `Some(position)` where it stands, `None` gone from the brokers'
+    /// metadata. Returns `None` if the report is not for the running input, else
+    /// whether the input went just now.
+    pub(super) fn report(
+        &mut self,
+        topics: &[InputTopic],
+        topic: usize,
+        epoch: u64,
+        position: Option<Position>,
+    ) -> Option<bool> {
+        let p = self.number;
+        let i = self.inputs.get_mut(&topic)?;
+        if !i.active || i.epoch != epoch {
+            return None;
+        }
+        match position {
+            Some(position) => {
+                if i.gone {
+                    tracing::info!(partition = p, topic = %topics[topic].name, "input topic-partition back");
+                }
+                i.gone = false;
+                self.sync.set_present(topic, true);
+                self.sync.report(topic, position);
+                Some(false)
+            }
+            None if !i.gone => {
+                tracing::warn!(
+                    partition = p,
+                    topic = %topics[topic].name,
+                    "input topic-partition gone from the brokers' metadata (topic deleted?): the partition goes on without it"
+                );
+                i.gone = true;
+                self.sync.set_present(topic, false);
+                Some(true)
+            }
+            None => Some(false),
+        }
+    }
+
+    /// Input `topic` is revoked; returns true when none of the partition's inputs is
+    /// assigned any more.
+    pub(super) fn revoke(&mut self, topic: usize) -> bool {
+        if let Some(i) = self.inputs.get_mut(&topic) {
+            i.active = false;
+        }
+        self.sync.set_present(topic, false);
+        self.inputs.values().all(|i| !i.active)
+    }
+
+    /// Takes the partition's inputs of a new assignment (rebalance `epoch`).
+    pub(super) fn assign(&mut self, topics: &[InputTopic], epoch: u64, list: Vec<Assigned>) {
+        for x in list {
+            let next = self.inputs.get(&x.topic).and_then(|i| i.next);
+            if let (Some(c), Some(n)) = (x.committed, next) {
+                if c != n {
+                    tracing::warn!(
+                        partition = self.number,
+                        topic = %topics[x.topic].name,
+                        committed = c,
+                        state = n,
+                        "the group's committed offset differs from the offset the state reflects; the state's wins"
+                    );
+                }
+            }
+            let max_time = self.inputs.get(&x.topic).map_or(i64::MIN, |i| i.max_time);
+            self.sync.set_present(x.topic, true);
+            self.inputs.insert(
+                x.topic,
+                Input {
+                    max_time,
+                    progress: x.progress,
+                    epoch,
+                    next,
+                    active: true,
+                    gone: false,
+                },
+            );
+        }
+    }
+
+    /// An idle partition: after `idle_timeout_secs` without events, and with no input
+    /// behind (nothing buffered, nothing left to consume as far as the consumer
+    /// knows), the wall clock stands in for event time (stream time = `now` minus the
+    /// allowed lateness, as a watermark would be if events were flowing), so
+    /// silence-driven signals fire even when a partition's input stops. Events arriving
+    /// later with older times are late and handled as `engine.late_events` says.
+    pub(super) fn idle_advance(
+        &mut self,
+        sh: &mut Shared,
+        instant: Instant,
+        now: Timestamp,
+    ) -> Result<(), Leave> {
+        let idle = Duration::from_secs(sh.cfg.kafka.idle_timeout_secs);
+        if instant.saturating_duration_since(self.last_event) < idle
+            || self.engine.max_event_time().is_none()
+            || self.sync.behind()
+        {
+            return Ok(());
+        }
+        let lateness = sh.cfg.engine.allowed_lateness_secs as i64 * 1000;
+        let target = Timestamp(now.0 - lateness);
+        if self.engine.stream_time().is_some_and(|s| target <= s) {
+            return Ok(());
+        }
+        telemetry::idle_advance();
+        self.dirty = true;
+        self.guarantee.journal_advance(target.0);
+        let mut alerts = std::mem::take(&mut sh.alerts);
+        alerts.clear();
+        self.engine.advance_to_into(target, &mut alerts);
+        // Alerts of the passing of time follow no input offset.
+        sh.status.timer_alerts(alerts.len());
+        let fmt = sh.cfg.kafka.alerts_format;
+        let mut result = Ok(());
+        for a in &mut alerts {
+            a.emitted_at = now;
+            count_alert(a);
+            let d = Delivery {
+                progress: None,
+                pending: None,
+                offset: -1,
+                input_ts_ms: -1,
+                alert: true,
+            };
+            result = self.emit(sh, alert_record(a, fmt), d, false);
+            if result.is_err() {
+                break;
+            }
+        }
+        sh.alerts = alerts;
+        result
+    }
+
+    /// A partition leaves: an open transaction (nothing worth keeping: a failed
+    /// checkpoint) is aborted, gauges reset.
+    pub(super) fn close(self, sh: &Shared) {
+        sh.full.clear_partition(self.number);
+        self.tx.close(&mut || true);
+        telemetry::partition_gone(self.number);
+    }
+}
+
+/// Index of input `topic` among a partition's `inputs` (a journal's numbering).
+pub(super) fn position_of(inputs: &BTreeMap<usize, Input>, topic: usize) -> usize {
+    inputs
+        .keys()
+        .position(|t| *t == topic)
+        .unwrap_or(usize::MAX)
+}
+
+/// A journal's inputs as the state records about to be written reflect a partition's
+/// `inputs`.
+pub(super) fn journal_base(inputs: &BTreeMap<usize, Input>, topics: &[InputTopic]) -> Vec<Base> {
+    inputs
+        .iter()
+        .map(|(t, i)| Base {
+            name: topics[*t].name.clone(),
+            next: i.next,
+            max_time: i.max_time,
+        })
+        .collect()
 }
 
 /// Bit `k` of an input mask.

@@ -2,8 +2,7 @@
 //! changelog's state records, and (exactly-once) the journal replayed over the input it covers.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,8 +19,9 @@ use crate::kafka::client::restore_consumer_config;
 use crate::kafka::journal::{Journal, Op};
 use crate::kafka::sync::Synchronizer;
 use crate::kafka::work::InMsg;
-use crate::kafka::worker::partition::{bit, cap_watermark, decode_input, Input, PartitionEngine};
-use crate::kafka::worker::Worker;
+use crate::kafka::worker::guarantee::GuaranteeState;
+use crate::kafka::worker::partition::{bit, cap_watermark, decode_input, Input, Partition};
+use crate::kafka::worker::Shared;
 use crate::telemetry::{self};
 use crate::time::Timestamp;
 
@@ -42,18 +42,14 @@ pub(super) struct Restoration {
     pub(super) elapsed: Duration,
 }
 
-impl Worker {
+impl Partition {
     /// Creates partition `p`'s producer and restores its state.
-    pub(super) fn open_partition(
-        &mut self,
-        p: i32,
-        epoch: u64,
-    ) -> Result<PartitionEngine, TxnFailure> {
-        let producer = KafkaTxn::create(&self.cfg, p, &self.status, self.id, &self.queue_full)?;
+    pub(super) fn open(sh: &mut Shared, p: i32, epoch: u64) -> Result<Partition, TxnFailure> {
+        let producer = KafkaTxn::create(&sh.cfg, p, &sh.status, sh.id, &sh.queue_full)?;
         telemetry::restoring(1.0);
-        self.status.restoring.fetch_add(1, Ordering::SeqCst);
-        let restored = self.restore_partition(p, epoch);
-        self.status.restoring.fetch_sub(1, Ordering::SeqCst);
+        sh.status.restoring.fetch_add(1, Ordering::SeqCst);
+        let restored = sh.restore_partition(p, epoch);
+        sh.status.restoring.fetch_sub(1, Ordering::SeqCst);
         telemetry::restoring(-1.0);
         let r = match restored {
             Ok(r) => r,
@@ -74,23 +70,25 @@ impl Worker {
             "state restored"
         );
         let evicted = (r.engine.stats().evicted_idle, r.engine.stats().evicted_cap);
-        let k = &self.cfg.kafka;
-        Ok(PartitionEngine {
+        let k = &sh.cfg.kafka;
+        Ok(Partition {
+            number: p,
             engine: r.engine,
             inputs: r.inputs,
-            sync: Synchronizer::new(self.inputs.len(), k.max_task_idle_ms, k.sync_buffer()),
+            sync: Synchronizer::new(sh.inputs.len(), k.max_task_idle_ms, k.sync_buffer()),
             wake: None,
             last_event: Instant::now(),
             tx: Transactions::new(producer),
+            guarantee: GuaranteeState::restored(k.processing.guarantee, r.journal),
             dirty: r.state_due,
-            pending: Arc::new(AtomicI64::new(0)),
             evicted,
-            journal: r.journal,
             last_state: Instant::now(),
             state_due: r.state_due,
         })
     }
+}
 
+impl Shared {
     /// Reads partition `p`'s state back: the changelog's records, then (exactly-once)
     /// the journal of the transactions committed since them, replayed over the input
     /// it covers. Cancelled when the partition moves on (a newer rebalance epoch).
