@@ -602,7 +602,7 @@ fn run(cli: Cli) -> Result<()> {
                     events,
                     seed,
                 },
-                &cfg,
+                &churnsignal::config::EngineSettings::new(&cfg)?,
             );
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -9,7 +9,7 @@
 use std::io::{BufRead, Write};
 
 use crate::alert::Alert;
-use crate::config::Config;
+use crate::config::{Config, EngineSettings};
 use crate::decode::lines::{Line, Lines};
 use crate::decode::Limits;
 use crate::engine::Engine;
@@ -77,6 +77,9 @@ pub enum ReplayError {
     /// Writing alerts or the snapshot failed.
     #[error("writing output: {0}")]
     Write(std::io::Error),
+    /// A configuration value that is not allowed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 fn write_alerts(
@@ -102,7 +105,7 @@ pub fn run(
     alerts: &mut impl Write,
     snapshot: Option<&mut dyn Write>,
 ) -> Result<Report, ReplayError> {
-    let mut engine = Engine::new(cfg.clone());
+    let mut engine = Engine::new(EngineSettings::new(cfg)?);
     let limits = Limits::from_input(&cfg.input, opts.now);
     let mut report = Report::default();
     let mut pending = Vec::new();

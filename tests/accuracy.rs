@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use churnsignal::config::Config;
+use churnsignal::config::EngineSettings;
 use churnsignal::engine::lifecycle::Status;
 use churnsignal::engine::Engine;
 use churnsignal::generate::{customer_id, History, Profile, Spec};
@@ -27,7 +27,7 @@ fn evaluate(spec: Spec) -> Outcome {
         .enumerate()
         .map(|(c, t)| (customer_id(c as u32), t.profile))
         .collect();
-    let mut engine = Engine::new(Config::default());
+    let mut engine = Engine::new(EngineSettings::default());
     let mut alerts = Vec::new();
     for g in history {
         engine.apply_into(&g.to_event(), &mut alerts);

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use proptest::prelude::*;
 
-use churnsignal::config::Config;
+use churnsignal::config::{Config, EngineSettings};
 use churnsignal::engine::window::{bucket_of, Delta, Layout, Ring, WindowView, RING};
 use churnsignal::engine::Engine;
 use churnsignal::event::{Category, Event, EventKind, Priority};
@@ -171,7 +171,7 @@ fn history(specs: &[Spec]) -> Vec<Event<'static>> {
 }
 
 fn run(events: &[Event<'_>]) -> (Vec<String>, Vec<String>) {
-    let mut engine = Engine::new(Config::default());
+    let mut engine = Engine::new(EngineSettings::default());
     let mut alerts = Vec::new();
     for e in events {
         engine.apply_into(e, &mut alerts);
@@ -185,7 +185,7 @@ fn run(events: &[Event<'_>]) -> (Vec<String>, Vec<String>) {
 /// path that led there (an episode that opened earlier has another id, and hysteresis
 /// holds signals according to history).
 fn state_of(events: &[Event<'_>]) -> Vec<String> {
-    let mut engine = Engine::new(Config::default());
+    let mut engine = Engine::new(EngineSettings::default());
     let mut alerts = Vec::new();
     for e in events {
         engine.apply_into(e, &mut alerts);
@@ -303,7 +303,7 @@ proptest! {
         let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         let json = format!("{{{}}}", body.join(","));
         if let Ok(e) = churnsignal::decode::decode_json(json.as_bytes(), &churnsignal::decode::Limits::default()) {
-            let mut engine = Engine::new(Config::default());
+            let mut engine = Engine::new(EngineSettings::default());
             engine.apply(&e);
             engine.finish();
             let _ = engine.snapshot();
@@ -323,7 +323,7 @@ fn extreme_instants_do_not_overflow() {
         r#"{"event_id":"d","customer_id":"d","type":"ticket.opened","occurred_at":"9999-12-31T23:59:59.999Z","ticket_id":"t"}"#,
     ];
     for order in [[0, 1, 2, 3], [1, 2, 0, 3], [3, 2, 1, 0]] {
-        let mut engine = Engine::new(Config::default());
+        let mut engine = Engine::new(EngineSettings::default());
         for i in order {
             let e = churnsignal::decode::decode_json(lines[i].as_bytes(), &limits).unwrap();
             engine.apply(&e);

@@ -1,7 +1,7 @@
 //! The engine's state records: an engine rebuilt from them continues exactly as the
 //! original (the ground the changelog and restore of scale-out stand on).
 
-use churnsignal::config::Config;
+use churnsignal::config::{Config, EngineSettings};
 use churnsignal::engine::codec::CodecError;
 use churnsignal::engine::state::Customer;
 use churnsignal::engine::Engine;
@@ -29,7 +29,7 @@ fn an_engine_rebuilt_from_its_state_records_continues_with_exactly_the_same_aler
     let cfg = Config::default();
     let all = events(13);
     for cut in [all.len() / 5, all.len() / 2, all.len() * 4 / 5] {
-        let mut original = Engine::new(cfg.clone());
+        let mut original = Engine::new(EngineSettings::new(&cfg).unwrap());
         let mut before = Vec::new();
         original.apply_batch(&all[..cut], &mut before);
         let mut engine_record = Vec::new();
@@ -38,7 +38,12 @@ fn an_engine_rebuilt_from_its_state_records_continues_with_exactly_the_same_aler
         let mean = customers.iter().map(Vec::len).sum::<usize>() / customers.len();
         // Version 3 writes only what is in use: about half of version 2's 420 bytes.
         assert!(mean <= 256, "{mean} bytes per customer record");
-        let mut rebuilt = Engine::restore(cfg.clone(), &engine_record, &customers).unwrap();
+        let mut rebuilt = Engine::restore(
+            EngineSettings::new(&cfg).unwrap(),
+            &engine_record,
+            &customers,
+        )
+        .unwrap();
         assert_eq!(rebuilt.customers(), original.customers());
         assert_eq!(rebuilt.stream_time(), original.stream_time());
 
@@ -92,10 +97,15 @@ fn records_of_the_previous_layout_restore_the_engine_that_wrote_them() {
     let cfg = Config::default();
     let all = fixture_events();
     let (first, second) = all.split_at(all.len() / 2);
-    let mut original = Engine::new(cfg.clone());
+    let mut original = Engine::new(EngineSettings::new(&cfg).unwrap());
     original.apply_batch(first, &mut Vec::new());
     let lateness = cfg.engine.lateness_ms();
-    let mut rebuilt = Engine::restore(cfg, engine_record, customers.iter()).unwrap();
+    let mut rebuilt = Engine::restore(
+        EngineSettings::new(&cfg).unwrap(),
+        engine_record,
+        customers.iter(),
+    )
+    .unwrap();
     // The older build's stream time followed the latest event time; this one follows the
     // latest that 3 of the last 5 events agree on, a few events behind. Both are let to
     // pass to the older one's stream time (the restored engine is there already).
@@ -138,7 +148,7 @@ fn records_of_the_previous_layout_restore_the_engine_that_wrote_them() {
         .all(|r| r[0] == churnsignal::engine::codec::VERSION));
     let mut engine_again = Vec::new();
     rebuilt.encode_engine(&mut engine_again);
-    let twice = Engine::restore(Config::default(), &engine_again, again.iter()).unwrap();
+    let twice = Engine::restore(EngineSettings::default(), &engine_again, again.iter()).unwrap();
     assert_eq!(twice.encode_customers().collect::<Vec<_>>(), again);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     original.apply_batch(second, &mut a);
@@ -181,7 +191,7 @@ fn records_of_the_previous_layout_restore_the_engine_that_wrote_them() {
 
 #[test]
 fn a_record_of_another_version_or_cut_short_is_refused_by_reason() {
-    let mut e = Engine::new(Config::default());
+    let mut e = Engine::new(EngineSettings::default());
     e.apply_batch(&events(5)[..2000], &mut Vec::new());
     let rec = e.encode_customers().next().unwrap();
     assert_eq!(rec[0], churnsignal::engine::codec::VERSION);
@@ -205,7 +215,7 @@ fn a_record_of_another_version_or_cut_short_is_refused_by_reason() {
     e.encode_engine(&mut engine_record);
     let twice = [rec.clone(), rec];
     assert!(matches!(
-        Engine::restore(Config::default(), &engine_record, &twice),
+        Engine::restore(EngineSettings::default(), &engine_record, &twice),
         Err(CodecError::Invalid(_))
     ));
 }
@@ -215,7 +225,7 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let _ = Customer::decode(&bytes);
-        let _ = Engine::restore(Config::default(), &bytes, std::iter::empty::<Vec<u8>>());
+        let _ = Engine::restore(EngineSettings::default(), &bytes, std::iter::empty::<Vec<u8>>());
     }
 }
 
@@ -223,7 +233,7 @@ proptest! {
 fn every_customer_whose_record_changes_is_reported_changed_once() {
     use std::collections::{BTreeMap, BTreeSet};
     let all = events(21);
-    let mut e = Engine::new(Config::default());
+    let mut e = Engine::new(EngineSettings::default());
     let records = |e: &Engine| -> BTreeMap<String, Vec<u8>> {
         e.encode_customers()
             .map(|r| (Customer::decode(&r).unwrap().id.to_string(), r))
@@ -256,14 +266,19 @@ fn restored_in_another_customer_order_the_engine_gives_the_same_alerts_and_recor
     let cfg = Config::default();
     let all = events(17);
     let cut = all.len() / 2;
-    let mut original = Engine::new(cfg.clone());
+    let mut original = Engine::new(EngineSettings::new(&cfg).unwrap());
     original.apply_batch(&all[..cut], &mut Vec::new());
     let mut engine_record = Vec::new();
     original.encode_engine(&mut engine_record);
     let mut customers: Vec<Vec<u8>> = original.encode_customers().collect();
     customers.sort_by_key(|r| Customer::decode(r).unwrap().id.to_string());
     customers.reverse();
-    let mut rebuilt = Engine::restore(cfg, &engine_record, &customers).unwrap();
+    let mut rebuilt = Engine::restore(
+        EngineSettings::new(&cfg).unwrap(),
+        &engine_record,
+        &customers,
+    )
+    .unwrap();
     // the store's basket spread, learnt before the cut, comes back with the engine
     assert!(original.basket_spread().is_some());
     assert_eq!(original.basket_spread(), rebuilt.basket_spread());
@@ -319,7 +334,7 @@ mod eviction {
 
     #[test]
     fn a_customer_silent_past_the_horizon_is_forgotten_and_comes_back_fresh() {
-        let mut e = Engine::new(cfg(112, 0));
+        let mut e = Engine::new(EngineSettings::new(&cfg(112, 0)).unwrap());
         let mut out = Vec::new();
         // "gone" orders twice, then stops; "steady" orders every week for 300 days
         e.apply_batch(&[order("g1", "gone", 0), order("g2", "gone", 7)], &mut out);
@@ -343,7 +358,7 @@ mod eviction {
 
     #[test]
     fn at_the_cap_the_least_recently_active_customer_goes_first() {
-        let mut e = Engine::new(cfg(0, 3));
+        let mut e = Engine::new(EngineSettings::new(&cfg(0, 3)).unwrap());
         let mut out = Vec::new();
         for (i, c) in ["a", "b", "c"].iter().enumerate() {
             e.apply_batch(&[order(&format!("x{i}"), c, i as i64)], &mut out);
@@ -372,12 +387,13 @@ mod eviction {
                 )
             })
             .collect();
-        let mut original = Engine::new(c.clone());
+        let mut original = Engine::new(EngineSettings::new(&c).unwrap());
         original.apply_batch(&all[..200], &mut Vec::new());
         let mut rec = Vec::new();
         original.encode_engine(&mut rec);
         let customers: Vec<Vec<u8>> = original.encode_customers().collect();
-        let mut rebuilt = Engine::restore(c, &rec, &customers).unwrap();
+        let mut rebuilt =
+            Engine::restore(EngineSettings::new(&c).unwrap(), &rec, &customers).unwrap();
         evicted(&mut original);
         original.apply_batch(&all[200..], &mut Vec::new());
         rebuilt.apply_batch(&all[200..], &mut Vec::new());
@@ -394,7 +410,7 @@ mod eviction {
 fn customers_at_risk_are_those_whose_episode_is_open_by_the_highest_risk_announced() {
     use churnsignal::engine::lifecycle::Status;
     use std::collections::HashMap;
-    let mut engine = Engine::new(Config::default());
+    let mut engine = Engine::new(EngineSettings::default());
     let mut alerts = Vec::new();
     for e in events(5) {
         alerts.extend(engine.apply(&e));
@@ -492,7 +508,7 @@ fn rebuilt_midway_through_three_interleaved_topics_the_engine_gives_the_same_ale
         e.apply_into(ev, out);
     };
     for cut in [order.len() / 5, order.len() / 2, order.len() * 4 / 5] {
-        let mut original = Engine::new(cfg.clone());
+        let mut original = Engine::new(EngineSettings::new(&cfg).unwrap());
         let mut max = [i64::MIN; 3];
         let mut before = Vec::new();
         for m in &order[..cut] {
@@ -501,7 +517,12 @@ fn rebuilt_midway_through_three_interleaved_topics_the_engine_gives_the_same_ale
         let mut engine_record = Vec::new();
         original.encode_engine(&mut engine_record);
         let customers: Vec<Vec<u8>> = original.encode_customers().collect();
-        let mut rebuilt = Engine::restore(cfg.clone(), &engine_record, &customers).unwrap();
+        let mut rebuilt = Engine::restore(
+            EngineSettings::new(&cfg).unwrap(),
+            &engine_record,
+            &customers,
+        )
+        .unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut max_b = max;
         for m in &order[cut..] {

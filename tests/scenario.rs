@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use churnsignal::alert::{Alert, HealthRecord};
-use churnsignal::config::Config;
+use churnsignal::config::{Config, EngineSettings};
 use churnsignal::engine::lifecycle::Status;
 use churnsignal::engine::Engine;
 use churnsignal::event::{Category, Event, EventKind, Priority};
@@ -39,7 +39,7 @@ impl Scenario {
 
     pub fn with(cfg: Config) -> Scenario {
         Scenario {
-            engine: Engine::new(cfg),
+            engine: Engine::new(EngineSettings::new(&cfg).unwrap()),
             alerts: Vec::new(),
             next_id: 0,
             pending: Vec::new(),

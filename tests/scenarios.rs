@@ -1,6 +1,6 @@
 //! Scenarios that read as specifications: events in, the alerts expected out.
 
-use churnsignal::config::{Config, LatePolicy};
+use churnsignal::config::{Config, EngineSettings, LatePolicy};
 use churnsignal::engine::lifecycle::Status;
 use churnsignal::engine::score::Play;
 use churnsignal::event::{Category, Priority};
@@ -602,7 +602,7 @@ fn a_watermark_capped_by_the_lagging_source_keeps_its_events_on_time_and_silence
     }
     let run = |capped: bool| {
         let mut m = Merge {
-            engine: Engine::new(Config::default()),
+            engine: Engine::new(EngineSettings::default()),
             capped,
             orders_max: i64::MIN,
             logins_max: i64::MIN,

@@ -208,6 +208,9 @@ pub enum BenchError {
     /// The restore phase.
     #[error(transparent)]
     Restore(#[from] crate::kafka::changelog::RestoreError),
+    /// A configuration value that is not allowed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Writing the generated history, or the async runtime.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -583,7 +586,8 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, BenchEr
     use std::borrow::Cow;
     let mut cfg = cfg.clone();
     cfg.kafka.topics.changelog = format!("{}-restore", cfg.kafka.topics.changelog);
-    let mut engine = Engine::new(cfg.clone());
+    let settings = crate::config::EngineSettings::new(&cfg)?;
+    let mut engine = Engine::new(settings.clone());
     engine.reserve(customers as usize);
     let day0 = 1_767_571_200_000i64;
     let mut out = Vec::new();
@@ -647,7 +651,7 @@ fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, BenchEr
     eprintln!("bench kafka: changelog of {customers} customers written; restoring");
     let before = super::rss_bytes();
     super::reset_peak_rss();
-    let restored = crate::kafka::changelog::restore(&cfg, 0, || true)?;
+    let restored = crate::kafka::changelog::restore(&cfg.kafka, &settings, 0, || true)?;
     let peak = super::peak_rss_bytes();
     let after = super::rss_bytes();
     Ok(RestoreFigures {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::EngineSettings;
 use crate::decode::{decode_json, Limits};
 use crate::engine::Engine;
 use crate::event::Event;
@@ -104,7 +104,7 @@ pub fn reset_peak_rss() {
 }
 
 /// Runs the benchmark. `events` is rounded down to whole batches of 1,024.
-pub fn engine(opts: &Options, cfg: &Config) -> Results {
+pub fn engine(opts: &Options, cfg: &EngineSettings) -> Results {
     let spec = Spec {
         customers: opts.customers,
         days: 3_650,
@@ -125,7 +125,7 @@ pub fn engine(opts: &Options, cfg: &Config) -> Results {
         last = Some(g.at);
     }
     let events = bounds.len() as u64;
-    let limits = Limits::from_input(&cfg.input, None);
+    let limits = Limits::from_input(cfg.input(), None);
 
     // 1. decode + apply
     let rss_before = rss_bytes();

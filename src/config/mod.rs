@@ -20,6 +20,7 @@ mod http;
 mod kafka;
 mod properties;
 pub mod secret;
+mod settings;
 mod signals;
 mod slack;
 pub use http::{CustomerApiConfig, HttpConfig};
@@ -29,6 +30,7 @@ pub use kafka::{
 };
 pub use properties::{Properties, OWNED_PROPERTIES};
 pub use secret::is_secret;
+pub use settings::EngineSettings;
 pub use signals::{
     ConsumptionDropConfig, DiscountPressureConfig, EngagementDeclineConfig, InactivityConfig,
     NoSecondPurchaseConfig, NpsDetractorConfig, SignalsConfig, SupportTensionConfig,
@@ -379,105 +381,10 @@ impl Config {
         }
     }
 
-    /// Checks every value against what is allowed.
+    /// Checks every value against what is allowed: the engine's sections (see
+    /// [`EngineSettings`]), then Kafka, HTTP, logging and Slack.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let e = &self.engine;
-        check_range(
-            "input.max_event_bytes",
-            self.input.max_event_bytes as f64,
-            64.0,
-            16.0 * 1024.0 * 1024.0,
-        )?;
-        if !self.input.min_event_time.is_empty()
-            && crate::time::Timestamp::parse_rfc3339(&self.input.min_event_time).is_none()
-        {
-            return Err(invalid(
-                "input.min_event_time",
-                format!("\"{}\"", self.input.min_event_time),
-                "an RFC 3339 instant such as \"2000-01-01T00:00:00Z\", or \"\" for no bound",
-            ));
-        }
-        check_range(
-            "input.max_event_age_days",
-            f64::from(self.input.max_event_age_days),
-            0.0,
-            36_500.0,
-        )?;
-        check_range("input.max_amount", self.input.max_amount, 1.0, 1e15)?;
-        check_range("engine.bucket_days", f64::from(e.bucket_days), 1.0, 28.0)?;
-        check_range(
-            "engine.evict_after_days",
-            f64::from(e.evict_after_days),
-            0.0,
-            36_500.0,
-        )?;
-        check_range("engine.max_customers", e.max_customers as f64, 0.0, 4e9)?;
-        check_range(
-            "engine.recent_buckets",
-            f64::from(e.recent_buckets),
-            1.0,
-            f64::from(MAX_RING_BUCKETS - 1),
-        )?;
-        if e.recent_buckets + e.baseline_buckets > MAX_RING_BUCKETS || e.baseline_buckets == 0 {
-            return Err(invalid(
-                "engine.baseline_buckets",
-                e.baseline_buckets,
-                format!(
-                    "1..={} (recent_buckets + baseline_buckets at most {MAX_RING_BUCKETS}, the fixed ring that keeps a customer within its memory budget)",
-                    MAX_RING_BUCKETS - e.recent_buckets
-                ),
-            ));
-        }
-        check_range(
-            "engine.allowed_lateness_secs",
-            e.allowed_lateness_secs as f64,
-            0.0,
-            30.0 * 86_400.0,
-        )?;
-        check_range(
-            "population.min_factor",
-            self.population.min_factor,
-            0.01,
-            1.0,
-        )?;
-        let s = &self.score;
-        check_range("score.entry_severity", s.entry_severity, 0.05, 0.95)?;
-        if !(s.exit_severity > 0.0 && s.exit_severity < s.entry_severity) {
-            return Err(invalid(
-                "score.exit_severity",
-                s.exit_severity,
-                format!(
-                    "greater than 0 and less than score.entry_severity ({})",
-                    s.entry_severity
-                ),
-            ));
-        }
-        check_range("score.relationship_weight", s.relationship_weight, 0.0, 1.0)?;
-        check_range("score.horizon_days", s.horizon_days, 7.0, 730.0)?;
-        let r = &self.risk;
-        if !(r.critical_below < r.high_below
-            && r.high_below < r.medium_below
-            && r.medium_below <= 100)
-        {
-            return Err(invalid(
-                "risk.medium_below",
-                format!(
-                    "{} (high_below {}, critical_below {})",
-                    r.medium_below, r.high_below, r.critical_below
-                ),
-                "critical_below < high_below < medium_below <= 100",
-            ));
-        }
-        let t = &self.value_tiers;
-        check_range("value_tiers.key_top_fraction", t.key_top_fraction, 0.0, 1.0)?;
-        if !(t.core_top_fraction >= t.key_top_fraction && t.core_top_fraction <= 1.0) {
-            return Err(invalid(
-                "value_tiers.core_top_fraction",
-                t.core_top_fraction,
-                format!("key_top_fraction ({})..=1", t.key_top_fraction),
-            ));
-        }
-        self.signals.validate()?;
+        settings::validate(self)?;
         self.kafka.validate()?;
         self.http.validate()?;
         check_log_level("log.level", &self.log.level)?;

@@ -26,10 +26,10 @@ impl Engine {
                 now,
                 population,
             },
-            &self.cfg.signals,
+            self.cfg.signals(),
         );
         let bin = self.register_revenue(idx, view.trailing_revenue());
-        let t = &self.cfg.value_tiers;
+        let t = &self.cfg.value_tiers();
         let tier = self
             .tiers
             .tier(bin, t.key_top_fraction, t.core_top_fraction);
@@ -37,7 +37,7 @@ impl Engine {
         let purchases =
             bgnbd::Model::summary(c.first_order.0, c.last_order.0, c.orders_total, now.0);
         let base = purchases.map_or(1.0, |s| {
-            score::purchase_health(&self.model.params, s, self.cfg.score.horizon_days)
+            score::purchase_health(&self.model.params, s, self.cfg.score().horizon_days)
         });
         let health = score::health(&readings, &self.cfg, base, purchases.is_some());
         let risk = score::risk(health, tier, &self.cfg);
@@ -82,7 +82,7 @@ impl Engine {
     /// Computes and queues the next instant this customer can change without an event.
     pub(super) fn schedule(&mut self, idx: usize, ev: &Evaluation, now: Timestamp) {
         let rules = self.rules();
-        let width = self.cfg.engine.bucket_ms();
+        let width = self.cfg.engine().bucket_ms();
         let c = &self.customers[idx];
         let mut due = UNSCHEDULED;
         for r in &ev.readings {

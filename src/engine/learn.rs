@@ -15,7 +15,7 @@ impl Engine {
     pub(super) fn record(&mut self, idx: usize, e: &Event<'_>, fp: u32) {
         self.touch(idx);
         let t = e.occurred_at;
-        let width = self.cfg.engine.bucket_ms();
+        let width = self.cfg.engine().bucket_ms();
         let c = &mut self.customers[idx];
         let is_order = matches!(e.kind, EventKind::OrderPlaced { .. });
         let old_cadence = if is_order { cadence_bin(c) } else { None };
@@ -132,7 +132,7 @@ impl Engine {
         let warm = self
             .population
             .observed_since()
-            .plus_days(self.cfg.signals.no_second_purchase.warmup_days);
+            .plus_days(self.cfg.signals().no_second_purchase.warmup_days);
         let horizon = self.horizon_ms();
         let oldest = if horizon == 0 {
             i64::MIN
@@ -220,7 +220,7 @@ impl Engine {
         let cfg = &self.cfg;
         let c = &self.customers[idx];
         let pop = &mut self.population;
-        let nsp = &cfg.signals.no_second_purchase;
+        let nsp = &cfg.signals().no_second_purchase;
         let (cadence_days, second_order_days) = pop.priors(now, |pop| {
             let cadence = pop
                 .trusted(
@@ -229,7 +229,7 @@ impl Engine {
                     MIN_CADENCE_SAMPLES,
                     now,
                 )
-                .unwrap_or(cfg.signals.inactivity.default_cadence_days);
+                .unwrap_or(cfg.signals().inactivity.default_cadence_days);
             let learned = pop.second_order_gap.quantile(nsp.quantile);
             let samples = pop.second_order_gap.total();
             // Until the engine has watched long enough, gaps longer than its watch are
@@ -254,15 +254,15 @@ impl Engine {
             observed_since: pop.observed_since(),
             ..PopulationView::default()
         };
-        if cfg.signals.consumption_drop.learn_basket_spread {
+        if cfg.signals().consumption_drop.learn_basket_spread {
             if let Some(spread) = self.basket_spread {
                 v.basket_spread = spread;
             }
         }
-        if cfg.population.enabled
-            && (self.customers.len() - self.free.len()) as u32 >= cfg.population.min_customers
+        if cfg.population().enabled
+            && (self.customers.len() - self.free.len()) as u32 >= cfg.population().min_customers
         {
-            let m = cfg.population.min_factor;
+            let m = cfg.population().min_factor;
             v.orders_factor = pop.factor(Activity::Orders, recent_start, now, m);
             v.engagement_factor = pop.factor(Activity::Engagement, recent_start, now, m);
             if c.last_order != NEVER {
@@ -277,7 +277,7 @@ impl Engine {
     }
 
     pub(super) fn layout_at(&self, now: Timestamp) -> Layout {
-        let e = &self.cfg.engine;
+        let e = &self.cfg.engine();
         Layout::at(now, e.bucket_ms(), e.recent_buckets, e.baseline_buckets)
     }
 

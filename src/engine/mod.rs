@@ -31,7 +31,7 @@ mod persist;
 mod store;
 
 use crate::alert::Alert;
-use crate::config::{Config, LatePolicy};
+use crate::config::{EngineSettings, LatePolicy};
 use crate::event::{Event, EventKind};
 use crate::signals::Reading;
 use crate::time::Timestamp;
@@ -160,7 +160,7 @@ struct Evaluation {
 
 /// The engine of one partition (or of a replay).
 pub struct Engine {
-    cfg: Config,
+    cfg: EngineSettings,
     customers: Vec<Customer>,
     index: index::Index,
     deadlines: Deadlines,
@@ -193,8 +193,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// A new engine; `cfg` must be validated ([`Config::load`] does that).
-    pub fn new(cfg: Config) -> Engine {
+    /// A new engine with `cfg`, the validated settings it reads.
+    pub fn new(cfg: EngineSettings) -> Engine {
         Engine {
             customers: Vec::new(),
             index: index::Index::default(),
@@ -233,8 +233,8 @@ impl Engine {
         self.max_customers
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
+    /// Its settings.
+    pub fn settings(&self) -> &EngineSettings {
         &self.cfg
     }
 
@@ -252,7 +252,7 @@ impl Engine {
     /// (`[low, medium, high, critical]`) and the value tier they are in now (`[tail,
     /// core, key]`). A scan of the customers (for gauges, every few seconds).
     pub fn at_risk(&self) -> [[u64; 3]; 4] {
-        let t = &self.cfg.value_tiers;
+        let t = &self.cfg.value_tiers();
         let mut out = [[0; 3]; 4];
         for c in self.customers.iter().filter(|c| c.episode.open) {
             let now = self
@@ -281,7 +281,7 @@ impl Engine {
     /// (the dead-letter reason `too_old`): such an event would rewrite history that
     /// windows, baselines and the purchase model have moved past.
     pub fn check_age(&self, e: &Event<'_>) -> Result<(), crate::decode::DecodeError> {
-        let days = self.cfg.input.max_event_age_days;
+        let days = self.cfg.input().max_event_age_days;
         if days == 0 || self.stream_time == NEVER {
             return Ok(());
         }
@@ -326,9 +326,9 @@ impl Engine {
 
     fn rules(&self) -> Rules {
         Rules {
-            entry: self.cfg.score.entry_severity,
-            exit: self.cfg.score.exit_severity,
-            repeat_ms: (self.cfg.alerts.repeat_after_secs as i64).saturating_mul(1000),
+            entry: self.cfg.score().entry_severity,
+            exit: self.cfg.score().exit_severity,
+            repeat_ms: (self.cfg.alerts().repeat_after_secs as i64).saturating_mul(1000),
         }
     }
 
@@ -362,7 +362,7 @@ impl Engine {
         let late = self.stream_time != NEVER && t < self.stream_time;
         if late {
             self.stats.late += 1;
-            if self.cfg.engine.late_events == LatePolicy::Drop {
+            if self.cfg.engine().late_events == LatePolicy::Drop {
                 self.stats.late_dropped += 1;
                 return Outcome::DroppedLate;
             }
@@ -377,7 +377,7 @@ impl Engine {
         let watermark = Timestamp(
             self.max_event_time
                 .0
-                .saturating_sub(self.cfg.engine.lateness_ms()),
+                .saturating_sub(self.cfg.engine().lateness_ms()),
         );
         self.stream_time = self.stream_time.max(watermark.min(self.watermark_limit));
 
@@ -388,8 +388,8 @@ impl Engine {
         // so its silence threshold shorter): no threshold is shorter than
         // `min_silence_days` from this activity, so the customer is looked at again by
         // then at the latest.
-        let recheck = Timestamp(t.0.saturating_add(self.cfg.signals.inactivity.min_silence_ms()));
-        if self.cfg.engine.skip_benign_evaluations
+        let recheck = Timestamp(t.0.saturating_add(self.cfg.signals().inactivity.min_silence_ms()));
+        if self.cfg.engine().skip_benign_evaluations
             && is_benign(&e.kind)
             && !c.episode.open
             && c.scheduled != UNSCHEDULED
@@ -491,7 +491,7 @@ impl Engine {
             return;
         }
         if self.model.due(self.stream_time.0) {
-            if self.cfg.signals.consumption_drop.learn_basket_spread {
+            if self.cfg.signals().consumption_drop.learn_basket_spread {
                 self.learn_basket_spread();
             }
             self.fit_model();
@@ -558,8 +558,8 @@ fn is_benign(kind: &EventKind<'_>) -> bool {
 }
 
 /// The configured customer cap (0: none).
-fn cfg_max_customers(cfg: &Config) -> u64 {
-    cfg.engine.max_customers
+fn cfg_max_customers(cfg: &EngineSettings) -> u64 {
+    cfg.engine().max_customers
 }
 
 /// A customer's own mean order gap bin (2+ orders), for the population cadence.

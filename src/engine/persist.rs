@@ -3,7 +3,7 @@
 
 use super::state::{Customer, NEVER, UNSCHEDULED};
 use super::{bgnbd, clock, codec, index, population, tiers, Engine};
-use crate::config::Config;
+use crate::config::EngineSettings;
 use crate::time::Timestamp;
 use std::cmp::Reverse;
 
@@ -41,7 +41,7 @@ impl Engine {
     /// the order [`Engine::encode_customers`] gave them. It continues exactly as the
     /// engine that wrote them would have. The index and the deadline queue are rebuilt.
     pub fn restore<B: AsRef<[u8]>>(
-        cfg: Config,
+        cfg: EngineSettings,
         engine: &[u8],
         customers: impl IntoIterator<Item = B>,
     ) -> Result<Engine, codec::CodecError> {

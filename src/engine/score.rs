@@ -11,7 +11,7 @@
 
 use super::bgnbd::{Params, Summary};
 use super::tiers::Tier;
-use crate::config::Config;
+use crate::config::EngineSettings;
 use crate::signals::inactivity;
 pub use crate::vocab::{Play, Risk};
 use crate::vocab::{Reading, SignalKind};
@@ -43,20 +43,20 @@ pub const NEW_CUSTOMER_HEALTH: f64 = 0.8;
 /// minus its weight times its severity. Inactivity and a missing second order are what
 /// the purchase model measures already: they count only for customers it cannot speak
 /// of (no order yet).
-pub fn health(readings: &[Reading; 7], cfg: &Config, base: f64, modelled: bool) -> u8 {
+pub fn health(readings: &[Reading; 7], cfg: &EngineSettings, base: f64, modelled: bool) -> u8 {
     let mut h = base.clamp(0.0, 1.0);
     for k in SignalKind::ALL {
         if modelled && matches!(k, SignalKind::Inactivity | SignalKind::NoSecondPurchase) {
             continue;
         }
-        h *= 1.0 - cfg.signals.weight(k) * readings[k as usize].severity.clamp(0.0, 1.0);
+        h *= 1.0 - cfg.signals().weight(k) * readings[k as usize].severity.clamp(0.0, 1.0);
     }
     (100.0 * h).round().clamp(0.0, 100.0) as u8
 }
 
 /// Risk level from the health score, raised one level for key accounts if configured.
-pub fn risk(health: u8, tier: Tier, cfg: &Config) -> Risk {
-    let r = &cfg.risk;
+pub fn risk(health: u8, tier: Tier, cfg: &EngineSettings) -> Risk {
+    let r = &cfg.risk();
     let h = u32::from(health);
     let base = if h < r.critical_below {
         Risk::Critical
@@ -76,7 +76,7 @@ pub fn risk(health: u8, tier: Tier, cfg: &Config) -> Risk {
 
 /// The recommended play for the signals in `active` (a bit mask). With nothing active,
 /// the play for the strongest signal.
-pub fn play(active: u8, readings: &[Reading; 7], tier: Tier, cfg: &Config) -> Play {
+pub fn play(active: u8, readings: &[Reading; 7], tier: Tier, cfg: &EngineSettings) -> Play {
     let mut mask = active;
     if mask == 0 {
         let strongest = SignalKind::ALL
@@ -95,7 +95,7 @@ pub fn play(active: u8, readings: &[Reading; 7], tier: Tier, cfg: &Config) -> Pl
         Play::RampUp
     } else if has(SignalKind::Inactivity) {
         let lost = inactivity::lost_ratio(&readings[SignalKind::Inactivity as usize]);
-        if lost >= cfg.signals.inactivity.lost_multiplier {
+        if lost >= cfg.signals().inactivity.lost_multiplier {
             Play::Regain
         } else {
             Play::Reactivate
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn health_falls_with_severity_and_stays_in_range() {
-        let cfg = Config::default();
+        let cfg = EngineSettings::default();
         // A customer without orders: every signal counts.
         let calm = health(&readings(&[]), &cfg, 1.0, false);
         let worried = health(
@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn for_a_buyer_the_purchase_model_stands_for_silence_and_a_missing_second_order() {
-        let cfg = Config::default();
+        let cfg = EngineSettings::default();
         let silent = readings(&[
             (SignalKind::Inactivity, 0.9),
             (SignalKind::NoSecondPurchase, 0.9),
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn key_accounts_carry_more_risk() {
-        let cfg = Config::default();
+        let cfg = EngineSettings::default();
         assert_eq!(risk(60, Tier::Tail, &cfg), Risk::Medium);
         assert_eq!(risk(60, Tier::Key, &cfg), Risk::High);
         assert_eq!(risk(10, Tier::Key, &cfg), Risk::Critical);
@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn plays_follow_the_pattern() {
-        let cfg = Config::default();
+        let cfg = EngineSettings::default();
         let r = readings(&[]);
         let m = |ks: &[SignalKind]| ks.iter().fold(0, |m, k| m | k.bit());
         assert_eq!(

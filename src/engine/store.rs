@@ -43,7 +43,7 @@ impl Engine {
     }
 
     pub(super) fn horizon_ms(&self) -> i64 {
-        i64::from(self.cfg.engine.evict_after_days) * crate::time::DAY_MS
+        i64::from(self.cfg.engine().evict_after_days) * crate::time::DAY_MS
     }
 
     /// Forgets the customers due for eviction at the current stream time: no event for
@@ -54,7 +54,7 @@ impl Engine {
             return;
         }
         let now = self.stream_time.0;
-        let bucket = self.cfg.engine.bucket_ms();
+        let bucket = self.cfg.engine().bucket_ms();
         while let Some(&Reverse((due, idx))) = self.idle.peek() {
             if due > now {
                 return;

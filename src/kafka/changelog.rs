@@ -24,7 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::client::restore_consumer_config;
 use super::journal::{Journal, JOURNAL_KEY};
-use crate::config::Config;
+use crate::config::{EngineSettings, KafkaConfig};
 use crate::engine::codec::{CodecError, Reader, Writer};
 use crate::engine::Engine;
 use crate::telemetry;
@@ -123,21 +123,22 @@ pub enum RestoreError {
 /// Reads partition `partition` of the changelog and rebuilds its engine. `keep_going`
 /// is asked between polls (and beats liveness); false cancels.
 pub fn restore(
-    cfg: &Config,
+    cfg: &KafkaConfig,
+    settings: &EngineSettings,
     partition: i32,
     mut keep_going: impl FnMut() -> bool,
 ) -> Result<Restored, RestoreError> {
     let start = Instant::now();
-    let topic = &cfg.kafka.topics.changelog;
+    let topic = &cfg.topics.changelog;
     let consumer: BaseConsumer<RestoreCtx> =
-        restore_consumer_config(&cfg.kafka).create_with_context(RestoreCtx)?;
-    let timeout = Duration::from_secs(cfg.kafka.startup_timeout_secs);
+        restore_consumer_config(cfg).create_with_context(RestoreCtx)?;
+    let timeout = Duration::from_secs(cfg.startup_timeout_secs);
     // A changelog created moments ago may have no leader yet: asked again until the
     // startup timeout.
     let asked = Instant::now();
     // The high watermark, undecided transactions included: asked by a client that reads
     // uncommitted, since a `read_committed` one is told the last stable offset instead.
-    let watermarks: BaseConsumer<RestoreCtx> = restore_consumer_config(&cfg.kafka)
+    let watermarks: BaseConsumer<RestoreCtx> = restore_consumer_config(cfg)
         .set("isolation.level", "read_uncommitted")
         .create_with_context(RestoreCtx)?;
     let (low, high) = loop {
@@ -242,7 +243,7 @@ pub fn restore(
                     "changelog has customer records but no partition record; starting afresh"
                 );
             }
-            (Engine::new(cfg.clone()), Vec::new())
+            (Engine::new(settings.clone()), Vec::new())
         }
         Some((offset, bytes)) => {
             let (positions, engine_rec) = decode_partition_record(&bytes)
@@ -250,9 +251,12 @@ pub fn restore(
             // Key order: a restore does not depend on the order the log holds them in.
             let mut keys: Vec<&Box<[u8]>> = customers.keys().collect();
             keys.sort_unstable();
-            let engine =
-                Engine::restore(cfg.clone(), engine_rec, keys.iter().map(|k| &customers[*k]))
-                    .map_err(|error| RestoreError::Codec { offset, error })?;
+            let engine = Engine::restore(
+                settings.clone(),
+                engine_rec,
+                keys.iter().map(|k| &customers[*k]),
+            )
+            .map_err(|error| RestoreError::Codec { offset, error })?;
             (engine, positions)
         }
     };
@@ -291,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_partition_record_gives_back_its_positions_and_engine() {
-        let engine = Engine::new(Config::default());
+        let engine = Engine::new(EngineSettings::default());
         let mut out = Vec::new();
         encode_partition_record(&[("orders", 42), ("engagement", 7)], &engine, &mut out);
         let (positions, rest) = decode_partition_record(&out).unwrap();

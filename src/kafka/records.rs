@@ -105,12 +105,11 @@ pub fn dead_letter_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::decode::{decode_json, Limits, Reason};
     use crate::engine::Engine;
 
     fn an_alert() -> Alert {
-        let mut engine = Engine::new(Config::default());
+        let mut engine = Engine::new(crate::config::EngineSettings::default());
         let e = decode_json(
             br#"{"event_id":"e-4","customer_id":"acme","type":"engagement.nps","occurred_at":"2026-03-03T12:00:00Z","score":2}"#,
             &Limits::default(),

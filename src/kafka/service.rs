@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::ThreadedProducer;
 
-use crate::config::Config;
+use crate::config::{Config, EngineSettings};
 use crate::kafka::assignment::Epochs;
 use crate::kafka::client::{consumer_config, describe, producer_config};
 use crate::kafka::consumer::plan::Membership;
@@ -97,6 +97,7 @@ pub struct StartOptions {
 impl Service {
     /// Checks the topics, joins the group and starts processing.
     pub fn start(cfg: Config, opts: StartOptions) -> Result<Service, RunError> {
+        let settings = Arc::new(EngineSettings::new(&cfg)?);
         let cfg = Arc::new(cfg);
         let k = &cfg.kafka;
         let workers = if k.workers == 0 {
@@ -173,7 +174,7 @@ impl Service {
             let w = Worker::new(
                 id,
                 cfg.clone(),
-                inputs.clone(),
+                settings.clone(),
                 producer.clone(),
                 status.clone(),
                 shared.epochs.clone(),

@@ -47,6 +47,9 @@ pub enum RunError {
     /// A failure while running (a record refused for good, ...).
     #[error(transparent)]
     Failed(#[from] Failure),
+    /// A configuration value that is not allowed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// What stopped a running service. Each variant says what the operator can look at.
@@ -119,6 +122,7 @@ impl RunError {
             RunError::NotCoPartitioned(_) => "not_co_partitioned",
             RunError::Http { .. } => "http",
             RunError::Failed(f) => f.code(),
+            RunError::Config(e) => e.code(),
         }
     }
 }

@@ -495,8 +495,7 @@ mod tests {
     fn protobuf_alerts_read_like_json_ones() {
         use crate::engine::lifecycle::Status;
         // An alert from the engine, in both encodings.
-        let cfg = crate::config::Config::default();
-        let mut engine = crate::engine::Engine::new(cfg);
+        let mut engine = crate::engine::Engine::new(crate::config::EngineSettings::default());
         let mut alerts = Vec::new();
         let history = crate::generate::History::new(crate::generate::Spec {
             customers: 60,

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use std::time::{Duration, Instant};
 
-use churnsignal::config::{Config, GroupProtocol, Guarantee};
+use churnsignal::config::{Config, EngineSettings, GroupProtocol, Guarantee};
 use churnsignal::engine::Engine;
 use churnsignal::generate::Spec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -76,7 +76,7 @@ fn replay_records(cfg: &Config, spec: Spec) -> BTreeMap<String, serde_json::Valu
     let events: Vec<_> = churnsignal::generate::History::new(spec)
         .map(|g| g.to_event())
         .collect();
-    let mut e = Engine::new(cfg.clone());
+    let mut e = Engine::new(EngineSettings::new(cfg).unwrap());
     let mut out = Vec::new();
     for chunk in events.chunks(512) {
         e.apply_batch(chunk, &mut out);
@@ -1201,9 +1201,14 @@ fn a_restore_waits_for_a_transaction_still_undecided_in_the_changelog() {
     // The second transaction is open: the restore has to wait for it.
     let restore_cfg = cfg.clone();
     let restore = std::thread::spawn(move || {
-        churnsignal::kafka::changelog::restore(&restore_cfg, 0, || true)
-            .expect("restored")
-            .records
+        churnsignal::kafka::changelog::restore(
+            &restore_cfg.kafka,
+            &churnsignal::config::EngineSettings::new(&restore_cfg).unwrap(),
+            0,
+            || true,
+        )
+        .expect("restored")
+        .records
     });
     std::thread::sleep(Duration::from_secs(3));
     assert!(

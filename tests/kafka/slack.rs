@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use churnsignal::alert::Alert;
-use churnsignal::config::Config;
+use churnsignal::config::EngineSettings;
 use churnsignal::engine::lifecycle::Status;
 use churnsignal::engine::Engine;
 use churnsignal::generate::{History, Spec};
@@ -91,7 +91,7 @@ pub(crate) fn fake_slack(fake: Shared) -> u16 {
 
 /// Alerts of a generated history, as the service writes them.
 fn alerts() -> Vec<Alert> {
-    let mut engine = Engine::new(Config::default());
+    let mut engine = Engine::new(EngineSettings::default());
     let mut out = Vec::new();
     for g in History::new(Spec {
         customers: 400,

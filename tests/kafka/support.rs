@@ -882,7 +882,9 @@ pub fn replay_by_partition(cfg: &Config, partitions: i32, total: usize) -> Vec<s
                     .collect()
             })
             .collect();
-        let mut engine = churnsignal::engine::Engine::new(cfg.clone());
+        let mut engine = churnsignal::engine::Engine::new(
+            churnsignal::config::EngineSettings::new(cfg).unwrap(),
+        );
         let mut alerts = Vec::new();
         let mut at = [0usize; 3];
         loop {

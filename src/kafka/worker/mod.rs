@@ -44,7 +44,7 @@ use metrics::Counter;
 use rdkafka::producer::ThreadedProducer;
 
 use crate::alert::Alert;
-use crate::config::{Config, InputTopic};
+use crate::config::{Config, EngineSettings, InputTopic};
 use crate::kafka::assignment::Epochs;
 use crate::kafka::producer::{wall_now, Delivery, ProducerCtx};
 use crate::kafka::records::OutRecord;
@@ -67,6 +67,8 @@ pub(crate) struct Worker {
 pub(super) struct Shared {
     id: usize,
     cfg: Arc<Config>,
+    /// What the partitions' engines are made with.
+    settings: Arc<EngineSettings>,
     inputs: Arc<Vec<InputTopic>>,
     producer: ThreadedProducer<ProducerCtx>,
     status: Arc<Status>,
@@ -112,7 +114,7 @@ impl Worker {
     pub fn new(
         id: usize,
         cfg: Arc<Config>,
-        inputs: Arc<Vec<InputTopic>>,
+        settings: Arc<EngineSettings>,
         producer: ThreadedProducer<ProducerCtx>,
         status: Arc<Status>,
         epochs: Arc<Epochs>,
@@ -122,8 +124,9 @@ impl Worker {
             parts: BTreeMap::new(),
             shared: Shared {
                 id,
+                inputs: Arc::new(cfg.kafka.input_topics()),
                 cfg,
-                inputs,
+                settings,
                 producer,
                 status,
                 epochs,

@@ -103,7 +103,7 @@ impl Shared {
             status.beat(1 + id);
             epochs.current(p) == Some(epoch) && !status.abandon_sends()
         };
-        let r = changelog::restore(&self.cfg, p, &mut keep_going)?;
+        let r = changelog::restore(&self.cfg.kafka, &self.settings, p, &mut keep_going)?;
         let mut inputs = BTreeMap::new();
         for (name, next) in &r.positions {
             if let Some(t) = self.inputs.iter().position(|i| &i.name == name) {
