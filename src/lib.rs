@@ -57,7 +57,7 @@
 //! kafka::work          what the consumer and the workers send each other
 //! kafka::producer      delivery bookkeeping, the producers' context, send with back-off
 //! kafka::status        liveness beats, readiness, the typed Failure that stops the service
-//! kafka::sync, assignment, offsets, journal, changelog, records   pure decisions and layouts
+//! kafka::sync, assignment, offsets, journal, changelog, records, trace   pure decisions and layouts
 //! kafka::client, lag, topics, produce                          clients and tools
 //! ```
 //!

@@ -89,6 +89,9 @@ pub struct Report {
     pub latency_samples: usize,
     /// Event-to-alert latency percentiles, ms: p50, p90, p99, max.
     pub latency_ms: [f64; 4],
+    /// The same percentiles of each stage (fetch, queue, sync, produce: see
+    /// `kafka::trace`), each taken on its own (they do not add up to the total's).
+    pub latency_stage_ms: [[f64; 4]; 4],
     /// `run` in exactly-once mode (transactions every 100 ms), events/s: the median of
     /// its trials.
     pub exactly_once_rate: f64,
@@ -130,6 +133,7 @@ impl Report {
              run / bare consumer:        {:>10.2}\n\
              latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
              event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+             by stage, p50/p90/p99/max ms: {}\n\
              exactly-once (100 ms transactions) against at-least-once, medians of {} alternating runs each:\n\
              exactly-once {:.0} events/s, at-least-once {:.0} events/s: {:.2}; per CPU-second {:.0} against {:.0}\n\
              trials: {}\n\
@@ -153,6 +157,12 @@ impl Report {
             self.latency_ms[1],
             self.latency_ms[2],
             self.latency_ms[3],
+            crate::kafka::trace::STAGES
+                .iter()
+                .zip(&self.latency_stage_ms)
+                .map(|(s, p)| format!("{s} {:.0}/{:.0}/{:.0}/{:.0}", p[0], p[1], p[2], p[3]))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.guarantee_trials.len() / 2,
             self.exactly_once_rate,
             self.at_least_once_median_rate,
@@ -241,6 +251,17 @@ where
             }
         }
     }
+}
+
+/// p50, p90, p99 and max of `sorted` (ms), NaN when empty.
+fn percentiles(sorted: &[i64]) -> [f64; 4] {
+    [0.5, 0.9, 0.99, 1.0].map(|q| {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[i] as f64
+    })
 }
 
 fn producer(
@@ -358,7 +379,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let (run_rate, run_cpu) = time_run(&s, n)?;
     let alerts = s.alerts_sent.load(Ordering::Relaxed);
     eprintln!("bench kafka: run processed {n} events at {run_rate:.0}/s, {alerts} alerts");
-    if let Some(l) = &s.latencies_us {
+    if let Some(l) = &s.latencies {
         l.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
@@ -408,13 +429,19 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     } else {
         cfg.kafka.workers
     };
-    let mut lat: Vec<u64> = s
-        .latencies_us
+    let recorded: Vec<crate::kafka::status::Latency> = s
+        .latencies
         .as_ref()
         .map(|l| l.lock().map(|v| v.clone()).unwrap_or_default())
         .unwrap_or_default();
     service.stop()?;
+    let mut lat: Vec<i64> = recorded.iter().map(|(ms, _)| *ms).collect();
     lat.sort_unstable();
+    let stage_ms: [[f64; 4]; 4] = std::array::from_fn(|k| {
+        let mut v: Vec<i64> = recorded.iter().map(|(_, st)| st[k]).collect();
+        v.sort_unstable();
+        percentiles(&v)
+    });
 
     // 5. Exactly-once against at-least-once, alternating, each run in a group and with
     // output topics of its own.
@@ -453,13 +480,6 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
         Ok(k) => eprintln!("bench kafka: deleted its {k} topics"),
         Err(e) => eprintln!("bench kafka: its topics (prefix {p}-) were not deleted: {e}"),
     }
-    let pct = |q: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((lat.len() - 1) as f64 * q).round() as usize;
-        lat[i] as f64 / 1000.0
-    };
     Ok(Report {
         events: n,
         mean_event_bytes: bytes as f64 / n.max(1) as f64,
@@ -475,7 +495,8 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
         offered_rate: opts.rate,
         achieved_rate: achieved,
         latency_samples: lat.len(),
-        latency_ms: [pct(0.5), pct(0.9), pct(0.99), pct(1.0)],
+        latency_ms: percentiles(&lat),
+        latency_stage_ms: stage_ms,
         exactly_once_rate: eos_rate,
         at_least_once_median_rate: alos_rate,
         exactly_once_ratio: eos_rate / alos_rate,

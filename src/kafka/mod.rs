@@ -183,6 +183,7 @@ pub mod service;
 pub mod status;
 pub(crate) mod sync;
 pub mod topics;
+pub(crate) mod trace;
 pub(crate) mod work;
 mod worker;
 

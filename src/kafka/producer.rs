@@ -17,6 +17,7 @@ use crate::kafka::client::{client_error, log};
 use crate::kafka::offsets::PartitionProgress;
 use crate::kafka::records::OutRecord;
 use crate::kafka::status::{Failure, Status};
+use crate::kafka::trace::Trace;
 use crate::telemetry::events::{Emit, ProduceError};
 use crate::telemetry::{self};
 use crate::time::Timestamp;
@@ -27,7 +28,8 @@ pub(crate) struct Delivery {
     /// At-least-once: the partition's count of unacknowledged outputs.
     pub pending: Option<Arc<AtomicI64>>,
     pub offset: i64,
-    pub input_ts_ms: i64,
+    /// Where the alert's time went (see [`crate::kafka::trace`]).
+    pub trace: Trace,
     pub alert: bool,
 }
 
@@ -39,7 +41,7 @@ impl Delivery {
             progress: None,
             pending: None,
             offset: -1,
-            input_ts_ms: -1,
+            trace: Trace::default(),
             alert: false,
         }
     }
@@ -130,12 +132,16 @@ impl ProducerCtx {
         if d.alert || d.offset >= 0 {
             self.status.acked.fetch_add(1, Ordering::Relaxed);
         }
-        if d.alert && d.input_ts_ms > 0 {
-            let now = wall_now().0;
-            let ms = (now - d.input_ts_ms).max(0);
+        if !d.alert {
+            return;
+        }
+        let now = wall_now().0;
+        if let Some(stages) = d.trace.stages(now) {
+            let ms = (now - d.trace.produced).max(0);
             telemetry::event_to_alert_latency(ms as f64 / 1000.0);
-            if let Some(l) = &self.status.latencies_us {
-                l.lock().expect("latency lock").push(ms as u64 * 1000);
+            telemetry::alert_latency_stages(&stages);
+            if let Some(l) = &self.status.latencies {
+                l.lock().expect("latency lock").push((ms, stages));
             }
         }
     }

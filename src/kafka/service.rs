@@ -90,7 +90,7 @@ pub struct Report {
 /// Options for [`Service::start`] that are not configuration.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
-    /// Keep every event-to-alert latency in [`Status::latencies_us`] (benchmarks).
+    /// Keep every event-to-alert latency in [`Status::latencies`] (benchmarks).
     pub record_latencies: bool,
 }
 

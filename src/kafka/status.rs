@@ -127,6 +127,11 @@ impl RunError {
     }
 }
 
+/// One alert's latency, ms: from its input message's Kafka timestamp to its
+/// acknowledgement, and that time by stage: fetch, queue, sync, produce (see
+/// `kafka::trace`).
+pub type Latency = (i64, [i64; 4]);
+
 /// What the service did, observable while it runs (the demo, benchmarks and tests
 /// read it; the HTTP probes decide from it).
 #[derive(Debug)]
@@ -166,8 +171,8 @@ pub struct Status {
     pub(crate) abandon_after: Mutex<Option<Instant>>,
     pub(crate) failure: Mutex<Option<Failure>>,
     pub(crate) failed: AtomicBool,
-    /// Event-to-alert latencies in microseconds, when recording is on (benchmarks).
-    pub latencies_us: Option<Mutex<Vec<u64>>>,
+    /// Every alert's latency, when recording is on (benchmarks).
+    pub latencies: Option<Mutex<Vec<Latency>>>,
 }
 
 #[derive(Default)]
@@ -210,7 +215,7 @@ impl Status {
             abandon_after: Mutex::new(None),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
-            latencies_us: record_latencies.then(|| Mutex::new(Vec::new())),
+            latencies: record_latencies.then(|| Mutex::new(Vec::new())),
         }
     }
 

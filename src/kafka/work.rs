@@ -32,11 +32,19 @@ pub(crate) struct InMsg {
     pub(crate) data: Box<[u8]>,
     /// Headers, in order (a null value is kept as empty).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// When it was polled, wall clock ms (see [`crate::kafka::trace`]).
+    pub polled_ms: i64,
 }
 
 impl InMsg {
-    /// Copies what a worker needs out of a consumed message.
-    pub fn new(topic: usize, epoch: u64, m: &rdkafka::message::BorrowedMessage<'_>) -> InMsg {
+    /// Copies what a worker needs out of a consumed message, polled at wall-clock
+    /// `polled_ms`.
+    pub fn new(
+        topic: usize,
+        epoch: u64,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        polled_ms: i64,
+    ) -> InMsg {
         let key = m.key();
         let value = m.payload().unwrap_or(&[]);
         let mut data = Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.len());
@@ -61,6 +69,7 @@ impl InMsg {
             key_len: key.map(|k| k.len() as u32),
             data: data.into_boxed_slice(),
             headers,
+            polled_ms,
         }
     }
 

@@ -26,6 +26,8 @@ pub mod names {
     pub const ALERTS: &str = "churnsignal_alerts_total";
     /// From the input message's Kafka timestamp to the acknowledgement of the alert it caused.
     pub const EVENT_TO_ALERT_LATENCY: &str = "churnsignal_event_to_alert_latency_seconds";
+    /// The event-to-alert latency by stage (`fetch`, `queue`, `sync`, `produce`).
+    pub const ALERT_LATENCY_STAGE: &str = "churnsignal_alert_latency_stage_seconds";
     /// Consumer lag per input partition, messages.
     pub const CONSUMER_LAG: &str = "churnsignal_consumer_lag_messages";
     /// Consumer lag per input partition, seconds: the age of the oldest message not
@@ -116,11 +118,12 @@ pub mod names {
     ];
 
     /// Every name of the service, for documentation and the dashboard consistency test.
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 35] = [
         EVENTS_CONSUMED,
         DEAD_LETTERS,
         ALERTS,
         EVENT_TO_ALERT_LATENCY,
+        ALERT_LATENCY_STAGE,
         CONSUMER_LAG,
         CONSUMER_LAG_SECONDS,
         CUSTOMERS_TRACKED,
@@ -254,6 +257,12 @@ fn recorder() -> PrometheusHandle {
                     Matcher::Full(names::EVENT_TO_ALERT_LATENCY.into()),
                     &LATENCY_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::ALERT_LATENCY_STAGE.into()),
+                        &LATENCY_BUCKETS,
+                    )
+                })
                 .expect("static, non-empty buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -340,6 +349,11 @@ fn describe() {
         EVENT_TO_ALERT_LATENCY,
         Unit::Seconds,
         "Input message timestamp to alert acknowledgement"
+    );
+    describe_histogram!(
+        ALERT_LATENCY_STAGE,
+        Unit::Seconds,
+        "Event-to-alert latency by stage: fetch (timestamp to poll), queue (poll to worker), sync (worker to alert made), produce (made to acknowledged)"
     );
     describe_gauge!(CONSUMER_LAG, "Consumer lag per input partition, messages");
     describe_gauge!(
@@ -485,6 +499,13 @@ pub fn alert(status: &'static str, signal: &'static str, risk: &'static str, tie
 /// Records one event-to-alert latency.
 pub fn event_to_alert_latency(seconds: f64) {
     histogram!(names::EVENT_TO_ALERT_LATENCY).record(seconds);
+}
+
+/// Records one alert's latency stages, ms, in the order of [`crate::kafka::trace::STAGES`].
+pub(crate) fn alert_latency_stages(stages: &[i64; 4]) {
+    for (stage, ms) in crate::kafka::trace::STAGES.iter().zip(stages) {
+        histogram!(names::ALERT_LATENCY_STAGE, "stage" => *stage).record(*ms as f64 / 1000.0);
+    }
 }
 
 /// Sets one partition's consumer lag, in messages and in seconds.

@@ -26,7 +26,7 @@ use crate::config::{Config, InputTopic};
 use crate::kafka::assignment::Epochs;
 use crate::kafka::client::{client_error, log};
 use crate::kafka::consumer::plan::Membership;
-use crate::kafka::producer::ProducerCtx;
+use crate::kafka::producer::{wall_now, ProducerCtx};
 use crate::kafka::status::{Failure, Status};
 use crate::kafka::work::{FullBuffers, InMsg, PositionReport, Work};
 use crate::telemetry::events::{Emit, MaxPollExceeded};
@@ -187,6 +187,8 @@ pub(crate) fn poll_loop(
     let mut last_flush = Instant::now();
     let mut polls = 0u32;
     let mut now = Instant::now();
+    // The wall clock read with `now`, for alerts' latency stages (see `kafka::trace`).
+    let mut wall = wall_now().0;
     let (mut epochs, mut epochs_seen) = (BTreeMap::new(), u64::MAX);
     let mut group_refreshed = now;
     // Position reports waiting for their worker's batch to go first.
@@ -199,6 +201,7 @@ pub(crate) fn poll_loop(
         polls = polls.wrapping_add(1);
         if polls % 64 == 0 {
             now = Instant::now();
+            wall = wall_now().0;
             status.beat_at(0, now);
         }
         if now.saturating_duration_since(group_refreshed) >= GROUP_REFRESH {
@@ -228,6 +231,7 @@ pub(crate) fn poll_loop(
             let polled = consumer.poll(wait);
             if !matches!(polled, Some(Ok(_))) {
                 now = Instant::now();
+                wall = wall_now().0;
                 status.beat_at(0, now);
             }
             match polled {
@@ -244,7 +248,7 @@ pub(crate) fn poll_loop(
                         (shared.topic_index(m.topic()), epochs.get(&m.partition()))
                     {
                         let w = shared.worker_of(m.partition(), n);
-                        batches[w].push(InMsg::new(t, *e, &m));
+                        batches[w].push(InMsg::new(t, *e, &m, wall));
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded))) => {

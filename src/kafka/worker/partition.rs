@@ -21,6 +21,7 @@ use crate::kafka::producer::Delivery;
 use crate::kafka::records::alert_record;
 use crate::kafka::records::OutRecord;
 use crate::kafka::sync::{Position, Synchronizer};
+use crate::kafka::trace::Trace;
 use crate::kafka::work::{Assigned, InMsg};
 use crate::telemetry;
 use crate::time::Timestamp;
@@ -253,7 +254,7 @@ impl Partition {
                 progress: None,
                 pending: None,
                 offset: -1,
-                input_ts_ms: -1,
+                trace: Trace::default(),
                 alert: true,
             };
             result = self.emit(sh, alert_record(a, fmt), d, false);

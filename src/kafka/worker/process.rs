@@ -7,9 +7,10 @@ use std::time::Instant;
 use crate::decode::DecodeError;
 use crate::engine::Outcome;
 use crate::event::Event;
-use crate::kafka::producer::{send, Delivery, Out};
+use crate::kafka::producer::{send, wall_now, Delivery, Out};
 use crate::kafka::records::{alert_record, dead_letter_record, OutRecord, Source};
 use crate::kafka::sync::Next;
+use crate::kafka::trace::Trace;
 use crate::kafka::work::InMsg;
 use crate::kafka::worker::partition::{
     decode_input, event_label, is_dead_letter, position_of, Buffered, Leave, Partition,
@@ -186,7 +187,13 @@ impl Partition {
         let tracker = self
             .guarantee
             .processed(&progress, offset, sh.out.len() as u32);
-        let ts = m.timestamp_ms;
+        // Only an alert's making reads the clock (see `crate::kafka::trace`).
+        let trace = Trace {
+            produced: m.timestamp_ms,
+            polled: m.polled_ms,
+            received: now.0,
+            applied: if sh.out.is_empty() { 0 } else { wall_now().0 },
+        };
         let mut outs = std::mem::take(&mut sh.out);
         let mut sent = Ok(());
         for rec in outs.drain(..) {
@@ -195,7 +202,7 @@ impl Partition {
                 progress: tracker.clone(),
                 pending: None,
                 offset,
-                input_ts_ms: ts,
+                trace,
                 alert: !dead,
             };
             if sent.is_ok() {

@@ -358,7 +358,7 @@ pub(super) fn read_journal_input(
                     )));
                 }
                 let t = index[k].expect("an input with messages is configured");
-                queues[k].push_back(InMsg::new(t, 0, &m));
+                queues[k].push_back(InMsg::new(t, 0, &m, 0));
                 got[k] += 1;
                 progress = Instant::now();
             }
