@@ -333,6 +333,27 @@ fn a_real_prometheus_scraping_the_demo_sees_every_panel_and_rule_series_and_coun
         "counter {raw} against {alerts_read} alerts read from the topic"
     );
 
+    // Every acknowledged alert's latency is also split into its four stages: each stage
+    // histogram counts the alerts the end-to-end one counts. The producer's delivery
+    // callbacks run on one thread, so a scrape can fall between one alert's records,
+    // never more.
+    let alerts_timed = api.total(
+        "sum(churnsignal_event_to_alert_latency_seconds_count)",
+        last,
+    );
+    assert!(alerts_timed >= 5.0, "{alerts_timed} alerts timed");
+    for stage in ["fetch", "queue", "sync", "produce"] {
+        let counted = api.total(
+            &format!(r#"sum(churnsignal_alert_latency_stage_seconds_count{{stage="{stage}"}})"#),
+            last,
+        );
+        eprintln!("latency stage {stage}: {counted} alerts, end to end {alerts_timed}");
+        assert!(
+            (counted - alerts_timed).abs() <= 1.0,
+            "stage {stage} counted {counted} alerts, the end-to-end histogram {alerts_timed}"
+        );
+    }
+
     // The forwarder: what it posted, as Prometheus has it, against what the fake Slack
     // accepted (once no more come), and the three 503s it was answered.
     let accepted = || {
