@@ -253,17 +253,6 @@ where
     }
 }
 
-/// p50, p90, p99 and max of `sorted` (ms), NaN when empty.
-fn percentiles(sorted: &[i64]) -> [f64; 4] {
-    [0.5, 0.9, 0.99, 1.0].map(|q| {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-        sorted[i] as f64
-    })
-}
-
 fn producer(
     brokers: &str,
     linger_ms: u32,
@@ -440,7 +429,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let stage_ms: [[f64; 4]; 4] = std::array::from_fn(|k| {
         let mut v: Vec<i64> = recorded.iter().map(|(_, st)| st[k]).collect();
         v.sort_unstable();
-        percentiles(&v)
+        super::percentiles(&v)
     });
 
     // 5. Exactly-once against at-least-once, alternating, each run in a group and with
@@ -495,7 +484,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
         offered_rate: opts.rate,
         achieved_rate: achieved,
         latency_samples: lat.len(),
-        latency_ms: percentiles(&lat),
+        latency_ms: super::percentiles(&lat),
         latency_stage_ms: stage_ms,
         exactly_once_rate: eos_rate,
         at_least_once_median_rate: alos_rate,

@@ -73,6 +73,17 @@ pub struct Results {
     pub restore_customers_per_sec: f64,
 }
 
+/// p50, p90, p99 and max of `sorted`, NaN when empty.
+pub fn percentiles(sorted: &[i64]) -> [f64; 4] {
+    [0.5, 0.9, 0.99, 1.0].map(|q| {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[i] as f64
+    })
+}
+
 /// Resident set size of this process, bytes (Linux; 0 elsewhere).
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -259,5 +270,18 @@ impl Results {
             self.encode_customers_per_sec,
             self.restore_customers_per_sec
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank_and_the_maximum() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentiles(&v), [51.0, 90.0, 99.0, 100.0]);
+        assert_eq!(percentiles(&[7]), [7.0; 4]);
+        assert!(percentiles(&[]).iter().all(|p| p.is_nan()));
     }
 }
