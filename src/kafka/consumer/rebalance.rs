@@ -52,10 +52,16 @@ impl Shared {
                 tracing::warn!(error = %e, "pausing input partitions");
             }
         }
-        if !change.resume.is_empty() {
-            if let Err(e) = consumer.resume(&self.list(&change.resume)) {
-                tracing::warn!(error = %e, "resuming input partitions");
-            }
+        self.resume(consumer, &change.resume, "resuming input partitions");
+    }
+
+    /// Resumes input topic-partitions (`what`: the log line if the consumer refuses).
+    fn resume(&self, consumer: &BaseConsumer<ConsumerCtx>, tps: &[(usize, i32)], what: &str) {
+        if tps.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.resume(&self.list(tps)) {
+            tracing::warn!(error = %e, "{what}");
         }
     }
 
@@ -77,11 +83,7 @@ impl Shared {
         );
         // Nothing is fetched of them yet: they start unpaused, and the plan pauses what
         // must wait (back-pressure, the rest of their partition).
-        if !plan.resume_first.is_empty() {
-            if let Err(e) = consumer.resume(&self.list(&plan.resume_first)) {
-                tracing::warn!(error = %e, "resuming assigned partitions");
-            }
-        }
+        self.resume(consumer, &plan.resume_first, "resuming assigned partitions");
         self.status.assigned.store(plan.assigned, Ordering::Relaxed);
         telemetry::assigned_partitions(plan.assigned);
         if !plan.waiting.is_empty() {
@@ -168,11 +170,7 @@ impl Shared {
         );
         // A partition that leaves paused would come back paused in a later assignment,
         // with nothing left to resume it.
-        if !plan.resume_first.is_empty() {
-            if let Err(e) = consumer.resume(&self.list(&plan.resume_first)) {
-                tracing::warn!(error = %e, "resuming revoked partitions");
-            }
-        }
+        self.resume(consumer, &plan.resume_first, "resuming revoked partitions");
         for p in &plan.stop {
             self.epochs.stop(*p);
             telemetry::partition_engine("stop", *p);

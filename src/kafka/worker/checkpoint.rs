@@ -148,24 +148,30 @@ impl Partition {
         };
         if state {
             let (mut tombstones, mut customers) = (0u64, 0u64);
-            let mut failed = Ok(());
+            // The first refused record fails the checkpoint; the engine's lists of
+            // forgotten and changed customers are taken whole regardless.
+            let mut failed = None;
             // Tombstones first: a customer forgotten and back since has a record after.
             let mut evicted: Vec<String> = Vec::new();
             self.engine.take_evicted(|c| evicted.push(c.to_owned()));
             for c in &evicted {
                 tombstones += 1;
-                let sent = send_record(c.as_bytes(), None);
-                failed = failed.and(sent);
+                if let Err(e) = send_record(c.as_bytes(), None) {
+                    failed.get_or_insert(e);
+                }
             }
             let record = &mut sh.record;
             self.engine.take_changed(|c, state| {
                 customers += 1;
                 record.clear();
                 state.encode(record);
-                let sent = send_record(c.as_bytes(), Some(record));
-                failed = std::mem::replace(&mut failed, Ok(())).and(sent);
+                if let Err(e) = send_record(c.as_bytes(), Some(record)) {
+                    failed.get_or_insert(e);
+                }
             });
-            failed?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             sh.record.clear();
             let names = self.positions(&sh.inputs, true);
             encode_partition_record(&names, &self.engine, &mut sh.record);
