@@ -43,6 +43,8 @@
 //! kafka::consumer      the poll thread: poll, batch to workers, pause under back-pressure
 //!   ::rebalance        assign/revoke callbacks: partitions that start or stop, pauses
 //!   ::stats            lag and input positions from librdkafka's statistics
+//!   ::plan             the pure plans the callbacks carry out: what starts, stops, is
+//!                      sought, paused or resumed (property-tested against librdkafka's pauses)
 //! kafka::worker        a worker thread: receive, route, tick; runs each Partition's methods
 //!                      with what the partitions share (Shared), drops one that must Leave
 //!   ::partition        a Partition: engine, inputs, sync buffer, transactions, guarantee
