@@ -172,10 +172,11 @@ enum BenchCommand {
         /// Partitions per topic.
         #[arg(long, default_value_t = 2)]
         partitions: i32,
-        /// Offered load of the latency phase, events/s.
+        /// Offered load of the first latency phase, events/s (the second offers half
+        /// the highest rate `run` sustained).
         #[arg(long, default_value_t = 20_000)]
         rate: u32,
-        /// Length of the latency phase, seconds.
+        /// Length of each latency phase, seconds.
         #[arg(long, default_value_t = 20)]
         latency_secs: u32,
         /// Generator seed.

@@ -46,11 +46,31 @@ pub async fn create(
     partitions: i32,
     replication: i32,
 ) -> Result<Vec<String>, TopicsError> {
+    create_with(cfg, partitions, replication, &[]).await
+}
+
+/// [`create`], with topic settings for the input topics (the benchmark's broker-set
+/// timestamps).
+pub async fn create_with(
+    cfg: &KafkaConfig,
+    partitions: i32,
+    replication: i32,
+    input_config: &[(&str, &str)],
+) -> Result<Vec<String>, TopicsError> {
     let admin = admin(cfg)?;
     let names = cfg.topics.distinct();
+    let inputs: Vec<String> = cfg.input_topics().into_iter().map(|t| t.name).collect();
     let mut new: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
+        .map(|n| {
+            let mut t = NewTopic::new(n, partitions, TopicReplication::Fixed(replication));
+            if inputs.iter().any(|i| i == n) {
+                for (k, v) in input_config {
+                    t = t.set(k, v);
+                }
+            }
+            t
+        })
         .collect();
     new.push(changelog_topic(cfg, partitions, replication));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

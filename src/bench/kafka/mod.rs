@@ -8,8 +8,9 @@
 //!    Both rates are taken from the first message to the last, so the group join is
 //!    not counted; their ratio is the cost of churnsignal's work over reading alone.
 //! 4. With the service caught up, a continuation of the history is offered at a fixed
-//!    rate, and event-to-alert latency (input message timestamp to alert
-//!    acknowledgement) is recorded for every alert.
+//!    rate, then at half the highest rate `run` sustained in step 3, and event-to-alert
+//!    latency (the input's append to the broker's log to the alert's acknowledgement)
+//!    is recorded for every alert (see [`offer`]).
 //! 5. Exactly-once against at-least-once: `run` in exactly-once mode (transactions
 //!    every 100 ms) on the same messages, alternating with further at-least-once runs
 //!    (`guarantee_trials` of each, step 3 the first at-least-once one), each in a group
@@ -18,6 +19,9 @@
 //!    modes under the same conditions, and every trial's figures are reported.
 //! 6. Restore: a changelog partition holding the records of `restore_customers`
 //!    customers is read back into an engine, as a newly assigned partition is.
+
+mod offer;
+mod restore;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -30,8 +34,14 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::event::Family;
 use crate::generate::{History, Spec};
+use crate::kafka::producer::wall_now;
 use crate::kafka::{Service, StartOptions};
 use crate::time::{Timestamp, DAY_MS};
+pub use offer::LatencyPhase;
+
+/// Where the benchmark's history starts (2025-01-01), unless that is less than six
+/// histories' length before the wall clock.
+const HISTORY_START: i64 = 1_735_689_600_000;
 
 /// Settings.
 #[derive(Debug, Clone)]
@@ -44,9 +54,10 @@ pub struct Options {
     pub days: u32,
     /// Partitions of each topic.
     pub partitions: i32,
-    /// Offered load of the latency phase, events/s.
+    /// Offered load of the first latency phase, events/s (the second offers half the
+    /// highest rate `run` sustained).
     pub rate: u32,
-    /// Length of the latency phase, seconds.
+    /// Length of each latency phase, seconds.
     pub latency_secs: u32,
     /// Generator seed.
     pub seed: u64,
@@ -71,6 +82,9 @@ pub struct Report {
     pub produce_rate: f64,
     /// Bare consumer, events/s.
     pub bare_consumer_rate: f64,
+    /// Events per CPU-second of the bare consumer (this process, librdkafka's threads
+    /// included).
+    pub bare_events_per_cpu_sec: f64,
     /// `run`, events/s (alerts acknowledged, offsets committed).
     pub run_rate: f64,
     /// run / bare.
@@ -81,17 +95,10 @@ pub struct Report {
     pub run_events_per_cpu_sec: f64,
     /// Alerts in the throughput phase.
     pub alerts: u64,
-    /// Offered load of the latency phase, events/s.
-    pub offered_rate: u32,
-    /// Events actually offered per second.
-    pub achieved_rate: f64,
-    /// Alerts measured in the latency phase.
-    pub latency_samples: usize,
-    /// Event-to-alert latency percentiles, ms: p50, p90, p99, max.
-    pub latency_ms: [f64; 4],
-    /// The same percentiles of each stage (fetch, queue, sync, produce: see
-    /// `kafka::trace`), each taken on its own (they do not add up to the total's).
-    pub latency_stage_ms: [[f64; 4]; 4],
+    /// Latency at the fixed offered rate.
+    pub latency_fixed: LatencyPhase,
+    /// Latency at half the highest rate `run` sustained (its throughput rate).
+    pub latency_half_max: LatencyPhase,
     /// `run` in exactly-once mode (transactions every 100 ms), events/s: the median of
     /// its trials.
     pub exactly_once_rate: f64,
@@ -127,13 +134,12 @@ impl Report {
         format!(
             "bench kafka: {} events ({:.0} B mean JSON), {} partitions per topic, {} workers\n\
              produce the history:        {:>10.0} events/s\n\
-             bare consumer (read only):  {:>10.0} events/s\n\
+             bare consumer (read only):  {:>10.0} events/s  ({:.0} per CPU-second)\n\
              churnsignal run:            {:>10.0} events/s  ({} alerts produced and acknowledged)\n\
              run per CPU-second:         {:>10.0} events  ({:.2} CPU-s of this process)\n\
              run / bare consumer:        {:>10.2}\n\
-             latency at {} events/s offered ({:.0} achieved), {} alerts:\n\
-             event-to-alert p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
-             by stage, p50/p90/p99/max ms: {}\n\
+             {}\n\
+             {}\n\
              exactly-once (100 ms transactions) against at-least-once, medians of {} alternating runs each:\n\
              exactly-once {:.0} events/s, at-least-once {:.0} events/s: {:.2}; per CPU-second {:.0} against {:.0}\n\
              trials: {}\n\
@@ -145,24 +151,14 @@ impl Report {
             self.workers,
             self.produce_rate,
             self.bare_consumer_rate,
+            self.bare_events_per_cpu_sec,
             self.run_rate,
             self.alerts,
             self.run_events_per_cpu_sec,
             self.run_cpu_secs,
             self.ratio,
-            self.offered_rate,
-            self.achieved_rate,
-            self.latency_samples,
-            self.latency_ms[0],
-            self.latency_ms[1],
-            self.latency_ms[2],
-            self.latency_ms[3],
-            crate::kafka::trace::STAGES
-                .iter()
-                .zip(&self.latency_stage_ms)
-                .map(|(s, p)| format!("{s} {:.0}/{:.0}/{:.0}/{:.0}", p[0], p[1], p[2], p[3]))
-                .collect::<Vec<_>>()
-                .join(", "),
+            self.latency_fixed.render("a fixed rate"),
+            self.latency_half_max.render("half the highest sustained rate"),
             self.guarantee_trials.len() / 2,
             self.exactly_once_rate,
             self.at_least_once_median_rate,
@@ -291,13 +287,22 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::kafka::topics::create(&cfg.kafka, opts.partitions, 1))?;
+    rt.block_on(crate::kafka::topics::create_with(
+        &cfg.kafka,
+        opts.partitions,
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    ))?;
 
     // 1. The history.
+    // The history and its continuations (see step 4) end before the wall clock: events
+    // from the future are dead letters. The default start unless that is too late.
+    let latest = (wall_now().0 - 6 * i64::from(opts.days) * DAY_MS) / DAY_MS * DAY_MS;
     let spec = Spec {
         customers: opts.customers,
         days: opts.days,
         seed: opts.seed,
+        start: Timestamp(HISTORY_START.min(latest)),
         ..Spec::default()
     };
     let prod = producer(&opts.brokers, 10)?;
@@ -345,15 +350,20 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let mut got = 0u64;
     let mut touched = 0u64;
     let mut first: Option<Instant> = None;
+    let mut cpu0 = process_cpu_secs();
     let deadline = Instant::now() + Duration::from_secs(600);
     while got < n && Instant::now() < deadline {
         if let Some(Ok(m)) = bare.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                cpu0 = process_cpu_secs();
+            }
             touched += m.payload().map_or(0, |p| p.len() as u64);
             got += 1;
         }
     }
     let bare_rate = got as f64 / first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+    let bare_per_cpu = got as f64 / (process_cpu_secs() - cpu0).max(1e-9);
     drop(bare);
     eprintln!("bench kafka: bare consumer read {got} events ({touched} bytes) at {bare_rate:.0}/s");
 
@@ -368,69 +378,32 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let (run_rate, run_cpu) = time_run(&s, n)?;
     let alerts = s.alerts_sent.load(Ordering::Relaxed);
     eprintln!("bench kafka: run processed {n} events at {run_rate:.0}/s, {alerts} alerts");
-    if let Some(l) = &s.latencies {
-        l.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
 
-    // 4. Latency at a fixed offered load: the history goes on.
-    let more = Spec {
-        seed: opts.seed + 1,
-        start: Timestamp(spec.start.0 + i64::from(spec.days) * DAY_MS),
-        days: opts.days,
-        ..spec
+    // 4. Latency at a fixed offered load, then at half the highest sustained rate: the
+    // history goes on.
+    let continuation = |k: i64| Spec {
+        seed: opts.seed + k as u64,
+        start: Timestamp(spec.start.0 + (2 * k - 1) * i64::from(spec.days) * DAY_MS),
+        days: opts.days * 2,
+        ..spec.clone()
     };
-    // Latency counts from the input message's timestamp, taken when it is produced:
-    // a short linger keeps the upstream producer's batching out of the figure.
-    let prod = producer(&opts.brokers, 1)?;
-    let period = Duration::from_secs_f64(1.0 / f64::from(opts.rate.max(1)));
-    let budget = Duration::from_secs(u64::from(opts.latency_secs));
-    let t1 = Instant::now();
-    let mut offered = 0u64;
-    for g in History::new(more) {
-        let elapsed = t1.elapsed();
-        if elapsed >= budget {
-            break;
-        }
-        let due = period * offered as u32;
-        if due > elapsed {
-            std::thread::sleep(due - elapsed);
-        }
-        buf.clear();
-        g.write_json(&mut buf)?;
-        buf.pop();
-        let e = g.to_event();
-        send(&prod, topic_of(&cfg, e.kind.family()), &e.customer_id, &buf);
-        offered += 1;
-    }
-    let achieved = offered as f64 / t1.elapsed().as_secs_f64();
-    prod.flush(Duration::from_secs(60))
-        .map_err(|error| BenchError::Client {
-            what: "flush",
-            error,
-        })?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.events.load(Ordering::Relaxed) < n + offered && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let (latency_fixed, offered) =
+        offer::offer(&cfg, continuation(1), opts.rate, opts.latency_secs, &s, n)?;
+    let half = (run_rate / 2.0).round() as u32;
+    let (latency_half_max, _) = offer::offer(
+        &cfg,
+        continuation(2),
+        half,
+        opts.latency_secs,
+        &s,
+        n + offered,
+    )?;
     let workers = if cfg.kafka.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         cfg.kafka.workers
     };
-    let recorded: Vec<crate::kafka::status::Latency> = s
-        .latencies
-        .as_ref()
-        .map(|l| l.lock().map(|v| v.clone()).unwrap_or_default())
-        .unwrap_or_default();
     service.stop()?;
-    let mut lat: Vec<i64> = recorded.iter().map(|(ms, _)| *ms).collect();
-    lat.sort_unstable();
-    let stage_ms: [[f64; 4]; 4] = std::array::from_fn(|k| {
-        let mut v: Vec<i64> = recorded.iter().map(|(_, st)| st[k]).collect();
-        v.sort_unstable();
-        super::percentiles(&v)
-    });
 
     // 5. Exactly-once against at-least-once, alternating, each run in a group and with
     // output topics of its own.
@@ -460,7 +433,7 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     let alos_per_cpu = median_of("at-least-once", |t| t.2);
 
     // 6. Restore.
-    let r = restore_phase(&cfg, opts.restore_customers)?;
+    let r = restore::restore_phase(&cfg, opts.restore_customers)?;
     // The benchmark's topics (history, outputs and changelogs of every run) go.
     match rt.block_on(crate::kafka::topics::delete_prefixed(
         &cfg.kafka,
@@ -476,16 +449,14 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
         workers,
         produce_rate,
         bare_consumer_rate: bare_rate,
+        bare_events_per_cpu_sec: bare_per_cpu,
         run_rate,
         ratio: run_rate / bare_rate,
         run_cpu_secs: run_cpu,
         run_events_per_cpu_sec: n as f64 / run_cpu.max(1e-9),
         alerts,
-        offered_rate: opts.rate,
-        achieved_rate: achieved,
-        latency_samples: lat.len(),
-        latency_ms: super::percentiles(&lat),
-        latency_stage_ms: stage_ms,
+        latency_fixed,
+        latency_half_max,
         exactly_once_rate: eos_rate,
         at_least_once_median_rate: alos_rate,
         exactly_once_ratio: eos_rate / alos_rate,
@@ -573,105 +544,6 @@ fn time_run(s: &crate::kafka::Status, n: u64) -> Result<(f64, f64), BenchError> 
     }
     let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
     Ok((n as f64 / secs, process_cpu_secs() - cpu0))
-}
-
-/// What the restore phase measured.
-struct RestoreFigures {
-    records: u64,
-    bytes: u64,
-    customers: usize,
-    secs: f64,
-    /// Resident bytes the restored engine added.
-    held_rss: u64,
-    /// Resident bytes at the peak of the restore, above the start.
-    peak_rss: u64,
-}
-
-/// Writes the state of `customers` customers (16 weekly orders each, from an engine) to
-/// partition 0 of a fresh changelog, then times reading it back into an engine, and
-/// the memory that takes.
-fn restore_phase(cfg: &Config, customers: u32) -> Result<RestoreFigures, BenchError> {
-    use crate::engine::Engine;
-    use crate::event::{Event, EventKind};
-    use std::borrow::Cow;
-    let mut cfg = cfg.clone();
-    cfg.kafka.topics.changelog = format!("{}-restore", cfg.kafka.topics.changelog);
-    let settings = crate::config::EngineSettings::new(&cfg)?;
-    let mut engine = Engine::new(settings.clone());
-    engine.reserve(customers as usize);
-    let day0 = 1_767_571_200_000i64;
-    let mut out = Vec::new();
-    let mut batch = Vec::with_capacity(4096);
-    // Each customer orders once a week for 16 weeks (a discount on two orders in
-    // three): every bucket of the ring in use, records about the size of the active
-    // customers of the throughput phase (about 220 bytes).
-    for week in 0..16i64 {
-        for i in 0..customers {
-            let id = format!("cust-{i:08}");
-            let order = format!("o{i}-{week}");
-            batch.push(Event {
-                event_id: Cow::Owned(order.clone()),
-                customer_id: Cow::Owned(id),
-                occurred_at: Timestamp(day0 + week * 7 * DAY_MS + i64::from(i) * 10),
-                kind: EventKind::OrderPlaced {
-                    order_id: Cow::Owned(order),
-                    amount: 10.37 + f64::from(i % 1000),
-                    discount_pct: f64::from(i % 3) * 5.0,
-                },
-            });
-            if batch.len() == 4096 {
-                engine.apply_batch(&batch, &mut out);
-                batch.clear();
-                out.clear();
-            }
-        }
-    }
-    engine.apply_batch(&batch, &mut out);
-    let prod = producer(&cfg.kafka.brokers, 20)?;
-    let topic = cfg.kafka.topics.changelog.clone();
-    crate::kafka::topics::ensure_changelog(&cfg.kafka, 1, 1)?;
-    let mut bytes = 0u64;
-    let mut rec = Vec::with_capacity(512);
-    engine.take_changed(|id, c| {
-        rec.clear();
-        c.encode(&mut rec);
-        bytes += (rec.len() + id.len()) as u64;
-        send_record(
-            &prod,
-            BaseRecord::to(&topic)
-                .key(id)
-                .payload(&rec[..])
-                .partition(0),
-        );
-    });
-    rec.clear();
-    crate::kafka::changelog::encode_partition_record(&[], &engine, &mut rec);
-    let r = BaseRecord::to(&topic)
-        .key(crate::kafka::changelog::ENGINE_KEY)
-        .payload(&rec[..])
-        .partition(0);
-    send_record(&prod, r);
-    prod.flush(Duration::from_secs(300))
-        .map_err(|error| BenchError::Client {
-            what: "flush",
-            error,
-        })?;
-    drop(engine);
-    drop(prod);
-    eprintln!("bench kafka: changelog of {customers} customers written; restoring");
-    let before = super::rss_bytes();
-    super::reset_peak_rss();
-    let restored = crate::kafka::changelog::restore(&cfg.kafka, &settings, 0, || true)?;
-    let peak = super::peak_rss_bytes();
-    let after = super::rss_bytes();
-    Ok(RestoreFigures {
-        records: restored.records,
-        bytes,
-        customers: restored.engine.customers(),
-        secs: restored.elapsed.as_secs_f64(),
-        held_rss: after.saturating_sub(before),
-        peak_rss: peak.saturating_sub(before),
-    })
 }
 
 /// User + system CPU time of this process so far, seconds (Linux; 0 elsewhere).
