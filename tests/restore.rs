@@ -357,6 +357,35 @@ mod eviction {
     }
 
     #[test]
+    fn changed_customers_taken_a_few_at_a_time_are_each_reported_and_again_after_a_new_change() {
+        let mut e = Engine::new(EngineSettings::default());
+        let mut out = Vec::new();
+        e.apply_batch(
+            &[
+                order("a1", "a", 0),
+                order("b1", "b", 1),
+                order("c1", "c", 2),
+            ],
+            &mut out,
+        );
+        assert_eq!(e.changed_count(), 3);
+        let mut taken = Vec::new();
+        e.take_changed_up_to(2, |id, _| taken.push(id.to_owned()));
+        assert_eq!(taken, ["a", "b"], "the first to change first");
+        assert_eq!(e.changed_count(), 1);
+        // "a" changes after its record was taken: listed again, after "c"; "c" changes
+        // again while it is still listed: listed once.
+        e.apply_batch(&[order("a2", "a", 3), order("c2", "c", 4)], &mut out);
+        let mut rest = Vec::new();
+        e.take_changed(|id, _| rest.push(id.to_owned()));
+        assert_eq!(rest, ["c", "a"]);
+        assert_eq!(e.changed_count(), 0);
+        let mut none = Vec::new();
+        e.take_changed_up_to(5, |id, _| none.push(id.to_owned()));
+        assert!(none.is_empty());
+    }
+
+    #[test]
     fn at_the_cap_the_least_recently_active_customer_goes_first() {
         let mut e = Engine::new(EngineSettings::new(&cfg(0, 3)).unwrap());
         let mut out = Vec::new();

@@ -147,13 +147,35 @@ impl Engine {
     /// The ids of the customers whose state changed since the last call (each once, in
     /// the order they first changed): what a changelog must write. A new customer
     /// counts as changed.
-    pub fn take_changed(&mut self, mut f: impl FnMut(&str, &Customer)) {
-        for idx in self.changed.drain(..) {
-            let c = &self.customers[idx as usize];
+    pub fn take_changed(&mut self, f: impl FnMut(&str, &Customer)) {
+        self.take_changed_up_to(usize::MAX, f);
+    }
+
+    /// [`Engine::take_changed`], for the first `limit` of them only: the others stay
+    /// changed, for a later call.
+    pub fn take_changed_up_to(&mut self, limit: usize, mut f: impl FnMut(&str, &Customer)) {
+        if limit >= self.changed.len() {
+            for idx in self.changed.drain(..) {
+                let c = &self.customers[idx as usize];
+                if !c.id.is_empty() {
+                    f(&c.id, c);
+                }
+            }
+            self.changed_bits.iter_mut().for_each(|w| *w = 0);
+            return;
+        }
+        for idx in self.changed.drain(..limit) {
+            let i = idx as usize;
+            self.changed_bits[i / 64] &= !(1u64 << (i % 64));
+            let c = &self.customers[i];
             if !c.id.is_empty() {
                 f(&c.id, c);
             }
         }
-        self.changed_bits.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// How many customers changed since [`Engine::take_changed`].
+    pub fn changed_count(&self) -> usize {
+        self.changed.len()
     }
 }

@@ -143,6 +143,14 @@ impl GuaranteeState {
         delivered()
     }
 
+    /// Whether a checkpoint's customer records may go out ahead of it, in its
+    /// transaction (see `Partition::stream_state`): at-least-once only, as exactly-once's
+    /// transactions between state records carry the journal a restore replays over the
+    /// last full state.
+    pub(super) fn streams_state(&self) -> bool {
+        matches!(self, GuaranteeState::AtLeastOnce { .. })
+    }
+
     /// State records were written, reflecting the inputs at `base`: exactly-once starts
     /// a new journal from them (journaling the engine's customer `cap`); returns true
     /// when at-least-once must tombstone the stale journal it was restored with.

@@ -257,7 +257,10 @@ impl Worker {
                 touched.sort_unstable();
                 touched.dedup();
                 for p in touched {
-                    self.on(p, |pt, sh| pt.drain(sh, instant));
+                    self.on(p, |pt, sh| {
+                        pt.drain(sh, instant)?;
+                        pt.stream_state(sh)
+                    });
                 }
             }
             Work::Positions(list) => {
