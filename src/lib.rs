@@ -86,7 +86,10 @@
 //! 5. Every interval, `Partition::checkpoint` writes the changed customers' state
 //!    records, the partition record (or, exactly-once between state writes, the
 //!    journal) and the input offsets in one transaction, and commits it on a helper
-//!    thread; at-least-once first waits for every pending output's acknowledgement. The
+//!    thread; at-least-once first waits for every pending output's acknowledgement
+//!    (`GuaranteeState::put_off`: after the worker's next batch while outputs are in
+//!    flight), and has sent most customer records into that transaction already, in
+//!    the worker's idle moments (`Partition::stream_state`). The
 //!    worker settles the commit between two messages (`txn::Transactions::step`); a
 //!    failed one rewinds the partition (state restored, its input processed again).
 //! 6. Downstream, `churnsignal slack` ([`slack`]) reads the alerts topic and posts to

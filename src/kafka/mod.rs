@@ -30,7 +30,10 @@
 //!   go out at once through an idempotent producer (`acks=all`, retried without a message
 //!   timeout). A checkpoint, every `kafka.commit_interval_ms` (1 s), first waits until every
 //!   alert and dead letter of its partition is acknowledged, so the offsets it commits never
-//!   run ahead of an output. After a crash, the input since the last checkpoint is processed
+//!   run ahead of an output (while some are in flight, it is put off until after the
+//!   worker's next batch, for at most an interval, rather than holding the messages
+//!   behind it). Its customer records mostly go into its transaction ahead of it, while
+//!   the worker is idle in the interval's second half. After a crash, the input since the last checkpoint is processed
 //!   again from the restored state, and its alerts come again **with the same `alert_id`
 //!   and `sequence`**: downstream drops repeats by that key. (Measured: 15 to 54 repeats
 //!   over five SIGKILLs in 110,000 events, in different runs.)

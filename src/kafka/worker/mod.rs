@@ -36,7 +36,7 @@ mod txn;
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,7 +191,18 @@ impl Worker {
             if let Some(w) = self.parts.values().filter_map(|pt| pt.wake).min() {
                 wait = wait.min(Duration::from_millis(w.saturating_sub(at)));
             }
-            match rx.recv_timeout(wait) {
+            // With nothing to do, customer records go out ahead of the checkpoint (see
+            // `Partition::stream_state`), a chunk at a time while no work arrives.
+            let mut next = rx.try_recv();
+            while matches!(next, Err(TryRecvError::Empty)) && self.stream_state() {
+                next = rx.try_recv();
+            }
+            let next = match next {
+                Ok(work) => Ok(work),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => rx.recv_timeout(wait),
+            };
+            match next {
                 Ok(work) => self.handle(work),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -236,6 +247,16 @@ impl Worker {
         }
     }
 
+    /// Streams a chunk of customer records of each partition that has some due (see
+    /// [`Partition::stream_state`]); whether any went.
+    fn stream_state(&mut self) -> bool {
+        let mut any = false;
+        for p in self.numbers() {
+            any |= self.on(p, |pt, sh| pt.stream_state(sh)).unwrap_or(false);
+        }
+        any
+    }
+
     fn handle(&mut self, work: Work) {
         match work {
             Work::Batch(msgs) => {
@@ -257,10 +278,7 @@ impl Worker {
                 touched.sort_unstable();
                 touched.dedup();
                 for p in touched {
-                    self.on(p, |pt, sh| {
-                        pt.drain(sh, instant)?;
-                        pt.stream_state(sh)
-                    });
+                    self.on(p, |pt, sh| pt.drain(sh, instant));
                 }
             }
             Work::Positions(list) => {
