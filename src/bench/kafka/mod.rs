@@ -39,9 +39,9 @@ use crate::kafka::{Service, StartOptions};
 use crate::time::{Timestamp, DAY_MS};
 pub use offer::LatencyPhase;
 
-/// Where the benchmark's history starts (2025-01-01), unless that is less than six
-/// histories' length before the wall clock.
-const HISTORY_START: i64 = 1_735_689_600_000;
+/// Where the benchmark's history starts (2024-01-01), unless that is less than six
+/// histories' length before the wall clock: the same history, day after day.
+const HISTORY_START: i64 = 1_704_067_200_000;
 
 /// Settings.
 #[derive(Debug, Clone)]
