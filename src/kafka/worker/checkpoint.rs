@@ -14,7 +14,7 @@ use super::Shared;
 use crate::kafka::changelog::{self, encode_partition_record, ENGINE_KEY};
 use crate::kafka::journal::JOURNAL_KEY;
 use crate::kafka::offsets::PartitionProgress;
-use crate::kafka::producer::{wall_now, Out};
+use crate::kafka::producer::{wall_now, Delivery, Out};
 use crate::telemetry;
 use crate::telemetry::events::{CheckpointAborted, Emit};
 
@@ -135,29 +135,18 @@ impl Partition {
             || self.state_due
             || self.last_state.elapsed() >= state_every
             || !self.journal_matches(&sh.inputs);
-        let p = self.number;
-        let topic = sh.cfg.kafka.topics.changelog.clone();
-        let producer = self.tx.producer();
-        let untracked = &sh.untracked;
-        // One of the partition's changelog records (`None`: a tombstone).
-        let send_record = |key: &[u8], payload: Option<&[u8]>| {
-            let out = Out {
-                topic: &topic,
-                partition: Some(p),
-                key: Some(key),
-                payload,
-                headers: &[],
-            };
-            producer
-                .send_out(out, untracked.clone())
-                .map_err(|e| TxnFailure::Abortable(e.to_string()))
+        let out = Changelog {
+            producer: self.tx.producer(),
+            topic: &sh.cfg.kafka.topics.changelog,
+            partition: self.number,
+            untracked: &sh.untracked,
         };
         if state {
-            customer_records(&mut self.engine, &mut sh.record, usize::MAX, send_record)?;
+            customer_records(&mut self.engine, &mut sh.record, usize::MAX, &out)?;
             sh.record.clear();
             let names = self.positions(&sh.inputs, true);
             encode_partition_record(&names, &self.engine, &mut sh.record);
-            send_record(ENGINE_KEY, Some(&sh.record))?;
+            out.send(ENGINE_KEY, Some(&sh.record))?;
             telemetry::state_records("partition", 1);
             self.last_state = Instant::now();
             self.state_due = false;
@@ -169,14 +158,14 @@ impl Partition {
             {
                 // Restored from an exactly-once journal: these state records make it
                 // stale, and its tombstone keeps later restores from reading it.
-                send_record(JOURNAL_KEY, None)?;
+                out.send(JOURNAL_KEY, None)?;
             }
         }
         if let Some(journal) = self.guarantee.journal() {
             let ends: Vec<Option<i64>> = self.inputs.values().map(|i| i.next).collect();
             sh.record.clear();
             journal.encode(&ends, &mut sh.record);
-            send_record(JOURNAL_KEY, Some(&sh.record))?;
+            out.send(JOURNAL_KEY, Some(&sh.record))?;
             telemetry::state_records("journal", 1);
         }
         let offsets: Vec<(String, i64)> = self
@@ -211,24 +200,14 @@ impl Partition {
         {
             return Ok(false);
         }
-        let p = self.number;
-        let topic = &sh.cfg.kafka.topics.changelog;
-        let untracked = &sh.untracked;
         let written = self.tx.open().and_then(|()| {
-            let producer = self.tx.producer();
-            let send_record = |key: &[u8], payload: Option<&[u8]>| {
-                let out = Out {
-                    topic,
-                    partition: Some(p),
-                    key: Some(key),
-                    payload,
-                    headers: &[],
-                };
-                producer
-                    .send_out(out, untracked.clone())
-                    .map_err(|e| TxnFailure::Abortable(e.to_string()))
+            let out = Changelog {
+                producer: self.tx.producer(),
+                topic: &sh.cfg.kafka.topics.changelog,
+                partition: self.number,
+                untracked: &sh.untracked,
             };
-            customer_records(&mut self.engine, &mut sh.record, STREAM_CHUNK, send_record)
+            customer_records(&mut self.engine, &mut sh.record, STREAM_CHUNK, &out)
         });
         match written {
             Ok(()) => Ok(true),
@@ -338,16 +317,41 @@ impl Shared {
 /// [`Partition::stream_state`]): about a millisecond of the worker's time.
 const STREAM_CHUNK: usize = 256;
 
+/// Where a partition's changelog records go: its open transaction.
+struct Changelog<'a> {
+    producer: &'a KafkaTxn,
+    topic: &'a str,
+    partition: i32,
+    /// The delivery every state record shares.
+    untracked: &'a Arc<Delivery>,
+}
+
+impl Changelog<'_> {
+    /// Sends one record (`None`: a tombstone).
+    fn send(&self, key: &[u8], payload: Option<&[u8]>) -> Result<(), TxnFailure> {
+        let out = Out {
+            topic: self.topic,
+            partition: Some(self.partition),
+            key: Some(key),
+            payload,
+            headers: &[],
+        };
+        self.producer
+            .send_out(out, self.untracked.clone())
+            .map_err(|e| TxnFailure::Abortable(e.to_string()))
+    }
+}
+
 /// Sends the tombstones of the customers the engine forgot, then the records of up to
-/// `limit` of those whose state changed (the first to change first), through
-/// `send_record` (`None`: a tombstone). Tombstones go first: a customer forgotten and
-/// back since has a record after. The first refused record fails the whole; the
-/// engine's lists are taken regardless (the partition rewinds).
+/// `limit` of those whose state changed (the first to change first). Tombstones go
+/// first: a customer forgotten and back since has a record after. The first refused
+/// record fails the whole; the engine's lists are taken regardless (the partition
+/// rewinds).
 fn customer_records(
     engine: &mut crate::engine::Engine,
     record: &mut Vec<u8>,
     limit: usize,
-    send_record: impl Fn(&[u8], Option<&[u8]>) -> Result<(), TxnFailure>,
+    out: &Changelog<'_>,
 ) -> Result<(), TxnFailure> {
     let (mut tombstones, mut customers) = (0u64, 0u64);
     let mut failed = None;
@@ -355,7 +359,7 @@ fn customer_records(
     engine.take_evicted(|c| evicted.push(c.to_owned()));
     for c in &evicted {
         tombstones += 1;
-        if let Err(e) = send_record(c.as_bytes(), None) {
+        if let Err(e) = out.send(c.as_bytes(), None) {
             failed.get_or_insert(e);
         }
     }
@@ -363,7 +367,7 @@ fn customer_records(
         customers += 1;
         record.clear();
         state.encode(record);
-        if let Err(e) = send_record(c.as_bytes(), Some(record)) {
+        if let Err(e) = out.send(c.as_bytes(), Some(record)) {
             failed.get_or_insert(e);
         }
     });
