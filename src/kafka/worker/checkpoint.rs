@@ -298,11 +298,12 @@ impl Partition {
             self.engine.stats().evicted_cap,
         );
         let now = wall_now();
-        for m in replay {
+        let replayed = replay.into_iter().try_for_each(|m| {
             let decoded = decode_input(&sh.cfg, &sh.inputs[m.topic], &m, now);
-            self.process(sh, m, decoded, now, Instant::now())?;
-        }
-        Ok(())
+            self.process(sh, m, decoded, now, Instant::now()).map(drop)
+        });
+        sh.flush_consumed();
+        replayed
     }
 }
 

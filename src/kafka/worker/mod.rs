@@ -76,6 +76,9 @@ pub(super) struct Shared {
     epochs: Arc<Epochs>,
     cap_share: u64,
     consumed: BTreeMap<(usize, &'static str), Counter>,
+    /// Events consumed since the counters were last brought up to date, per (input,
+    /// event type): counted per event here, added to `consumed` once a batch.
+    consumed_pending: Vec<((usize, &'static str), u64)>,
     dead: BTreeMap<(usize, &'static str), Counter>,
     late: Counter,
     duplicate: Counter,
@@ -102,6 +105,29 @@ impl Shared {
     /// `instant` on the worker's synchronization clock, ms.
     fn ms(&self, instant: Instant) -> u64 {
         instant.saturating_duration_since(self.clock).as_millis() as u64
+    }
+
+    /// Counts an event of `ty` consumed from input `topic`; the metric catches up at
+    /// [`Shared::flush_consumed`]. A batch holds a few kinds, found by a short scan
+    /// (the labels are static, so mostly by address).
+    fn count_consumed(&mut self, topic: usize, ty: &'static str) {
+        let same = |k: &(usize, &'static str)| k.0 == topic && (std::ptr::eq(k.1, ty) || k.1 == ty);
+        match self.consumed_pending.iter_mut().find(|(k, _)| same(k)) {
+            Some((_, n)) => *n += 1,
+            None => self.consumed_pending.push(((topic, ty), 1)),
+        }
+    }
+
+    /// Adds the events counted since the last call to `churnsignal_events_consumed_total`:
+    /// once a batch rather than once an event.
+    fn flush_consumed(&mut self) {
+        let inputs = &self.inputs;
+        for ((topic, ty), n) in self.consumed_pending.drain(..) {
+            self.consumed
+                .entry((topic, ty))
+                .or_insert_with(|| telemetry::events_consumed(&inputs[topic].name, ty))
+                .increment(n);
+        }
     }
 
     /// Tells the supervisor this worker is alive.
@@ -132,6 +158,7 @@ impl Worker {
                 epochs,
                 cap_share: 0,
                 consumed: BTreeMap::new(),
+                consumed_pending: Vec::new(),
                 dead: BTreeMap::new(),
                 late: telemetry::late_events(),
                 duplicate: telemetry::duplicate_events(),

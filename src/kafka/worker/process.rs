@@ -85,6 +85,7 @@ impl Partition {
             }
         }
         sh.status.processed(events, alerts);
+        sh.flush_consumed();
         result?;
         let p = self.number;
         let full = &sh.full;
@@ -125,7 +126,6 @@ impl Partition {
         let progress = input.progress.clone();
         self.last_event = instant;
         self.dirty = true;
-        let topic = &sh.inputs[m.topic];
         // Too old for this partition's stream time: a dead letter like a decode error.
         let decoded = decoded.and_then(|e| self.engine.check_age(&e).map(|()| e));
         // Exactly-once journals the message under the input's position.
@@ -136,10 +136,7 @@ impl Partition {
         match decoded {
             Ok(event) => {
                 let ty = event_label(&event);
-                sh.consumed
-                    .entry((m.topic, ty))
-                    .or_insert_with(|| telemetry::events_consumed(&topic.name, ty))
-                    .increment(1);
+                sh.count_consumed(m.topic, ty);
                 sh.alerts.clear();
                 if let Some(i) = self.inputs.get_mut(&m.topic) {
                     i.max_time = i.max_time.max(event.occurred_at.0);
@@ -157,10 +154,8 @@ impl Partition {
             }
             Err(e) => {
                 let reason = e.reason.code();
-                sh.consumed
-                    .entry((m.topic, "invalid"))
-                    .or_insert_with(|| telemetry::events_consumed(&topic.name, "invalid"))
-                    .increment(1);
+                sh.count_consumed(m.topic, "invalid");
+                let topic = &sh.inputs[m.topic];
                 sh.dead
                     .entry((m.topic, reason))
                     .or_insert_with(|| telemetry::dead_letters(&topic.name, reason))
