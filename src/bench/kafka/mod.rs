@@ -7,13 +7,14 @@
 //!    decode, engines, alerts produced and acknowledged, offsets committed.
 //!    Both rates are taken from the first message to the last, so the group join is
 //!    not counted; their ratio is the cost of churnsignal's work over reading alone.
-//! 4. With the service caught up, the history goes on (see [`Continuation`]): it is
+//! 4. With the service caught up, the history goes on (see `offer::Continuation`): it is
 //!    offered at a fixed rate; then in probes of a few seconds, from step 3's rate
-//!    down, until the service keeps up with one while the generator offers it live on
-//!    the same cores (the highest sustained rate); then at half that rate.
+//!    down and then bisected, for the highest rate the service keeps up with while the
+//!    generator offers it live on the same cores (see `sustained`); then at half
+//!    that rate.
 //!    Event-to-alert latency (the input's append to the broker's log to the alert's
 //!    acknowledgement) is recorded for every alert of the two latency phases (see
-//!    [`offer`]). Step 3's rate drains a backlog with the generator idle; on a machine
+//!    `offer`). Step 3's rate drains a backlog with the generator idle; on a machine
 //!    the generator shares, live input cannot be offered at that rate, so half of it is
 //!    not a rate the service could sustain live.
 //! 5. Exactly-once against at-least-once: `run` in exactly-once mode (transactions
@@ -27,6 +28,7 @@
 
 mod offer;
 mod restore;
+mod sustained;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,7 +44,9 @@ use crate::generate::{History, Spec};
 use crate::kafka::producer::wall_now;
 use crate::kafka::{Service, StartOptions};
 use crate::time::{Timestamp, DAY_MS};
+use offer::Continuation;
 pub use offer::LatencyPhase;
+pub use sustained::Probe;
 
 /// Where the benchmark's history starts (2024-01-01), unless that is less than six
 /// histories' length before the wall clock: the same history, day after day.
@@ -103,8 +107,8 @@ pub struct Report {
     /// Latency at the fixed offered rate.
     pub latency_fixed: LatencyPhase,
     /// The highest rate `run` kept up with while the generator offered it live, on
-    /// the same cores (see [`kept_up`]): the achieved rate of the first probe it kept
-    /// up with; if none, the lowest rate it processed in a probe.
+    /// the same cores (see `sustained::kept_up`): the highest rate achieved in a probe
+    /// it kept up with; if none, the lowest rate it processed in a probe.
     pub sustained_rate: f64,
     /// Whether a probe confirmed `sustained_rate` (it kept up).
     pub sustained_confirmed: bool,
@@ -206,118 +210,6 @@ impl Report {
             self.restored_rss_per_customer,
             self.restore_peak_rss_per_customer,
         )
-    }
-}
-
-/// Probes of the sustained rate, at most.
-const PROBES: usize = 6;
-
-/// One probe of the sustained rate.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Probe {
-    /// Events/s asked of the generator.
-    pub offered: f64,
-    /// Events/s the generator offered.
-    pub achieved: f64,
-    /// Events/s the service processed meanwhile.
-    pub processed: f64,
-    /// Events in the broker's log the service had not processed when the probe ended.
-    pub behind: u64,
-    /// Whether the service kept up (see [`kept_up`]).
-    pub kept_up: bool,
-}
-
-/// The rate of the next probe, or `None` when the search is done. From step 3's rate
-/// down, by the rate the service processed while it could not keep up, until it keeps
-/// up; then bisected (geometrically) between the highest rate kept up with and the
-/// lowest not, to within 10%. Done early when the generator could not offer the rate
-/// asked and the service kept up: the machine offers no more.
-fn next_probe(probes: &[Probe]) -> Option<f64> {
-    let last = probes.last()?;
-    if last.kept_up && last.achieved < 0.95 * last.offered {
-        return None;
-    }
-    let ok = probes
-        .iter()
-        .filter(|p| p.kept_up)
-        .map(|p| p.achieved)
-        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
-    let failed = probes
-        .iter()
-        .filter(|p| !p.kept_up)
-        .map(|p| p.achieved)
-        .fold(f64::INFINITY, f64::min);
-    match ok {
-        None => Some(0.9 * last.achieved.min(last.processed)),
-        Some(ok) if failed > 1.1 * ok => Some((ok * failed).sqrt()),
-        Some(_) => None,
-    }
-}
-
-/// The highest rate achieved in a probe the service kept up with, and `true`; if it
-/// kept up with none, the lowest rate it processed, and `false`.
-fn sustained_rate(probes: &[Probe]) -> (f64, bool) {
-    let ok = probes
-        .iter()
-        .filter(|p| p.kept_up)
-        .map(|p| p.achieved)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if ok.is_finite() {
-        (ok, true)
-    } else {
-        let low = probes
-            .iter()
-            .map(|p| p.processed)
-            .fold(f64::INFINITY, f64::min);
-        (if low.is_finite() { low } else { 0.0 }, false)
-    }
-}
-
-/// Length of a probe, seconds.
-const PROBE_SECS: f64 = 4.0;
-
-/// Whether the service kept up with an offering: when the offering ended, it was
-/// behind the broker's log by at most a quarter of a second of the rate achieved. (A
-/// service that cannot keep up falls behind by the difference of the rates times the
-/// probe's length: at 94% of the rate offered, by a quarter of a second in a probe.)
-fn kept_up(p: &LatencyPhase) -> bool {
-    (p.behind_at_end as f64) <= 0.25 * p.achieved_rate
-}
-
-/// The history going on after the benchmark's history: each offering continues on the
-/// day after the last event the previous one offered, from a generator with a seed of
-/// its own (the customers keep their ids). Stream time does not jump between phases: a
-/// jump makes every customer due at once, which a live service sees only after a long
-/// gap in its input.
-struct Continuation {
-    base: Spec,
-    k: u64,
-    start: Timestamp,
-}
-
-impl Continuation {
-    fn after(history: &Spec) -> Continuation {
-        Continuation {
-            base: history.clone(),
-            k: 0,
-            start: Timestamp(history.start.0 + i64::from(history.days) * DAY_MS),
-        }
-    }
-
-    /// The next offering's history.
-    fn next(&mut self) -> Spec {
-        self.k += 1;
-        Spec {
-            seed: self.base.seed + self.k,
-            start: self.start,
-            days: self.base.days * 2,
-            ..self.base.clone()
-        }
-    }
-
-    /// The offering went up to `last`: the next starts the day after.
-    fn advance(&mut self, last: Timestamp) {
-        self.start = Timestamp(self.start.0.max((last.0.div_euclid(DAY_MS) + 1) * DAY_MS));
     }
 }
 
@@ -534,38 +426,8 @@ pub fn run(opts: &Options, base: &Config) -> Result<Report, BenchError> {
     history.advance(fixed.last);
     processed += fixed.events;
     let latency_fixed = fixed.phase;
-    let mut probes: Vec<Probe> = Vec::new();
-    let mut rate = Some(run_rate);
-    while let Some(r) = rate.filter(|_| probes.len() < PROBES) {
-        let o = offer::offer(
-            &cfg,
-            history.next(),
-            r.round() as u32,
-            PROBE_SECS,
-            &s,
-            processed,
-        )?;
-        history.advance(o.last);
-        processed += o.events;
-        let p = Probe {
-            offered: r,
-            achieved: o.phase.achieved_rate,
-            processed: o.phase.processed_rate,
-            behind: o.phase.behind_at_end,
-            kept_up: kept_up(&o.phase),
-        };
-        eprintln!(
-            "bench kafka: probe at {:.0}/s: {:.0} offered, {:.0} processed, {} behind, {}",
-            p.offered,
-            p.achieved,
-            p.processed,
-            p.behind,
-            if p.kept_up { "kept up" } else { "not kept up" }
-        );
-        probes.push(p);
-        rate = next_probe(&probes);
-    }
-    let (sustained, sustained_confirmed) = sustained_rate(&probes);
+    let probes = sustained::search(&cfg, &mut history, run_rate, &s, &mut processed)?;
+    let (sustained, sustained_confirmed) = sustained::sustained_rate(&probes);
     let half = (sustained / 2.0).round() as u32;
     let latency_half_max = offer::offer(
         &cfg,
@@ -745,95 +607,6 @@ pub fn process_cpu_secs() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_continuation_starts_the_day_after_the_last_event_offered() {
-        let day0 = Timestamp(HISTORY_START);
-        let base = Spec {
-            start: day0,
-            days: 10,
-            seed: 7,
-            ..Spec::default()
-        };
-        let mut c = Continuation::after(&base);
-        let first = c.next();
-        assert_eq!(
-            first.start.0,
-            day0.0 + 10 * DAY_MS,
-            "right after the history"
-        );
-        assert_ne!(first.seed, base.seed);
-        c.advance(Timestamp(day0.0 + 12 * DAY_MS + 5));
-        let second = c.next();
-        assert_eq!(second.start.0, day0.0 + 13 * DAY_MS);
-        assert_ne!(second.seed, first.seed);
-        // An offering that sent nothing leaves the start where it was.
-        c.advance(Timestamp(0));
-        assert_eq!(c.next().start, second.start);
-    }
-
-    fn probe(offered: f64, achieved: f64, processed: f64, kept_up: bool) -> Probe {
-        Probe {
-            offered,
-            achieved,
-            processed,
-            behind: 0,
-            kept_up,
-        }
-    }
-
-    #[test]
-    fn the_probes_step_down_until_the_service_keeps_up_then_bisect() {
-        // Not kept up: 90% of what was processed (or achieved, if less).
-        let mut p = vec![probe(500e3, 400e3, 200e3, false)];
-        assert_eq!(next_probe(&p), Some(180e3));
-        // Kept up at 180k, failed at 400k achieved: the geometric middle.
-        p.push(probe(180e3, 180e3, 178e3, true));
-        let mid = next_probe(&p).unwrap();
-        assert!((mid - (180e3f64 * 400e3).sqrt()).abs() < 1.0);
-        // Failed there: between 180k and 268k.
-        p.push(probe(mid, mid, 200e3, false));
-        let mid2 = next_probe(&p).unwrap();
-        assert!(mid2 > 180e3 && mid2 < mid);
-        // Kept up within 10% of the lowest failure: done, at the highest kept up.
-        p.push(probe(mid2, 250e3, 249e3, true));
-        assert_eq!(next_probe(&p), None);
-        assert_eq!(sustained_rate(&p), (250e3, true));
-    }
-
-    #[test]
-    fn the_search_stops_when_the_generator_cannot_offer_more() {
-        let p = vec![probe(500e3, 300e3, 299e3, true)];
-        assert_eq!(next_probe(&p), None);
-        assert_eq!(sustained_rate(&p), (300e3, true));
-    }
-
-    #[test]
-    fn without_a_probe_kept_up_the_sustained_rate_is_unconfirmed() {
-        let p = vec![
-            probe(500e3, 400e3, 200e3, false),
-            probe(180e3, 180e3, 150e3, false),
-        ];
-        assert_eq!(sustained_rate(&p), (150e3, false));
-        assert_eq!(sustained_rate(&[]), (0.0, false));
-    }
-
-    #[test]
-    fn a_service_kept_up_when_at_most_a_quarter_second_of_input_was_left() {
-        let phase = |achieved: f64, behind: u64| LatencyPhase {
-            offered_rate: 0,
-            achieved_rate: achieved,
-            samples: 0,
-            latency_ms: [0.0; 4],
-            stage_ms: [[0.0; 4]; 4],
-            upstream_ms: [0.0; 4],
-            processed_rate: 0.0,
-            behind_at_end: behind,
-        };
-        assert!(kept_up(&phase(100_000.0, 25_000)));
-        assert!(!kept_up(&phase(100_000.0, 25_001)));
-        assert!(kept_up(&phase(0.0, 0)));
-    }
 
     #[test]
     fn the_median_is_the_middle_trial_or_the_mean_of_the_middle_two() {

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::generate::{History, Spec};
 use crate::kafka::producer::wall_now;
 use crate::kafka::Status;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, DAY_MS};
 
 /// What one latency phase measured.
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +102,43 @@ impl ProducerContext for Upstream {
                 v.push((at - *sent).max(0));
             }
         }
+    }
+}
+
+/// The history going on after the benchmark's history: each offering continues on the
+/// day after the last event the previous one offered, from a generator with a seed of
+/// its own (the customers keep their ids). Stream time does not jump between phases: a
+/// jump makes every customer due at once, which a live service sees only after a long
+/// gap in its input.
+pub(super) struct Continuation {
+    base: Spec,
+    k: u64,
+    start: Timestamp,
+}
+
+impl Continuation {
+    pub(super) fn after(history: &Spec) -> Continuation {
+        Continuation {
+            base: history.clone(),
+            k: 0,
+            start: Timestamp(history.start.0 + i64::from(history.days) * DAY_MS),
+        }
+    }
+
+    /// The next offering's history.
+    pub(super) fn next(&mut self) -> Spec {
+        self.k += 1;
+        Spec {
+            seed: self.base.seed + self.k,
+            start: self.start,
+            days: self.base.days * 2,
+            ..self.base.clone()
+        }
+    }
+
+    /// The offering went up to `last`: the next starts the day after.
+    pub(super) fn advance(&mut self, last: Timestamp) {
+        self.start = Timestamp(self.start.0.max((last.0.div_euclid(DAY_MS) + 1) * DAY_MS));
     }
 }
 
@@ -259,4 +296,36 @@ pub(super) fn offer(
         events: offered,
         last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::DAY_MS;
+
+    #[test]
+    fn each_continuation_starts_the_day_after_the_last_event_offered() {
+        let day0 = Timestamp(super::super::HISTORY_START);
+        let base = Spec {
+            start: day0,
+            days: 10,
+            seed: 7,
+            ..Spec::default()
+        };
+        let mut c = Continuation::after(&base);
+        let first = c.next();
+        assert_eq!(
+            first.start.0,
+            day0.0 + 10 * DAY_MS,
+            "right after the history"
+        );
+        assert_ne!(first.seed, base.seed);
+        c.advance(Timestamp(day0.0 + 12 * DAY_MS + 5));
+        let second = c.next();
+        assert_eq!(second.start.0, day0.0 + 13 * DAY_MS);
+        assert_ne!(second.seed, first.seed);
+        // An offering that sent nothing leaves the start where it was.
+        c.advance(Timestamp(0));
+        assert_eq!(c.next().start, second.start);
+    }
 }
