@@ -34,7 +34,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
@@ -265,8 +267,9 @@ pub enum BenchError {
 }
 
 /// Sends a record, waiting while the producer queue is full.
-fn send_record<K, V>(p: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, K, V>)
+fn send_record<C, K, V>(p: &ThreadedProducer<C>, mut rec: BaseRecord<'_, K, V, C::DeliveryOpaque>)
 where
+    C: ProducerContext + 'static,
     K: rdkafka::message::ToBytes + ?Sized,
     V: rdkafka::message::ToBytes + ?Sized,
 {

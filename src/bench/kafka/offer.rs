@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
-use super::{topic_of, BenchError};
+use super::{send_record, topic_of, BenchError};
 use crate::bench::percentiles;
 use crate::config::Config;
 use crate::generate::{History, Spec};
@@ -222,19 +222,11 @@ pub(super) fn offer(
         let due = ((elapsed.as_secs_f64() * f64::from(rate)) as usize + 1).min(index.len());
         let now = wall_now().0;
         for &(topic, start, key_end, end, time) in &index[next..due] {
-            let mut rec = BaseRecord::with_opaque_to(topic, Box::new(now))
+            let rec = BaseRecord::with_opaque_to(topic, Box::new(now))
                 .key(&bytes[start..key_end])
                 .payload(&bytes[key_end..end]);
-            loop {
-                match prod.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                        rec.delivery_opaque = Box::new(wall_now().0);
-                    }
-                }
-            }
+            // A wait for room in a full queue counts in the generator's part.
+            send_record(&prod, rec);
             offered += 1;
             last = last.max(time);
         }

@@ -41,20 +41,15 @@ fn next_probe(probes: &[Probe]) -> Option<f64> {
     if last.kept_up && last.achieved < 0.95 * last.offered {
         return None;
     }
-    let ok = probes
-        .iter()
-        .filter(|p| p.kept_up)
-        .map(|p| p.achieved)
-        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
     let failed = probes
         .iter()
         .filter(|p| !p.kept_up)
         .map(|p| p.achieved)
         .fold(f64::INFINITY, f64::min);
-    match ok {
-        None => Some(0.9 * last.achieved.min(last.processed)),
-        Some(ok) if failed > 1.1 * ok => Some((ok * failed).sqrt()),
-        Some(_) => None,
+    match sustained_rate(probes) {
+        (_, false) => Some(0.9 * last.achieved.min(last.processed)),
+        (ok, true) if failed > 1.1 * ok => Some((ok * failed).sqrt()),
+        (_, true) => None,
     }
 }
 

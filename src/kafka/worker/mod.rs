@@ -108,11 +108,13 @@ impl Shared {
     }
 
     /// Counts an event of `ty` consumed from input `topic`; the metric catches up at
-    /// [`Shared::flush_consumed`]. A batch holds a few kinds, found by a short scan
-    /// (the labels are static, so mostly by address).
+    /// [`Shared::flush_consumed`]. A batch holds a few kinds, found by a short scan.
     fn count_consumed(&mut self, topic: usize, ty: &'static str) {
-        let same = |k: &(usize, &'static str)| k.0 == topic && (std::ptr::eq(k.1, ty) || k.1 == ty);
-        match self.consumed_pending.iter_mut().find(|(k, _)| same(k)) {
+        match self
+            .consumed_pending
+            .iter_mut()
+            .find(|(k, _)| *k == (topic, ty))
+        {
             Some((_, n)) => *n += 1,
             None => self.consumed_pending.push(((topic, ty), 1)),
         }
